@@ -1,0 +1,447 @@
+//! One typed [`Config`]: defaults → TOML file → `GATEHOUSE_*` environment (`__` for nesting) →
+//! command-line flags. Secrets are never inline values: they come from `*_file` paths or from
+//! `$CREDENTIALS_DIRECTORY` (systemd `LoadCredential=`). Unknown keys are errors that name the
+//! key and the file. [`Config::validate`] runs once at boot and gives actionable messages.
+//!
+//! Every key is documented, with its default and environment name, in `packaging/gatehouse.toml`.
+
+use crate::telemetry::LogFormat;
+use figment::providers::{Format, Toml};
+use figment::Figment;
+use ipnet::IpNet;
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+/// Name of the systemd credential that holds the master key.
+pub const CREDENTIAL_MASTER_KEY: &str = "master_key";
+/// Name of the systemd credential that holds the metrics bearer token.
+pub const CREDENTIAL_METRICS_TOKEN: &str = "metrics_token";
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Folder for the database, generated keys and certificate.
+    pub data_dir: PathBuf,
+    pub server: ServerConfig,
+    pub tls: TlsConfig,
+    pub database: DatabaseConfig,
+    pub vault: VaultConfig,
+    pub metrics: MetricsConfig,
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    pub max_body_bytes: usize,
+    pub shutdown_grace_seconds: u64,
+    pub trusted_proxies: Vec<IpNet>,
+    pub cors_allowed_origins: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    pub enabled: bool,
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatabaseConfig {
+    pub path: Option<PathBuf>,
+    pub busy_timeout_ms: u64,
+    pub read_connections: usize,
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct VaultConfig {
+    pub master_key_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    pub token_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    pub level: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("gatehouse-data"),
+            server: ServerConfig::default(),
+            tls: TlsConfig::default(),
+            database: DatabaseConfig::default(),
+            vault: VaultConfig::default(),
+            metrics: MetricsConfig::default(),
+            log: LogConfig::default(),
+        }
+    }
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8443)),
+            max_body_bytes: 1024 * 1024,
+            shutdown_grace_seconds: 10,
+            trusted_proxies: Vec::new(),
+            cors_allowed_origins: Vec::new(),
+        }
+    }
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        Self { enabled: true, cert_file: None, key_file: None }
+    }
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        Self { path: None, busy_timeout_ms: 5000, read_connections: 4 }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self { format: LogFormat::Pretty, level: "info".into() }
+    }
+}
+
+/// A configuration that cannot be used; the message names the key or file and the fix.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+/// Where the configuration comes from.
+#[derive(Debug, Clone, Default)]
+pub struct Sources {
+    /// The TOML file (`--config`); none means defaults and environment only.
+    pub file: Option<PathBuf>,
+    /// Environment variables (normally `std::env::vars()`), so tests can pass their own.
+    pub env: Vec<(String, String)>,
+}
+
+impl Sources {
+    pub fn from_process(file: Option<PathBuf>) -> Self {
+        Self { file, env: std::env::vars().collect() }
+    }
+}
+
+/// Environment variables that name the config file rather than a key in it.
+const NOT_KEYS: &[&str] = &["GATEHOUSE_CONFIG", "GATEHOUSE_LOG"];
+
+impl Config {
+    /// Load defaults, then the file, then `GATEHOUSE_*` variables.
+    pub fn load(sources: &Sources) -> Result<Self, ConfigError> {
+        let mut figment = Figment::new();
+        if let Some(file) = &sources.file {
+            // Read it ourselves first: figment silently skips a missing file.
+            std::fs::read_to_string(file).map_err(|e| {
+                ConfigError(format!("cannot read configuration file {}: {e}; check the --config path", file.display()))
+            })?;
+            figment = figment.merge(Toml::file_exact(file));
+        }
+        let vars: Vec<(String, String)> = sources
+            .env
+            .iter()
+            .filter(|(k, _)| k.starts_with("GATEHOUSE_") && !NOT_KEYS.contains(&k.as_str()))
+            .cloned()
+            .collect();
+        let env_values = figment::providers::Serialized::globals(env_to_tree(&vars));
+        figment = figment.merge(env_values);
+        figment.extract::<Config>().map_err(|e| ConfigError(describe(e, sources.file.as_deref())))
+    }
+
+    /// Check what types cannot: relations between keys, paths that must exist.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.server.max_body_bytes < 1024 {
+            return Err(ConfigError("server.max_body_bytes must be at least 1024 (GATEHOUSE_SERVER__MAX_BODY_BYTES)".into()));
+        }
+        if self.database.read_connections == 0 || self.database.read_connections > 64 {
+            return Err(ConfigError("database.read_connections must be between 1 and 64".into()));
+        }
+        if !self.tls.enabled && !self.server.listen.ip().is_loopback() {
+            return Err(ConfigError(format!(
+                "tls.enabled = false is allowed only on a loopback address, behind a local reverse proxy; \
+                 server.listen is {}: set it to 127.0.0.1:PORT or enable TLS",
+                self.server.listen
+            )));
+        }
+        match (&self.tls.cert_file, &self.tls.key_file) {
+            (Some(_), None) | (None, Some(_)) => {
+                return Err(ConfigError(
+                    "tls.cert_file and tls.key_file go together: set both, or neither to use the generated self-signed certificate".into(),
+                ))
+            }
+            (Some(cert), Some(key)) if self.tls.enabled => {
+                for (name, path) in [("tls.cert_file", cert), ("tls.key_file", key)] {
+                    std::fs::metadata(path).map_err(|e| {
+                        ConfigError(format!("{name}: cannot read {}: {e}; check the path and its permissions", path.display()))
+                    })?;
+                }
+            }
+            _ => {}
+        }
+        for origin in &self.server.cors_allowed_origins {
+            let ok = (origin.starts_with("https://") || origin.starts_with("http://"))
+                && !origin.ends_with('/')
+                && !origin.contains('*');
+            if !ok {
+                return Err(ConfigError(format!(
+                    "server.cors_allowed_origins: {origin:?} is not an origin; write scheme://host[:port] without a path or wildcard"
+                )));
+            }
+        }
+        if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
+            return Err(ConfigError(format!("log.level: {:?} is not a valid filter (try \"info\" or \"gatehouse=debug,info\")", self.log.level)));
+        }
+        Ok(())
+    }
+
+    pub fn database_path(&self) -> PathBuf {
+        self.database.path.clone().unwrap_or_else(|| self.data_dir.join("gatehouse.db"))
+    }
+
+    /// The generated certificate and key, used when no `tls.cert_file`/`key_file` is set.
+    pub fn generated_tls_paths(&self) -> (PathBuf, PathBuf) {
+        let dir = self.data_dir.join("tls");
+        (dir.join("cert.pem"), dir.join("key.pem"))
+    }
+
+    /// The certificate and key in use, and whether they are the generated ones.
+    pub fn tls_paths(&self) -> (PathBuf, PathBuf, bool) {
+        match (&self.tls.cert_file, &self.tls.key_file) {
+            (Some(c), Some(k)) => (c.clone(), k.clone(), false),
+            _ => {
+                let (c, k) = self.generated_tls_paths();
+                (c, k, true)
+            }
+        }
+    }
+
+    /// Where the master key is read from, and whether it is the file Gatehouse may generate.
+    /// Order: `vault.master_key_file`, then `$CREDENTIALS_DIRECTORY/master_key`, then the data
+    /// folder's `master.key`.
+    pub fn master_key_source(&self, credentials_dir: Option<&Path>) -> MasterKeySource {
+        if let Some(p) = &self.vault.master_key_file {
+            return MasterKeySource::File(p.clone());
+        }
+        if let Some(dir) = credentials_dir {
+            let p = dir.join(CREDENTIAL_MASTER_KEY);
+            if p.exists() {
+                return MasterKeySource::Credential(p);
+            }
+        }
+        MasterKeySource::DataDir(self.data_dir.join("master.key"))
+    }
+
+    /// The file holding the metrics bearer token, if any.
+    pub fn metrics_token_path(&self, credentials_dir: Option<&Path>) -> Option<PathBuf> {
+        if let Some(p) = &self.metrics.token_file {
+            return Some(p.clone());
+        }
+        credentials_dir.map(|d| d.join(CREDENTIAL_METRICS_TOKEN)).filter(|p| p.exists())
+    }
+}
+
+/// Where the master key lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MasterKeySource {
+    /// `vault.master_key_file`: must exist.
+    File(PathBuf),
+    /// A systemd credential: must exist, permissions are systemd's.
+    Credential(PathBuf),
+    /// `<data_dir>/master.key`: generated on first start.
+    DataDir(PathBuf),
+}
+
+impl MasterKeySource {
+    pub fn path(&self) -> &Path {
+        match self {
+            Self::File(p) | Self::Credential(p) | Self::DataDir(p) => p,
+        }
+    }
+}
+
+/// Turn `GATEHOUSE_A__B_C=v` into `{a: {b_c: v}}`, parsing values as TOML scalars or arrays
+/// when they look like one (`true`, `42`, `["10.0.0.0/8"]`), as strings otherwise.
+fn env_to_tree(vars: &[(String, String)]) -> toml_value::Table {
+    let mut root = toml_value::Table::new();
+    for (name, raw) in vars {
+        let Some(rest) = name.strip_prefix("GATEHOUSE_") else { continue };
+        let path: Vec<String> = rest.split("__").map(|s| s.to_ascii_lowercase()).collect();
+        let value = toml_value::parse_scalar(raw);
+        toml_value::insert(&mut root, &path, value);
+    }
+    root
+}
+
+/// Minimal value tree for the environment overlay.
+mod toml_value {
+    use std::collections::BTreeMap;
+
+    pub type Table = BTreeMap<String, figment::value::Value>;
+
+    pub fn parse_scalar(raw: &str) -> figment::value::Value {
+        use figment::value::Value;
+        let wrapped = format!("v = {raw}");
+        if let Ok(doc) = toml::from_str::<BTreeMap<String, Value>>(&wrapped) {
+            if let Some(v) = doc.get("v") {
+                return v.clone();
+            }
+        }
+        Value::from(raw.to_string())
+    }
+
+    pub fn insert(table: &mut Table, path: &[String], value: figment::value::Value) {
+        use figment::value::{Dict, Value};
+        match path {
+            [] => {}
+            [last] => {
+                table.insert(last.clone(), value);
+            }
+            [first, rest @ ..] => {
+                let entry = table.entry(first.clone()).or_insert_with(|| Value::from(Dict::new()));
+                if let Value::Dict(_, dict) = entry {
+                    let mut sub: Table = dict.clone().into_iter().collect();
+                    insert(&mut sub, rest, value);
+                    *entry = Value::from(sub.into_iter().collect::<Dict>());
+                }
+            }
+        }
+    }
+}
+
+/// One line naming the key, where it came from, and what is wrong.
+fn describe(e: figment::Error, file: Option<&Path>) -> String {
+    let mut lines = Vec::new();
+    for err in e {
+        let key = if err.path.is_empty() { String::new() } else { err.path.join(".") };
+        let source = match err.metadata.as_ref().map(|m| m.name.as_ref()) {
+            Some(name) if name.contains("TOML") => {
+                file.map(|f| format!("in {}", f.display())).unwrap_or_else(|| "in the configuration file".into())
+            }
+            Some(_) => "in GATEHOUSE_* environment variables".to_string(),
+            None => match file {
+                Some(f) => format!("in {}", f.display()),
+                None => "in the configuration".into(),
+            },
+        };
+        let what = match &err.kind {
+            figment::error::Kind::UnknownField(name, _) => {
+                let full = if key.is_empty() { name.clone() } else { format!("{key}.{name}") };
+                format!("unknown key `{full}` {source}; remove it or check its spelling against packaging/gatehouse.toml")
+            }
+            other => {
+                if key.is_empty() {
+                    format!("{other} {source}")
+                } else {
+                    format!("key `{key}` {source}: {other}")
+                }
+            }
+        };
+        lines.push(what);
+    }
+    lines.join("; ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn defaults_validate() {
+        let c = Config::load(&Sources::default()).unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.server.listen.to_string(), "127.0.0.1:8443");
+        assert_eq!(c.server.max_body_bytes, 1024 * 1024);
+    }
+
+    #[test]
+    fn env_overrides_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("g.toml");
+        std::fs::write(&file, "[server]\nlisten = \"127.0.0.1:9000\"\nmax_body_bytes = 4096\n").unwrap();
+        let sources = Sources {
+            file: Some(file),
+            env: env(&[
+                ("GATEHOUSE_SERVER__LISTEN", "127.0.0.1:9443"),
+                ("GATEHOUSE_SERVER__TRUSTED_PROXIES", "[\"10.0.0.0/8\"]"),
+                ("GATEHOUSE_LOG__FORMAT", "json"),
+                ("GATEHOUSE_DATA_DIR", "/var/lib/gatehouse"),
+                ("GATEHOUSE_CONFIG", "/ignored"),
+                ("OTHER", "x"),
+            ]),
+        };
+        let c = Config::load(&sources).unwrap();
+        assert_eq!(c.server.listen.to_string(), "127.0.0.1:9443");
+        assert_eq!(c.server.max_body_bytes, 4096);
+        assert_eq!(c.server.trusted_proxies.len(), 1);
+        assert_eq!(c.log.format, LogFormat::Json);
+        assert_eq!(c.data_dir, PathBuf::from("/var/lib/gatehouse"));
+    }
+
+    #[test]
+    fn unknown_key_names_key_and_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("g.toml");
+        std::fs::write(&file, "[server]\nlisten_addr = \"127.0.0.1:9000\"\n").unwrap();
+        let err = Config::load(&Sources { file: Some(file.clone()), env: vec![] }).unwrap_err().to_string();
+        assert!(err.contains("server.listen_addr"), "{err}");
+        assert!(err.contains(&file.display().to_string()), "{err}");
+    }
+
+    #[test]
+    fn unknown_env_key_is_an_error() {
+        let err = Config::load(&Sources { file: None, env: env(&[("GATEHOUSE_SERVER__LISTN", "x")]) })
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("server.listn"), "{err}");
+        assert!(err.contains("GATEHOUSE_"), "{err}");
+    }
+
+    #[test]
+    fn bad_value_names_key() {
+        let err = Config::load(&Sources { file: None, env: env(&[("GATEHOUSE_SERVER__LISTEN", "nowhere")]) })
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("server.listen"), "{err}");
+    }
+
+    #[test]
+    fn plain_http_only_on_loopback() {
+        let mut c = Config::default();
+        c.tls.enabled = false;
+        c.validate().unwrap();
+        c.server.listen = "0.0.0.0:8080".parse().unwrap();
+        assert!(c.validate().unwrap_err().to_string().contains("loopback"));
+    }
+
+    #[test]
+    fn master_key_source_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = Config { data_dir: dir.path().join("data"), ..Config::default() };
+        assert!(matches!(c.master_key_source(None), MasterKeySource::DataDir(_)));
+        std::fs::write(dir.path().join("master_key"), "x").unwrap();
+        assert!(matches!(c.master_key_source(Some(dir.path())), MasterKeySource::Credential(_)));
+        c.vault.master_key_file = Some(dir.path().join("k"));
+        assert!(matches!(c.master_key_source(Some(dir.path())), MasterKeySource::File(_)));
+    }
+}

@@ -1,0 +1,165 @@
+//! The master key (KEK): 256 bits, kept in a file of 64 hex digits with mode 0600, and the keys
+//! derived from it with HKDF-SHA256 (the audit MAC key, the key check value).
+
+use super::{ct_eq, random, CryptoError};
+use hkdf::Hkdf;
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::Path;
+use zeroize::{Zeroize, ZeroizeOnDrop};
+
+type HmacSha256 = Hmac<Sha256>;
+
+/// The 256-bit master key.
+#[derive(Clone, Zeroize, ZeroizeOnDrop)]
+pub struct MasterKey([u8; 32]);
+
+impl std::fmt::Debug for MasterKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("MasterKey(_)")
+    }
+}
+
+/// Why a master key file could not be used. Each message names the file and the fix.
+#[derive(Debug, thiserror::Error)]
+pub enum MasterKeyError {
+    #[error("cannot read master key file {path}: {source}; check the path and that the service may read it")]
+    Read { path: String, source: std::io::Error },
+    #[error("master key file {path} is readable by group or others (mode {mode:o}); run `chmod 600 {path}`")]
+    Permissions { path: String, mode: u32 },
+    #[error("master key file {path} must hold exactly 64 hexadecimal digits (256 bits); restore the right file")]
+    Format { path: String },
+    #[error("cannot create master key file {path}: {source}")]
+    Create { path: String, source: std::io::Error },
+}
+
+impl MasterKey {
+    /// Read a master key file. `check_mode` refuses a file readable by group or others
+    /// (systemd credentials are checked by systemd and passed with `false`).
+    pub fn load(path: &Path, check_mode: bool) -> Result<Self, MasterKeyError> {
+        let shown = path.display().to_string();
+        let meta = std::fs::metadata(path).map_err(|source| MasterKeyError::Read { path: shown.clone(), source })?;
+        let mode = meta.permissions().mode() & 0o777;
+        if check_mode && mode & 0o077 != 0 {
+            return Err(MasterKeyError::Permissions { path: shown, mode });
+        }
+        let mut text = std::fs::read_to_string(path).map_err(|source| MasterKeyError::Read { path: shown.clone(), source })?;
+        let mut bytes = [0u8; 32];
+        let decoded = hex::decode_to_slice(text.trim(), &mut bytes);
+        text.zeroize();
+        decoded.map_err(|_| MasterKeyError::Format { path: shown })?;
+        Ok(Self(bytes))
+    }
+
+    /// Generate a new key and write it to `path` (created with mode 0600, never overwritten).
+    pub fn generate(path: &Path) -> Result<Self, MasterKeyError> {
+        let shown = path.display().to_string();
+        let key = Self(random::bytes::<32>());
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)
+            .map_err(|source| MasterKeyError::Create { path: shown.clone(), source })?;
+        let mut text = hex::encode(key.0);
+        text.push('\n');
+        let written = file.write_all(text.as_bytes()).and_then(|_| file.sync_all());
+        text.zeroize();
+        written.map_err(|source| MasterKeyError::Create { path: shown, source })?;
+        Ok(key)
+    }
+
+    fn derive(&self, info: &[u8]) -> Result<[u8; 32], CryptoError> {
+        let hk = Hkdf::<Sha256>::new(Some(b"gatehouse"), &self.0);
+        let mut out = [0u8; 32];
+        hk.expand(info, &mut out).map_err(|_| CryptoError::Kdf)?;
+        Ok(out)
+    }
+
+    /// The key that chains audit records.
+    pub fn audit_key(&self) -> Result<AuditKey, CryptoError> {
+        self.derive(b"gatehouse audit mac v1").map(AuditKey)
+    }
+
+    /// A value stored in the database that proves later starts use the same master key,
+    /// without revealing anything about the key.
+    pub fn check_value(&self) -> Result<String, CryptoError> {
+        let k = self.derive(b"gatehouse key check v1")?;
+        let mut mac = <HmacSha256 as Mac>::new_from_slice(&k).map_err(|_| CryptoError::Kdf)?;
+        mac.update(b"gatehouse master key check");
+        Ok(hex::encode(mac.finalize().into_bytes()))
+    }
+
+    /// Whether `stored` is this key's check value, in constant time.
+    pub fn matches_check_value(&self, stored: &str) -> Result<bool, CryptoError> {
+        Ok(ct_eq(self.check_value()?.as_bytes(), stored.as_bytes()))
+    }
+}
+
+/// The MAC key of the audit chain, derived from the master key.
+#[derive(Clone, Zeroize, ZeroizeOnDrop)]
+pub struct AuditKey([u8; 32]);
+
+impl std::fmt::Debug for AuditKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AuditKey(_)")
+    }
+}
+
+impl AuditKey {
+    /// `HMAC-SHA256(key, prev_hash || record)`.
+    pub fn chain(&self, prev_hash: &[u8], record: &[u8]) -> Result<[u8; 32], CryptoError> {
+        let mut mac = <HmacSha256 as Mac>::new_from_slice(&self.0).map_err(|_| CryptoError::Kdf)?;
+        mac.update(prev_hash);
+        mac.update(record);
+        Ok(mac.finalize().into_bytes().into())
+    }
+
+    /// Whether `hash` is the chain value of `prev_hash || record`, in constant time.
+    pub fn verify(&self, prev_hash: &[u8], record: &[u8], hash: &[u8]) -> Result<bool, CryptoError> {
+        Ok(ct_eq(&self.chain(prev_hash, record)?, hash))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generate_load_and_derive() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("master.key");
+        let key = MasterKey::generate(&path).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let again = MasterKey::load(&path, true).unwrap();
+        assert!(again.matches_check_value(&key.check_value().unwrap()).unwrap());
+        assert!(MasterKey::generate(&path).is_err(), "never overwrites");
+        assert_eq!(format!("{key:?}"), "MasterKey(_)");
+    }
+
+    #[test]
+    fn refuses_loose_permissions_and_bad_format() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("master.key");
+        MasterKey::generate(&path).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert!(matches!(MasterKey::load(&path, true), Err(MasterKeyError::Permissions { .. })));
+        std::fs::write(&path, "zz").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert!(matches!(MasterKey::load(&path, true), Err(MasterKeyError::Format { .. })));
+    }
+
+    #[test]
+    fn audit_chain_depends_on_key_and_input() {
+        let dir = tempfile::tempdir().unwrap();
+        let k1 = MasterKey::generate(&dir.path().join("a")).unwrap().audit_key().unwrap();
+        let k2 = MasterKey::generate(&dir.path().join("b")).unwrap().audit_key().unwrap();
+        let h = k1.chain(&[0; 32], b"record").unwrap();
+        assert!(k1.verify(&[0; 32], b"record", &h).unwrap());
+        assert!(!k1.verify(&[0; 32], b"recorD", &h).unwrap());
+        assert!(!k2.verify(&[0; 32], b"record", &h).unwrap());
+    }
+}

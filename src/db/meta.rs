@@ -1,0 +1,18 @@
+//! SQL for the `meta` key/value table.
+
+use super::{DbError, Tx};
+use rusqlite::OptionalExtension;
+
+impl Tx<'_> {
+    pub fn meta_get(&self, key: &str) -> Result<Option<String>, DbError> {
+        Ok(self.conn().query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0)).optional()?)
+    }
+
+    pub fn meta_set(&self, key: &str, value: &str) -> Result<(), DbError> {
+        self.conn().execute(
+            "INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            [key, value],
+        )?;
+        Ok(())
+    }
+}

@@ -1,0 +1,313 @@
+//! The only place that touches rusqlite. One writer connection (one writer at a time, writes in
+//! `BEGIN IMMEDIATE` transactions) and a small pool of read-only connections; every statement
+//! runs on the blocking pool inside the caller's tracing span. Driver errors become [`DbError`]
+//! here; policy is decided elsewhere.
+
+mod audit;
+pub mod migrate;
+mod meta;
+mod users;
+
+pub use audit::AuditRow;
+pub use users::UserRow;
+
+use crate::metrics::Metrics;
+use crate::telemetry::spawn_blocking_in_span;
+use rusqlite::{Connection, OpenFlags, TransactionBehavior};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::Semaphore;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("database {path} was written by a newer Gatehouse (schema {found}, this binary knows {supported}); run the newer binary or restore a backup")]
+    TooNew { path: String, found: i64, supported: i64 },
+    #[error("cannot open database {path}: {detail}; check the path, its permissions and that it is a Gatehouse database")]
+    Open { path: String, detail: String },
+    #[error("unique constraint violated")]
+    Unique,
+    #[error("database busy")]
+    Busy,
+    #[error("database error: {0}")]
+    Sqlite(String),
+    #[error("database worker failed")]
+    Worker,
+}
+
+impl From<rusqlite::Error> for DbError {
+    fn from(e: rusqlite::Error) -> Self {
+        use rusqlite::ErrorCode;
+        match e.sqlite_error_code() {
+            Some(ErrorCode::ConstraintViolation) if e.to_string().contains("UNIQUE") => DbError::Unique,
+            Some(ErrorCode::DatabaseBusy) | Some(ErrorCode::DatabaseLocked) => DbError::Busy,
+            _ => DbError::Sqlite(e.to_string()),
+        }
+    }
+}
+
+/// Connection settings.
+#[derive(Debug, Clone)]
+pub struct DbOptions {
+    pub path: PathBuf,
+    pub busy_timeout: Duration,
+    pub read_connections: usize,
+}
+
+/// A transaction: writable when it came from [`Db::write`], a read snapshot from [`Db::read`].
+/// Dropping it without [`Db::write`] committing rolls back.
+#[derive(Debug)]
+pub struct Tx<'c> {
+    tx: rusqlite::Transaction<'c>,
+}
+
+impl Tx<'_> {
+    fn conn(&self) -> &Connection {
+        &self.tx
+    }
+}
+
+struct Inner {
+    path: String,
+    writer: Mutex<Connection>,
+    write_gate: Semaphore,
+    readers: Mutex<Vec<Connection>>,
+    read_gate: Semaphore,
+    metrics: Option<Arc<Metrics>>,
+}
+
+/// The database handle (cheap to clone).
+#[derive(Clone)]
+pub struct Db {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Db {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Db").field("path", &self.inner.path).finish()
+    }
+}
+
+fn configure(conn: &Connection, busy: Duration) -> Result<(), rusqlite::Error> {
+    conn.busy_timeout(busy)?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    Ok(())
+}
+
+fn open_error(path: &str, e: impl std::fmt::Display) -> DbError {
+    DbError::Open { path: path.to_string(), detail: e.to_string() }
+}
+
+/// Open the writer connection: create the file if needed, WAL mode, settings.
+fn open_writer(path: &Path, busy: Duration) -> Result<Connection, DbError> {
+    let shown = path.display().to_string();
+    if !path.exists() {
+        // Create it private: SQLite gives the -wal and -shm files the same mode.
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)
+            .map_err(|e| open_error(&shown, e))?;
+    }
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(|e| open_error(&shown, e))?;
+    configure(&conn, busy).map_err(|e| open_error(&shown, e))?;
+    // Reading the schema proves the file is a database before anything is written.
+    conn.query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get::<_, i64>(0)).map_err(|e| open_error(&shown, e))?;
+    let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0)).map_err(|e| open_error(&shown, e))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(open_error(&shown, format!("journal_mode is {mode}, WAL required")));
+    }
+    Ok(conn)
+}
+
+fn open_reader(path: &Path, busy: Duration) -> Result<Connection, DbError> {
+    let shown = path.display().to_string();
+    let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)
+        .map_err(|e| open_error(&shown, e))?;
+    configure(&conn, busy).map_err(|e| open_error(&shown, e))?;
+    Ok(conn)
+}
+
+/// Check a database file without changing it: it must open, pass `PRAGMA integrity_check`
+/// and not be newer than this binary. Returns its schema version.
+pub fn inspect(path: &Path) -> Result<i64, DbError> {
+    let shown = path.display().to_string();
+    let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(|e| open_error(&shown, e))?;
+    let result: String = conn.query_row("PRAGMA integrity_check", [], |r| r.get(0)).map_err(|e| open_error(&shown, e))?;
+    if result != "ok" {
+        return Err(open_error(&shown, format!("integrity check failed: {result}")));
+    }
+    migrate::check_not_newer(&conn, &shown)
+}
+
+impl Db {
+    /// Open (creating if needed) and migrate the database. Refuses a database newer than the binary
+    /// before writing anything.
+    pub fn open(opts: &DbOptions, metrics: Option<Arc<Metrics>>) -> Result<Self, DbError> {
+        let shown = opts.path.display().to_string();
+        if opts.path.exists() {
+            inspect(&opts.path)?;
+        }
+        let mut writer = open_writer(&opts.path, opts.busy_timeout)?;
+        let applied = migrate::run(&mut writer, &shown)?;
+        for name in applied {
+            tracing::info!(migration = %name, "applied database migration");
+        }
+        let n = opts.read_connections.max(1);
+        let mut readers = Vec::with_capacity(n);
+        for _ in 0..n {
+            readers.push(open_reader(&opts.path, opts.busy_timeout)?);
+        }
+        Ok(Self {
+            inner: Arc::new(Inner {
+                path: shown,
+                writer: Mutex::new(writer),
+                write_gate: Semaphore::new(1),
+                readers: Mutex::new(readers),
+                read_gate: Semaphore::new(n),
+                metrics,
+            }),
+        })
+    }
+
+    fn observe(&self, op: &'static str, started: Instant) {
+        if let Some(m) = &self.inner.metrics {
+            m.observe_db(op, started.elapsed());
+        }
+    }
+
+    /// Run `f` in a write transaction (`BEGIN IMMEDIATE`) on the blocking pool; commit when it
+    /// returns `Ok`, roll back otherwise. One writer at a time.
+    pub async fn write<T, E, F>(&self, f: F) -> Result<T, E>
+    where
+        F: FnOnce(&Tx<'_>) -> Result<T, E> + Send + 'static,
+        T: Send + 'static,
+        E: From<DbError> + Send + 'static,
+    {
+        let _permit = self.inner.write_gate.acquire().await.map_err(|_| DbError::Worker)?;
+        let inner = self.inner.clone();
+        let started = Instant::now();
+        let out = spawn_blocking_in_span(move || {
+            let mut conn = inner.writer.lock().map_err(|_| DbError::Worker)?;
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(DbError::from)?;
+            let tx = Tx { tx };
+            let value = f(&tx)?;
+            tx.tx.commit().map_err(DbError::from)?;
+            Ok(value)
+        })
+        .await
+        .map_err(|_| E::from(DbError::Worker))
+        .and_then(|r| r);
+        self.observe("write", started);
+        out
+    }
+
+    /// Run `f` in a read-only snapshot on the blocking pool.
+    pub async fn read<T, E, F>(&self, f: F) -> Result<T, E>
+    where
+        F: FnOnce(&Tx<'_>) -> Result<T, E> + Send + 'static,
+        T: Send + 'static,
+        E: From<DbError> + Send + 'static,
+    {
+        let _permit = self.inner.read_gate.acquire().await.map_err(|_| DbError::Worker)?;
+        let inner = self.inner.clone();
+        let started = Instant::now();
+        let out = spawn_blocking_in_span(move || {
+            let mut conn = {
+                let mut pool = inner.readers.lock().map_err(|_| DbError::Worker)?;
+                pool.pop().ok_or(DbError::Worker)?
+            };
+            let result = (|| {
+                let tx = conn.transaction_with_behavior(TransactionBehavior::Deferred).map_err(DbError::from)?;
+                let tx = Tx { tx };
+                f(&tx)
+            })();
+            if let Ok(mut pool) = inner.readers.lock() {
+                pool.push(conn);
+            }
+            result
+        })
+        .await
+        .map_err(|_| E::from(DbError::Worker))
+        .and_then(|r| r);
+        self.observe("read", started);
+        out
+    }
+
+    /// Whether the database accepts a write transaction right now (for `/readyz`).
+    /// It writes (and commits) one small row, so a read-only file or a full disk shows here.
+    pub async fn check_writable(&self, now_ms: i64) -> Result<(), DbError> {
+        self.write(move |tx| tx.meta_set("ready_probe_ms", &now_ms.to_string())).await
+    }
+
+    /// Copy the live database to `dest` with SQLite's online backup API: consistent while the
+    /// server keeps writing. `dest` must not exist.
+    pub async fn backup_to(&self, dest: PathBuf) -> Result<(), DbError> {
+        let inner = self.inner.clone();
+        spawn_blocking_in_span(move || {
+            let conn = inner.writer.lock().map_err(|_| DbError::Worker)?;
+            backup_connection(&conn, &dest)
+        })
+        .await
+        .map_err(|_| DbError::Worker)?
+    }
+
+    pub fn path(&self) -> &str {
+        &self.inner.path
+    }
+}
+
+/// Back up an open connection into a new file.
+fn backup_connection(conn: &Connection, dest: &Path) -> Result<(), DbError> {
+    if dest.exists() {
+        return Err(DbError::Sqlite(format!("{} already exists; choose a new file name", dest.display())));
+    }
+    let mut out = Connection::open(dest)?;
+    {
+        let backup = rusqlite::backup::Backup::new(conn, &mut out)?;
+        backup.run_to_completion(-1, Duration::from_millis(5), None)?;
+    }
+    out.pragma_update(None, "journal_mode", "DELETE")?;
+    Ok(())
+}
+
+/// Back up a database file that no server has open (the `backup` command when offline).
+/// Online backup through a separate connection is consistent too: SQLite restarts the copy
+/// when another connection writes during it.
+pub fn backup_file(src: &Path, dest: &Path) -> Result<(), DbError> {
+    let shown = src.display().to_string();
+    let conn = Connection::open_with_flags(src, OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(|e| open_error(&shown, e))?;
+    conn.busy_timeout(Duration::from_secs(10))?;
+    backup_connection(&conn, dest)
+}
+
+/// Replace the database at `dest` with the checked copy at `src` (the server must be stopped).
+pub fn restore_file(src: &Path, dest: &Path) -> Result<(), DbError> {
+    let src_conn = Connection::open_with_flags(src, OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .map_err(|e| open_error(&src.display().to_string(), e))?;
+    let mut out = Connection::open(dest).map_err(|e| open_error(&dest.display().to_string(), e))?;
+    {
+        let backup = rusqlite::backup::Backup::new(&src_conn, &mut out)?;
+        backup.run_to_completion(-1, Duration::from_millis(5), None)?;
+    }
+    let mode: String = out.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(DbError::Sqlite(format!("journal_mode is {mode} after restore")));
+    }
+    Ok(())
+}
+
+/// Read one `meta` value from a database file without changing it (checks before `restore`).
+pub fn read_meta(path: &Path, key: &str) -> Result<Option<String>, DbError> {
+    use rusqlite::OptionalExtension;
+    let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .map_err(|e| open_error(&path.display().to_string(), e))?;
+    Ok(conn.query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0)).optional()?)
+}

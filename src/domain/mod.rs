@@ -1,0 +1,13 @@
+//! The rules. Each function takes what it needs (a transaction, a clock reading, keys) as
+//! parameters and never imports poem. The audit record of a change is written in the same
+//! transaction as the change.
+
+pub mod accounts;
+pub mod audit;
+
+use time::OffsetDateTime;
+
+/// Milliseconds since the Unix epoch, the storage form of every timestamp.
+pub fn unix_ms(t: OffsetDateTime) -> i64 {
+    i64::try_from(t.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX)
+}

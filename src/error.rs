@@ -1,0 +1,58 @@
+//! `AppError`: what can go wrong in the core, without any HTTP in it. `http::error` maps it to
+//! problem+json in one `match`; the CLI maps it to a one-line message and an exit code.
+
+use crate::db::DbError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    /// The caller's input is invalid; the message is safe to show to the client.
+    #[error("{0}")]
+    Invalid(String),
+    /// The object does not exist (or is not visible to the caller).
+    #[error("not found")]
+    NotFound,
+    /// The object already exists or the change conflicts with current state.
+    #[error("{0}")]
+    Conflict(String),
+    /// A component is not ready (database not writable, keys not loaded).
+    #[error("not ready: {0}")]
+    Unavailable(String),
+    /// Storage failed; the detail is for the log only.
+    #[error(transparent)]
+    Db(#[from] DbError),
+    /// Cryptography failed; the detail is for the log only.
+    #[error(transparent)]
+    Crypto(#[from] crate::crypto::CryptoError),
+    /// Anything else internal; the detail is for the log only.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl AppError {
+    pub fn internal(detail: impl std::fmt::Display) -> Self {
+        Self::Internal(detail.to_string())
+    }
+}
+
+/// A start-up or operator-command failure: one actionable line for the terminal.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct FatalError(pub String);
+
+impl FatalError {
+    pub fn new(msg: impl Into<String>) -> Self {
+        Self(msg.into())
+    }
+}
+
+impl From<AppError> for FatalError {
+    fn from(e: AppError) -> Self {
+        Self(e.to_string())
+    }
+}
+
+impl From<DbError> for FatalError {
+    fn from(e: DbError) -> Self {
+        Self(e.to_string())
+    }
+}

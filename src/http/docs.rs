@@ -1,0 +1,54 @@
+//! The playground at `/docs` (Swagger UI, embedded from `static/docs`, no CDN) and the spec at
+//! `/openapi.json`. Works air-gapped: every asset comes from this binary.
+
+use poem::http::{header, StatusCode};
+use poem::web::Path;
+use poem::{handler, Endpoint, EndpointExt, IntoResponse, Response, Route};
+
+#[derive(rust_embed::RustEmbed)]
+#[folder = "static/docs/"]
+struct DocsAssets;
+
+fn asset(name: &str) -> Option<Response> {
+    let file = DocsAssets::get(name)?;
+    let mime = match name.rsplit('.').next() {
+        Some("html") => "text/html; charset=utf-8",
+        Some("js") => "text/javascript; charset=utf-8",
+        Some("css") => "text/css; charset=utf-8",
+        Some("png") => "image/png",
+        _ => "application/octet-stream",
+    };
+    Some(
+        Response::builder()
+            .content_type(mime)
+            .header(header::CACHE_CONTROL, "public, max-age=3600")
+            .body(file.data.into_owned()),
+    )
+}
+
+#[handler]
+fn index() -> Response {
+    asset("index.html").unwrap_or_else(|| StatusCode::NOT_FOUND.into_response())
+}
+
+#[handler]
+fn assets(Path(name): Path<String>) -> Response {
+    if name.ends_with(".html") {
+        return StatusCode::NOT_FOUND.into_response();
+    }
+    asset(&name).unwrap_or_else(|| StatusCode::NOT_FOUND.into_response())
+}
+
+/// Routes under `/docs`.
+pub fn playground() -> Route {
+    Route::new().at("/", index).at("/assets/:name", assets)
+}
+
+/// `/openapi.json`.
+pub fn spec_endpoint(spec: String) -> impl Endpoint {
+    let body = std::sync::Arc::new(spec);
+    poem::endpoint::make_sync(move |_| {
+        Response::builder().content_type("application/json").header(header::CACHE_CONTROL, "no-cache").body(body.as_str().to_owned())
+    })
+    .map_to_response()
+}

@@ -1,0 +1,307 @@
+//! The edge middleware every request passes through, outermost first:
+//! request id → client address (trusting `X-Forwarded-For` only from `trusted_proxies`) →
+//! request span → body size limit → CORS (when origins are allow-listed) → panic catcher →
+//! routes. On the way out: every error becomes problem+json (5xx generic), security headers,
+//! `X-Request-Id`, metrics by route template, one access log line.
+//!
+//! Nothing here logs headers, bodies or query strings.
+
+use super::error::{Problem, PROBLEM_JSON};
+use crate::state::AppState;
+use ipnet::IpNet;
+use poem::http::{header, HeaderValue, Method, StatusCode};
+use poem::middleware::{CatchPanic, Cors};
+use poem::PathPattern;
+use poem::{Body, Endpoint, EndpointExt, IntoResponse, Request, Response, Result};
+use std::net::IpAddr;
+use std::time::Instant;
+use tracing::field::Empty;
+use tracing::Instrument;
+
+/// What the edge learned about a request; handlers read it from the request extensions.
+#[derive(Debug, Clone)]
+pub struct RequestInfo {
+    pub request_id: String,
+    pub client_ip: Option<IpAddr>,
+    pub user_agent: Option<String>,
+}
+
+pub const REQUEST_ID: &str = "x-request-id";
+
+const CSP_API: &str = "default-src 'none'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'";
+/// The playground needs its own scripts, inline styles (Swagger UI sets them) and data: images.
+const CSP_DOCS: &str = "default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-inline'; \
+img-src 'self' data:; font-src 'self'; connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'";
+
+/// The edge endpoint.
+pub struct Edge {
+    inner: poem::endpoint::BoxEndpoint<'static, Response>,
+    state: AppState,
+}
+
+impl Edge {
+    pub fn wrap<E>(routes: E, state: AppState) -> Self
+    where
+        E: Endpoint + 'static,
+    {
+        let routes = routes.with(CatchPanic::new()).map_to_response();
+        let inner = if state.http.cors_allowed_origins.is_empty() {
+            routes.boxed()
+        } else {
+            let cors = Cors::new()
+                .allow_origins(state.http.cors_allowed_origins.iter().map(String::as_str))
+                .allow_methods([Method::GET, Method::POST, Method::PUT, Method::PATCH, Method::DELETE])
+                .allow_headers(["authorization", "content-type", "x-api-key", "x-csrf-token", REQUEST_ID])
+                .expose_headers([REQUEST_ID])
+                .allow_credentials(true)
+                .max_age(600);
+            routes.with(cors).map_to_response().boxed()
+        };
+        Self { inner, state }
+    }
+}
+
+/// A client-supplied request id is kept when it is 1–64 characters of `[A-Za-z0-9._-]`.
+fn request_id(req: &Request) -> String {
+    let given = req.headers().get(REQUEST_ID).and_then(|v| v.to_str().ok());
+    match given {
+        Some(id) if (1..=64).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b)) => {
+            id.to_string()
+        }
+        _ => uuid::Uuid::new_v4().to_string(),
+    }
+}
+
+/// The client address: the peer, unless the peer is a trusted proxy, in which case walk
+/// `X-Forwarded-For` from the right and take the first address that is not a trusted proxy.
+pub fn client_ip(peer: Option<IpAddr>, forwarded_for: Option<&str>, trusted: &[IpNet]) -> Option<IpAddr> {
+    let peer = peer?;
+    let is_trusted = |ip: &IpAddr| trusted.iter().any(|net| net.contains(ip));
+    if !is_trusted(&peer) {
+        return Some(peer);
+    }
+    let Some(header) = forwarded_for else { return Some(peer) };
+    let mut client = peer;
+    for hop in header.rsplit(',') {
+        match hop.trim().parse::<IpAddr>() {
+            Ok(ip) => {
+                client = ip;
+                if !is_trusted(&ip) {
+                    break;
+                }
+            }
+            // A malformed hop: stop at the last address we could trust.
+            Err(_) => break,
+        }
+    }
+    Some(client)
+}
+
+fn peer_ip(req: &Request) -> Option<IpAddr> {
+    req.remote_addr().as_socket_addr().map(|a| a.ip().to_canonical())
+}
+
+/// A problem+json response.
+pub fn problem_response(problem: &Problem) -> Response {
+    let body = serde_json::to_vec(problem).unwrap_or_default();
+    Response::builder()
+        .status(StatusCode::from_u16(problem.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR))
+        .content_type(PROBLEM_JSON)
+        .body(body)
+}
+
+fn is_problem(resp: &Response) -> bool {
+    resp.headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with(PROBLEM_JSON))
+}
+
+/// The client-facing detail of a framework error (unknown route, wrong method, bad body…).
+fn detail_for(status: StatusCode, message: &str) -> String {
+    match status {
+        StatusCode::NOT_FOUND => "No such resource.".into(),
+        StatusCode::METHOD_NOT_ALLOWED => "This method is not allowed on this resource.".into(),
+        StatusCode::PAYLOAD_TOO_LARGE => "The request body is larger than the server accepts.".into(),
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => {
+            format!("Unsupported content type. {}", message.trim())
+        }
+        s if s.is_client_error() && !message.is_empty() => message.trim().to_string(),
+        s => s.canonical_reason().unwrap_or("Error").to_string(),
+    }
+}
+
+impl Edge {
+    async fn limit_body(&self, req: &mut Request) -> std::result::Result<(), StatusCode> {
+        let limit = self.state.http.max_body_bytes;
+        let declared = req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        match declared {
+            Some(n) if n > limit as u64 => Err(StatusCode::PAYLOAD_TOO_LARGE),
+            Some(_) => Ok(()),
+            None if req.headers().contains_key(header::TRANSFER_ENCODING) => {
+                // A streamed body: read at most `limit` bytes, then hand it on.
+                let body = req.take_body();
+                match body.into_bytes_limit(limit).await {
+                    Ok(bytes) => {
+                        req.set_body(Body::from_bytes(bytes));
+                        Ok(())
+                    }
+                    Err(poem::error::ReadBodyError::PayloadTooLarge) => Err(StatusCode::PAYLOAD_TOO_LARGE),
+                    Err(_) => Err(StatusCode::BAD_REQUEST),
+                }
+            }
+            None => Ok(()),
+        }
+    }
+
+    fn finish(&self, mut resp: Response, info: &RequestInfo, docs: bool) -> Response {
+        let status = resp.status();
+        // A 500 is always replaced by the generic body; other 5xx keep a problem body we wrote.
+        if status.is_server_error() && (!is_problem(&resp) || status == StatusCode::INTERNAL_SERVER_ERROR) {
+            let pattern = resp.data::<PathPattern>().cloned();
+            resp = problem_response(&Problem::internal(&info.request_id));
+            resp.set_status(status);
+            if let Some(p) = pattern {
+                resp.set_data(p);
+            }
+        } else if status.is_client_error() && !is_problem(&resp) {
+            let pattern = resp.data::<PathPattern>().cloned();
+            let mut fresh = problem_response(&Problem::new(status, detail_for(status, ""), &info.request_id));
+            for name in [header::RETRY_AFTER, header::WWW_AUTHENTICATE, header::ALLOW] {
+                if let Some(v) = resp.headers().get(&name) {
+                    fresh.headers_mut().insert(name, v.clone());
+                }
+            }
+            resp = fresh;
+            if let Some(p) = pattern {
+                resp.set_data(p);
+            }
+        }
+        let h = resp.headers_mut();
+        if let Ok(v) = HeaderValue::from_str(&info.request_id) {
+            h.insert(REQUEST_ID, v);
+        }
+        h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+        h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+        h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+        h.insert("cross-origin-opener-policy", HeaderValue::from_static("same-origin"));
+        h.insert("cross-origin-resource-policy", HeaderValue::from_static("same-origin"));
+        h.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(if docs { CSP_DOCS } else { CSP_API }));
+        if self.state.http.tls {
+            h.insert(header::STRICT_TRANSPORT_SECURITY, HeaderValue::from_static("max-age=63072000; includeSubDomains"));
+        }
+        if !h.contains_key(header::CACHE_CONTROL) {
+            h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        }
+        h.remove(header::SERVER);
+        resp
+    }
+}
+
+impl Endpoint for Edge {
+    type Output = Response;
+
+    async fn call(&self, mut req: Request) -> Result<Self::Output> {
+        let started = Instant::now();
+        let forwarded = req.headers().get("x-forwarded-for").and_then(|v| v.to_str().ok()).map(str::to_owned);
+        let info = RequestInfo {
+            request_id: request_id(&req),
+            client_ip: client_ip(peer_ip(&req), forwarded.as_deref(), &self.state.http.trusted_proxies),
+            user_agent: req
+                .headers()
+                .get(header::USER_AGENT)
+                .and_then(|v| v.to_str().ok())
+                .map(|s| s.chars().take(256).collect()),
+        };
+        let method = req.method().clone();
+        let docs = req.uri().path() == "/docs" || req.uri().path().starts_with("/docs/");
+        req.extensions_mut().insert(info.clone());
+        let span = tracing::info_span!(
+            "request",
+            request_id = %info.request_id,
+            method = %method,
+            route = Empty,
+            status = Empty,
+            latency_ms = Empty,
+            principal = Empty,
+            client_ip = info.client_ip.map(|ip| ip.to_string()).unwrap_or_default(),
+        );
+        async move {
+            let result = match self.limit_body(&mut req).await {
+                Err(status) => Err(poem::Error::from_status(status)),
+                Ok(()) => self.inner.call(req).await,
+            };
+            let resp = match result {
+                Ok(resp) => resp,
+                Err(err) => {
+                    let status = err.status();
+                    let pattern = err.data::<PathPattern>().cloned();
+                    let mut resp = if status.is_server_error() {
+                        tracing::error!(error = %err, "request failed");
+                        problem_response(&Problem::internal(&info.request_id))
+                    } else {
+                        let mut r = problem_response(&Problem::new(status, detail_for(status, &err.to_string()), &info.request_id));
+                        if status == StatusCode::METHOD_NOT_ALLOWED {
+                            r.headers_mut().insert(header::ALLOW, HeaderValue::from_static("GET, HEAD, POST, PUT, PATCH, DELETE"));
+                        }
+                        r
+                    };
+                    if status.is_server_error() {
+                        resp.set_status(status);
+                    }
+                    if let Some(p) = pattern {
+                        resp.set_data(p);
+                    }
+                    resp
+                }
+            };
+            let resp = self.finish(resp, &info, docs);
+            let route = resp
+                .data::<PathPattern>()
+                .map(|p| p.0.to_string())
+                .filter(|p| !p.is_empty())
+                .unwrap_or_else(|| "unmatched".to_string());
+            let status = resp.status().as_u16();
+            let elapsed = started.elapsed();
+            self.state.metrics.observe_request(method.as_str(), &route, status, elapsed);
+            let span = tracing::Span::current();
+            span.record("route", route.as_str());
+            span.record("status", status);
+            span.record("latency_ms", elapsed.as_secs_f64() * 1000.0);
+            if status >= 500 {
+                tracing::error!(target: "gatehouse::access", "request completed");
+            } else {
+                tracing::info!(target: "gatehouse::access", "request completed");
+            }
+            Ok(resp.into_response())
+        }
+        .instrument(span)
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn nets(list: &[&str]) -> Vec<IpNet> {
+        list.iter().map(|s| s.parse().unwrap()).collect()
+    }
+
+    #[test]
+    fn forwarded_for_only_from_trusted_proxies() {
+        let peer: IpAddr = "10.0.0.5".parse().unwrap();
+        let untrusted = client_ip(Some(peer), Some("1.2.3.4"), &[]);
+        assert_eq!(untrusted, Some(peer));
+        let trusted = nets(&["10.0.0.0/8"]);
+        assert_eq!(client_ip(Some(peer), Some("1.2.3.4"), &trusted), Some("1.2.3.4".parse().unwrap()));
+        // The client cannot spoof by prepending: the rightmost untrusted hop wins.
+        assert_eq!(client_ip(Some(peer), Some("6.6.6.6, 1.2.3.4, 10.0.0.9"), &trusted), Some("1.2.3.4".parse().unwrap()));
+        // Garbage stops the walk at the last trusted hop.
+        assert_eq!(client_ip(Some(peer), Some("junk"), &trusted), Some(peer));
+    }
+}

@@ -1,0 +1,37 @@
+//! Gatehouse: a self-hosted security server for multi-tenant platforms, in one binary.
+//!
+//! Data flows one way: `http` (poem, poem-openapi) → `domain` (the rules) → `crypto`, `db`.
+//! - `http/` extracts, calls one domain function, maps the result; it never runs SQL or crypto.
+//! - `domain/` decides; it never imports poem.
+//! - `crypto/` is the only place that touches argon2, hmac, hkdf and rand.
+//! - `db/` is the only place that touches rusqlite; all of it runs on the blocking pool.
+//! - `startup.rs` wires the pieces the same way for `gatehouse serve` and for the tests.
+//!
+//! Time comes from [`clock::Clock`]; secrets live in redacting newtypes from [`crypto::secret`].
+
+#![forbid(unsafe_code)]
+#![deny(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::await_holding_lock,
+    clippy::todo,
+    clippy::unimplemented,
+    clippy::dbg_macro
+)]
+#![warn(rust_2018_idioms)]
+
+pub mod cli;
+pub mod clock;
+pub mod config;
+pub mod crypto;
+pub mod db;
+pub mod domain;
+pub mod error;
+pub mod http;
+pub mod metrics;
+pub mod ops;
+pub mod startup;
+pub mod state;
+pub mod telemetry;
+pub mod tls;

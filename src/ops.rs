@@ -1,0 +1,299 @@
+//! The operator's commands behind the CLI: `serve`, `init`, `check-config`, `migrate`,
+//! `openapi`, `backup`, `restore`, `users add-admin`, `audit verify`. Each returns an exit code:
+//! 0 success, 1 failure, 2 configuration error. Failures print one line naming the file and
+//! the fix.
+
+use crate::cli::{AuditCommand, Cli, Command, UsersCommand};
+use crate::config::{Config, ConfigError, Sources};
+use crate::crypto::SecretString;
+use crate::domain::accounts::{self, AdminChange};
+use crate::domain::audit::{self, Actor};
+use crate::error::FatalError;
+use crate::startup::{self, Application, BuildOptions};
+use crate::telemetry;
+use std::io::{IsTerminal, Read, Write};
+use std::path::Path;
+
+/// Run a parsed command line; returns the process exit code.
+pub fn main(cli: Cli) -> i32 {
+    if let Command::Openapi = cli.command {
+        println!("{}", crate::http::openapi_json());
+        return 0;
+    }
+    let config = match load_config(&cli) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("gatehouse: configuration rejected: {e}");
+            return 2;
+        }
+    };
+    telemetry::init(config.log.format, &config.log.level);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().max_blocking_threads(64).build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("gatehouse: cannot start the async runtime: {e}");
+            return 1;
+        }
+    };
+    match runtime.block_on(dispatch(cli, config)) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("gatehouse: {e}");
+            1
+        }
+    }
+}
+
+/// Defaults → file → environment → flags.
+pub fn load_config(cli: &Cli) -> Result<Config, ConfigError> {
+    let mut config = Config::load(&Sources::from_process(cli.config.clone()))?;
+    if let Some(dir) = &cli.data_dir {
+        config.data_dir = dir.clone();
+    }
+    if let Some(format) = cli.log_format {
+        config.log.format = format;
+    }
+    if let Command::Serve { listen: Some(listen) } = &cli.command {
+        config.server.listen = *listen;
+    }
+    Ok(config)
+}
+
+async fn dispatch(cli: Cli, config: Config) -> Result<(), FatalError> {
+    match cli.command {
+        Command::Serve { .. } => serve(config).await,
+        Command::Init => init(config).await,
+        Command::CheckConfig => check_config(config),
+        Command::Migrate => migrate(config).await,
+        Command::Openapi => Ok(()),
+        Command::Backup { file } => backup(config, &file).await,
+        Command::Restore { file } => restore(config, &file),
+        Command::Users { command: UsersCommand::AddAdmin { email, password_file } } => {
+            add_admin(config, &email, &password_file).await
+        }
+        Command::Audit { command: AuditCommand::Verify } => audit_verify(config).await,
+    }
+}
+
+fn print_bootstrap_password(password: &SecretString) {
+    // Printed once, on the terminal only: never through the logger.
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(
+        out,
+        "\n  A platform admin was created.\n    email:    {}\n    password: {}\n  This password is shown once and stored nowhere. Change it after signing in,\n  or reset it with `gatehouse users add-admin`.\n",
+        accounts::BOOTSTRAP_ADMIN_EMAIL,
+        password.expose()
+    );
+    let _ = out.flush();
+}
+
+async fn serve(config: Config) -> Result<(), FatalError> {
+    let mut app = Application::build(config, BuildOptions::default()).await?;
+    if let Some(password) = app.take_bootstrap_password() {
+        print_bootstrap_password(&password);
+    }
+    let url = app.base_url();
+    {
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "Gatehouse {} listening on {url}\nPlayground: {url}/docs", env!("CARGO_PKG_VERSION"));
+        let _ = out.flush();
+    }
+    tracing::info!(%url, "listening");
+    let reloader = app.tls_reloader();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        if let Err(e) = watch_signals(reloader, stop_tx).await {
+            tracing::error!(error = %e, "signal handling failed");
+        }
+    });
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+    let shutdown = async move {
+        let _ = stop_rx.await;
+        tracing::info!("shutting down: draining in-flight requests");
+        let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+    };
+    app.run_until_stopped(shutdown).await?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// SIGHUP reloads the TLS certificate; SIGTERM and SIGINT stop the server.
+async fn watch_signals(reloader: startup::TlsReloader, stop: tokio::sync::oneshot::Sender<()>) -> std::io::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hup = signal(SignalKind::hangup())?;
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    loop {
+        tokio::select! {
+            _ = hup.recv() => {
+                let _ = sd_notify::notify(&[sd_notify::NotifyState::Reloading]);
+                let _ = reloader.reload().await;
+                let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+            }
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+        }
+    }
+    let _ = stop.send(());
+    Ok(())
+}
+
+async fn init(config: Config) -> Result<(), FatalError> {
+    let dir = config.data_dir.clone();
+    let prepared = startup::prepare(config, &BuildOptions::default()).await?;
+    if let Some(password) = &prepared.bootstrap_password {
+        print_bootstrap_password(password);
+    }
+    println!("Data folder {} is ready.", dir.display());
+    Ok(())
+}
+
+fn check_config(config: Config) -> Result<(), FatalError> {
+    config.validate().map_err(|e| FatalError::new(format!("configuration rejected: {e}")))?;
+    let creds = std::env::var_os("CREDENTIALS_DIRECTORY").map(std::path::PathBuf::from);
+    let (cert, key, generated) = config.tls_paths();
+    if config.tls.enabled && (!generated || cert.exists()) {
+        crate::tls::load_pair(&cert, &key).map_err(|e| FatalError::new(e.to_string()))?;
+    }
+    let source = config.master_key_source(creds.as_deref());
+    if source.path().exists() || !matches!(source, crate::config::MasterKeySource::DataDir(_)) {
+        let check_mode = !matches!(source, crate::config::MasterKeySource::Credential(_));
+        crate::crypto::MasterKey::load(source.path(), check_mode).map_err(|e| FatalError::new(e.to_string()))?;
+    }
+    let db = config.database_path();
+    if db.exists() {
+        crate::db::inspect(&db).map_err(|e| FatalError::new(e.to_string()))?;
+    }
+    println!(
+        "configuration OK: listen {} ({}), data folder {}, database {}",
+        config.server.listen,
+        if config.tls.enabled { "TLS" } else { "plain HTTP, loopback only" },
+        config.data_dir.display(),
+        db.display()
+    );
+    Ok(())
+}
+
+async fn migrate(config: Config) -> Result<(), FatalError> {
+    let opts = BuildOptions { bootstrap_admin: false, ..BuildOptions::default() };
+    let prepared = startup::prepare(config, &opts).await?;
+    println!(
+        "database {} is at schema version {}",
+        prepared.db.path(),
+        crate::db::migrate::latest_version()
+    );
+    Ok(())
+}
+
+fn require_database(config: &Config) -> Result<(), FatalError> {
+    let db = config.database_path();
+    if db.exists() {
+        Ok(())
+    } else {
+        Err(FatalError::new(format!(
+            "no database at {}; check --data-dir (or database.path), or run `gatehouse init`",
+            db.display()
+        )))
+    }
+}
+
+async fn backup(config: Config, dest: &Path) -> Result<(), FatalError> {
+    require_database(&config)?;
+    if dest.exists() {
+        return Err(FatalError::new(format!("{} already exists; choose a new file name", dest.display())));
+    }
+    let src = config.database_path();
+    crate::db::backup_file(&src, dest).map_err(|e| FatalError::new(format!("backup failed: {e}")))?;
+    let version = crate::db::inspect(dest).map_err(|e| FatalError::new(format!("backup check failed: {e}")))?;
+    println!(
+        "backed up {} to {} (schema {version}); the master key is not in the backup: keep a copy of it too",
+        src.display(),
+        dest.display()
+    );
+    Ok(())
+}
+
+fn restore(config: Config, src: &Path) -> Result<(), FatalError> {
+    let version = crate::db::inspect(src).map_err(|e| FatalError::new(format!("refusing to restore: {e}")))?;
+    if !config.data_dir.exists() {
+        return Err(FatalError::new(format!(
+            "data folder {} does not exist; create it with `gatehouse init` (and put the master key back) first",
+            config.data_dir.display()
+        )));
+    }
+    let _lock = startup::take_lock(&config)?;
+    let creds = std::env::var_os("CREDENTIALS_DIRECTORY").map(std::path::PathBuf::from);
+    let source = config.master_key_source(creds.as_deref());
+    let check_mode = !matches!(source, crate::config::MasterKeySource::Credential(_));
+    let key = crate::crypto::MasterKey::load(source.path(), check_mode).map_err(|e| FatalError::new(e.to_string()))?;
+    match crate::db::read_meta(src, "master_key_check").map_err(|e| FatalError::new(format!("refusing to restore: {e}")))? {
+        Some(stored) if !key.matches_check_value(&stored).map_err(|e| FatalError::new(e.to_string()))? => {
+            return Err(FatalError::new(format!(
+                "refusing to restore {}: it was made with another master key than {}; put that key back first",
+                src.display(),
+                source.path().display()
+            )))
+        }
+        _ => {}
+    }
+    let dest = config.database_path();
+    crate::db::restore_file(src, &dest).map_err(|e| FatalError::new(format!("restore failed: {e}")))?;
+    println!("restored {} into {} (schema {version})", src.display(), dest.display());
+    Ok(())
+}
+
+fn read_password(path: &Path) -> Result<SecretString, FatalError> {
+    let mut text = String::new();
+    if path == Path::new("-") {
+        std::io::stdin().read_to_string(&mut text).map_err(|e| FatalError::new(format!("cannot read the password from standard input: {e}")))?;
+    } else {
+        text = std::fs::read_to_string(path)
+            .map_err(|e| FatalError::new(format!("cannot read password file {}: {e}", path.display())))?;
+    }
+    let password = SecretString::new(text.trim_end_matches(['\r', '\n']).to_string());
+    Ok(password)
+}
+
+async fn add_admin(config: Config, email: &str, password_file: &Path) -> Result<(), FatalError> {
+    let email = accounts::normalize_email(email)?;
+    let password = read_password(password_file)?;
+    accounts::check_password_rule(password.expose(), &email)?;
+    let opts = BuildOptions { bootstrap_admin: false, exclusive: false, ..BuildOptions::default() };
+    let prepared = startup::prepare(config, &opts).await?;
+    let hash = startup::hash_password(password).await?;
+    let key = prepared.audit_key.clone();
+    let now = opts.clock.now();
+    let mail = email.clone();
+    let change = prepared
+        .db
+        .write(move |tx| accounts::set_admin(tx, &key, now, Actor::Operator, &mail, &hash))
+        .await?;
+    match change {
+        AdminChange::Created { id } => println!("created platform admin {email} ({id})"),
+        AdminChange::PasswordReset { id } => println!("reset the password of {email} ({id}); it is a platform admin"),
+    }
+    Ok(())
+}
+
+async fn audit_verify(config: Config) -> Result<(), FatalError> {
+    require_database(&config)?;
+    let opts = BuildOptions { bootstrap_admin: false, exclusive: false, ..BuildOptions::default() };
+    let prepared = startup::prepare(config, &opts).await?;
+    let report = audit::verify(&prepared.db, &prepared.audit_key).await?;
+    match report.first_broken {
+        None => {
+            println!("audit chain OK: {} records verified", report.records);
+            Ok(())
+        }
+        Some(seq) => Err(FatalError::new(format!(
+            "audit chain broken at sequence {seq}: {} ({} records verified before it)",
+            report.reason.unwrap_or_default(),
+            report.records
+        ))),
+    }
+}
+
+#[allow(dead_code)]
+fn is_terminal() -> bool {
+    std::io::stdout().is_terminal()
+}

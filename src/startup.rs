@@ -1,0 +1,411 @@
+//! Wiring: [`prepare`] checks the configuration and opens (or creates) everything in the data
+//! folder; [`Application::build`] binds the listener (port 0 works) and assembles the state the
+//! same way for `gatehouse serve` and for the tests; [`Application::run_until_stopped`] serves
+//! until the shutdown future resolves, then drains in-flight requests for a bounded time.
+//!
+//! Bad input (unreadable config, missing certificate, wrong master key, corrupt or newer
+//! database) is refused with one line naming the file and the fix, before anything is written.
+
+use crate::clock::{SharedClock, SystemClock};
+use crate::config::{Config, MasterKeySource};
+use crate::crypto::{password, random, AuditKey, MasterKey, SecretString};
+use crate::db::{Db, DbOptions};
+use crate::domain::accounts::{self, AdminChange, BOOTSTRAP_ADMIN_EMAIL};
+use crate::domain::audit::{self, Actor, Event, Outcome};
+use crate::error::FatalError;
+use crate::metrics::Metrics;
+use crate::state::{AppState, HttpSettings, Inner};
+use crate::tls;
+use futures_util::StreamExt;
+use poem::listener::{Acceptor, AcceptorExt, BoxAcceptor, Listener, RustlsCertificate, RustlsConfig, TcpListener};
+use std::fs::File;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+/// Knobs the binary and the tests set differently.
+#[derive(Debug, Clone)]
+pub struct BuildOptions {
+    pub clock: SharedClock,
+    /// `$CREDENTIALS_DIRECTORY` (systemd `LoadCredential=`).
+    pub credentials_dir: Option<PathBuf>,
+    /// Create `admin@localhost` with a one-time password when no admin exists.
+    pub bootstrap_admin: bool,
+    /// Hold the data folder's lock (the server, `init`, `migrate`, `restore`).
+    pub exclusive: bool,
+}
+
+impl Default for BuildOptions {
+    fn default() -> Self {
+        Self {
+            clock: Arc::new(SystemClock),
+            credentials_dir: std::env::var_os("CREDENTIALS_DIRECTORY").map(PathBuf::from),
+            bootstrap_admin: true,
+            exclusive: true,
+        }
+    }
+}
+
+/// Everything opened from the data folder.
+#[derive(Debug)]
+pub struct Prepared {
+    pub config: Config,
+    pub db: Db,
+    pub audit_key: AuditKey,
+    pub metrics: Arc<Metrics>,
+    pub metrics_token: Option<SecretString>,
+    /// The one-time password of the admin created at this start, if any.
+    pub bootstrap_password: Option<SecretString>,
+    /// Held for the life of the process: `restore` refuses while it is taken.
+    pub lock: Option<File>,
+}
+
+/// The lock file that marks a data folder in use by a running Gatehouse.
+pub fn lock_path(config: &Config) -> PathBuf {
+    config.data_dir.join("gatehouse.lock")
+}
+
+/// Take the data folder's lock, or say who holds it.
+pub fn take_lock(config: &Config) -> Result<File, FatalError> {
+    let path = lock_path(config);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| FatalError::new(format!("cannot open lock file {}: {e}", path.display())))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(_) => Err(FatalError::new(format!(
+            "data folder {} is in use by a running Gatehouse (lock {} is held); stop it first",
+            config.data_dir.display(),
+            path.display()
+        ))),
+    }
+}
+
+fn load_master_key(source: &MasterKeySource) -> Result<MasterKey, FatalError> {
+    let check_mode = !matches!(source, MasterKeySource::Credential(_));
+    MasterKey::load(source.path(), check_mode).map_err(|e| FatalError::new(e.to_string()))
+}
+
+fn read_secret_file(path: &Path, what: &str) -> Result<SecretString, FatalError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| FatalError::new(format!("cannot read {what} {}: {e}; check the path and its permissions", path.display())))?;
+    let trimmed = text.trim().to_string();
+    if trimmed.is_empty() {
+        return Err(FatalError::new(format!("{what} {} is empty", path.display())));
+    }
+    Ok(SecretString::new(trimmed))
+}
+
+/// Validate the configuration and open the data folder, creating what a first start needs.
+/// Nothing is written until every check that can fail on existing files has passed.
+pub async fn prepare(config: Config, opts: &BuildOptions) -> Result<Prepared, FatalError> {
+    config.validate().map_err(|e| FatalError::new(e.to_string()))?;
+    let creds = opts.credentials_dir.as_deref();
+
+    // 1. Checks on what already exists; nothing is written yet.
+    let (cert_path, key_path, generated_tls) = config.tls_paths();
+    if config.tls.enabled && !generated_tls {
+        tls::load_pair(&cert_path, &key_path).map_err(|e| FatalError::new(e.to_string()))?;
+    }
+    let key_source = config.master_key_source(creds);
+    let db_path = config.database_path();
+    let db_exists = db_path.exists();
+    let existing_key = match &key_source {
+        MasterKeySource::DataDir(p) if !p.exists() => {
+            if db_exists {
+                return Err(FatalError::new(format!(
+                    "database {} exists but its master key {} is missing; restore the key file (or set vault.master_key_file)",
+                    db_path.display(),
+                    p.display()
+                )));
+            }
+            None
+        }
+        other => Some(load_master_key(other)?),
+    };
+    if db_exists {
+        crate::db::inspect(&db_path).map_err(|e| FatalError::new(e.to_string()))?;
+    }
+    let metrics_token = match config.metrics_token_path(creds) {
+        Some(p) => Some(read_secret_file(&p, "metrics token file")?),
+        None => None,
+    };
+
+    // 2. Create what a first start needs.
+    if !config.data_dir.exists() {
+        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(&config.data_dir).map_err(|e| {
+            FatalError::new(format!("cannot create data folder {}: {e}; choose another --data-dir", config.data_dir.display()))
+        })?;
+    }
+    let lock = if opts.exclusive { Some(take_lock(&config)?) } else { None };
+    let master_key = match existing_key {
+        Some(k) => k,
+        None => {
+            let k = MasterKey::generate(key_source.path()).map_err(|e| FatalError::new(e.to_string()))?;
+            tracing::info!(path = %key_source.path().display(), "generated a new master key; back it up with the database");
+            k
+        }
+    };
+    if config.tls.enabled && generated_tls {
+        if tls::ensure_self_signed(&cert_path, &key_path).map_err(|e| FatalError::new(e.to_string()))? {
+            tracing::info!(cert = %cert_path.display(), "generated a self-signed certificate for localhost");
+        }
+        tls::load_pair(&cert_path, &key_path).map_err(|e| FatalError::new(e.to_string()))?;
+    }
+    let metrics = Arc::new(Metrics::new());
+    let db_options = DbOptions {
+        path: db_path.clone(),
+        busy_timeout: Duration::from_millis(config.database.busy_timeout_ms),
+        read_connections: config.database.read_connections,
+    };
+    let db_metrics = metrics.clone();
+    let db = crate::telemetry::spawn_blocking_in_span(move || Db::open(&db_options, Some(db_metrics)))
+        .await
+        .map_err(|e| FatalError::new(e.to_string()))?
+        .map_err(|e| FatalError::new(e.to_string()))?;
+
+    // 3. The master key must be the one this database was created with.
+    let check = master_key.check_value().map_err(|e| FatalError::new(e.to_string()))?;
+    let stored = db.write(move |tx| -> Result<Option<String>, crate::db::DbError> {
+        let stored = tx.meta_get("master_key_check")?;
+        if stored.is_none() {
+            tx.meta_set("master_key_check", &check)?;
+        }
+        Ok(stored)
+    });
+    if let Some(stored) = stored.await.map_err(|e| FatalError::new(e.to_string()))? {
+        if !master_key.matches_check_value(&stored).map_err(|e| FatalError::new(e.to_string()))? {
+            return Err(FatalError::new(format!(
+                "master key {} does not belong to database {}; use the key file created with this database",
+                key_source.path().display(),
+                db_path.display()
+            )));
+        }
+    }
+    let audit_key = master_key.audit_key().map_err(|e| FatalError::new(e.to_string()))?;
+    let mut prepared = Prepared { config, db, audit_key, metrics, metrics_token, bootstrap_password: None, lock };
+    if opts.bootstrap_admin {
+        prepared.bootstrap_password = bootstrap_admin(&prepared, &opts.clock).await?;
+    }
+    Ok(prepared)
+}
+
+/// Hash a password on the blocking pool.
+pub async fn hash_password(password: SecretString) -> Result<String, FatalError> {
+    crate::telemetry::spawn_blocking_in_span(move || password::hash(&password, password::PasswordPolicy::default()))
+        .await
+        .map_err(|e| FatalError::new(e.to_string()))?
+        .map_err(|e| FatalError::new(e.to_string()))
+}
+
+/// Create `admin@localhost` with a random password when no platform admin exists.
+async fn bootstrap_admin(p: &Prepared, clock: &SharedClock) -> Result<Option<SecretString>, FatalError> {
+    let has_admin = p.db.read(|tx| accounts::has_admin(tx)).await?;
+    if has_admin {
+        return Ok(None);
+    }
+    let password = SecretString::new(random::password(24));
+    let hash = hash_password(password.clone()).await?;
+    let key = p.audit_key.clone();
+    let now = clock.now();
+    p.db.write(move |tx| {
+        if accounts::has_admin(tx)? {
+            return Ok(None);
+        }
+        accounts::set_admin(tx, &key, now, Actor::System, BOOTSTRAP_ADMIN_EMAIL, &hash).map(Some)
+    })
+    .await
+    .map_err(FatalError::from)
+    .map(|change| match change {
+        Some(AdminChange::Created { .. }) => Some(password),
+        _ => None,
+    })
+}
+
+/// A running-to-be server: bound, with its state assembled.
+pub struct Application {
+    local_addr: SocketAddr,
+    tls: bool,
+    state: AppState,
+    acceptor: BoxAcceptor,
+    tls_reload: Option<mpsc::UnboundedSender<RustlsConfig>>,
+    tls_paths: (PathBuf, PathBuf),
+    bootstrap_password: Option<SecretString>,
+    grace: Duration,
+    _lock: Option<File>,
+}
+
+impl std::fmt::Debug for Application {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Application").field("local_addr", &self.local_addr).field("tls", &self.tls).finish()
+    }
+}
+
+fn rustls_config(pair: &tls::PemPair) -> RustlsConfig {
+    RustlsConfig::new().fallback(RustlsCertificate::new().cert(pair.cert_pem.clone()).key(pair.key_pem.clone()))
+}
+
+impl Application {
+    /// Prepare the data folder and bind the listener (`server.listen`; port 0 picks a free port).
+    pub async fn build(config: Config, opts: BuildOptions) -> Result<Self, FatalError> {
+        let prepared = prepare(config, &opts).await?;
+        Self::from_prepared(prepared, opts).await
+    }
+
+    async fn from_prepared(p: Prepared, opts: BuildOptions) -> Result<Self, FatalError> {
+        let config = &p.config;
+        let listen = config.server.listen;
+        let bind_error = |e: std::io::Error| {
+            FatalError::new(format!("cannot listen on {listen}: {e}; choose another address with --listen or server.listen"))
+        };
+        let (cert_path, key_path, _) = config.tls_paths();
+        let (acceptor, tls_reload) = if config.tls.enabled {
+            tls::install_provider();
+            let pair = tls::load_pair(&cert_path, &key_path).map_err(|e| FatalError::new(e.to_string()))?;
+            let (tx, rx) = mpsc::unbounded_channel::<RustlsConfig>();
+            tx.send(rustls_config(&pair)).map_err(|_| FatalError::new("TLS reload channel closed"))?;
+            let stream = tokio_stream_from(rx);
+            let acceptor = TcpListener::bind(listen).rustls(stream).into_acceptor().await.map_err(bind_error)?;
+            (acceptor.boxed(), Some(tx))
+        } else {
+            let acceptor = TcpListener::bind(listen).into_acceptor().await.map_err(bind_error)?;
+            (acceptor.boxed(), None)
+        };
+        let local_addr = acceptor
+            .local_addr()
+            .first()
+            .and_then(|a| a.as_socket_addr().copied())
+            .ok_or_else(|| FatalError::new(format!("cannot learn the bound address of {listen}")))?;
+        let state = AppState::new(Inner {
+            db: p.db,
+            clock: opts.clock.clone(),
+            audit_key: p.audit_key,
+            metrics: p.metrics,
+            metrics_token: p.metrics_token,
+            http: HttpSettings {
+                tls: config.tls.enabled,
+                max_body_bytes: config.server.max_body_bytes,
+                trusted_proxies: config.server.trusted_proxies.clone(),
+                cors_allowed_origins: config.server.cors_allowed_origins.clone(),
+            },
+        });
+        Ok(Self {
+            local_addr,
+            tls: config.tls.enabled,
+            state,
+            acceptor,
+            tls_reload,
+            tls_paths: (cert_path, key_path),
+            bootstrap_password: p.bootstrap_password,
+            grace: Duration::from_secs(config.server.shutdown_grace_seconds),
+            _lock: p.lock,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// `https://127.0.0.1:PORT` (or `http://` when TLS is off).
+    pub fn base_url(&self) -> String {
+        format!("{}://{}", if self.tls { "https" } else { "http" }, self.local_addr)
+    }
+
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// The one-time password of the admin created at this start. Taken once.
+    pub fn take_bootstrap_password(&mut self) -> Option<SecretString> {
+        self.bootstrap_password.take()
+    }
+
+    /// A handle that re-reads the certificate and key (SIGHUP).
+    pub fn tls_reloader(&self) -> TlsReloader {
+        TlsReloader {
+            sender: self.tls_reload.clone(),
+            paths: self.tls_paths.clone(),
+            state: self.state.clone(),
+        }
+    }
+
+    /// Serve until `shutdown` resolves; then stop accepting, let in-flight requests finish
+    /// (bounded by `server.shutdown_grace_seconds`) and record `server.stopped`.
+    pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), FatalError> {
+        let state = self.state.clone();
+        record_system_event(
+            &state,
+            Event::new("server.started", Actor::System).details(serde_json::json!({
+                "version": env!("CARGO_PKG_VERSION"),
+                "listen": self.local_addr.to_string(),
+                "tls": self.tls,
+            })),
+        )
+        .await?;
+        let app = crate::http::app(state.clone());
+        let result = poem::Server::new_with_acceptor(self.acceptor)
+            .run_with_graceful_shutdown(app, shutdown, Some(self.grace))
+            .await;
+        record_system_event(&state, Event::new("server.stopped", Actor::System)).await?;
+        result.map_err(|e| FatalError::new(format!("server error: {e}")))
+    }
+}
+
+fn tokio_stream_from(mut rx: mpsc::UnboundedReceiver<RustlsConfig>) -> impl futures_util::Stream<Item = RustlsConfig> + Send + 'static {
+    futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx)).boxed()
+}
+
+/// Write one system event in its own transaction.
+pub async fn record_system_event(state: &AppState, event: Event) -> Result<(), FatalError> {
+    let key = state.audit_key.clone();
+    let now = state.clock.now();
+    state.db.write(move |tx| audit::record(tx, &key, now, &event).map(|_| ())).await.map_err(FatalError::from)
+}
+
+/// Re-reads the TLS certificate and key and swaps them into the running listener; existing
+/// connections keep theirs. A pair that does not load is refused and audited
+/// (`config.rejected`); the server keeps the previous one.
+#[derive(Debug, Clone)]
+pub struct TlsReloader {
+    sender: Option<mpsc::UnboundedSender<RustlsConfig>>,
+    paths: (PathBuf, PathBuf),
+    state: AppState,
+}
+
+impl TlsReloader {
+    pub async fn reload(&self) -> Result<(), FatalError> {
+        let Some(sender) = &self.sender else {
+            return Ok(());
+        };
+        match tls::load_pair(&self.paths.0, &self.paths.1) {
+            Ok(pair) => {
+                sender.send(rustls_config(&pair)).map_err(|_| FatalError::new("the listener has stopped"))?;
+                tracing::info!(cert = %self.paths.0.display(), "TLS certificate reloaded");
+                record_system_event(
+                    &self.state,
+                    Event::new("tls.certificate.reloaded", Actor::System)
+                        .details(serde_json::json!({ "cert_file": self.paths.0.display().to_string() })),
+                )
+                .await
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "TLS certificate reload refused; keeping the current certificate");
+                record_system_event(
+                    &self.state,
+                    Event::new("config.rejected", Actor::System)
+                        .outcome(Outcome::Failure)
+                        .details(serde_json::json!({ "what": "tls", "reason": e.to_string() })),
+                )
+                .await?;
+                Err(FatalError::new(e.to_string()))
+            }
+        }
+    }
+}

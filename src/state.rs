@@ -1,0 +1,44 @@
+//! `AppState`: what every request handler may use. Cheap to clone (one `Arc` inside).
+
+use crate::clock::SharedClock;
+use crate::crypto::{AuditKey, SecretString};
+use crate::db::Db;
+use crate::metrics::Metrics;
+use ipnet::IpNet;
+use std::sync::Arc;
+
+/// Settings the HTTP layer reads on every request.
+#[derive(Debug, Clone)]
+pub struct HttpSettings {
+    pub tls: bool,
+    pub max_body_bytes: usize,
+    pub trusted_proxies: Vec<IpNet>,
+    pub cors_allowed_origins: Vec<String>,
+}
+
+#[derive(Debug)]
+pub struct Inner {
+    pub db: Db,
+    pub clock: SharedClock,
+    pub audit_key: AuditKey,
+    pub metrics: Arc<Metrics>,
+    /// Bearer token that opens `/metrics` to non-loopback clients.
+    pub metrics_token: Option<SecretString>,
+    pub http: HttpSettings,
+}
+
+#[derive(Debug, Clone)]
+pub struct AppState(Arc<Inner>);
+
+impl AppState {
+    pub fn new(inner: Inner) -> Self {
+        Self(Arc::new(inner))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
+        &self.0
+    }
+}
