@@ -9,7 +9,7 @@ use crate::telemetry::LogFormat;
 use figment::providers::{Format, Toml};
 use figment::Figment;
 use ipnet::IpNet;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
@@ -18,7 +18,7 @@ pub const CREDENTIAL_MASTER_KEY: &str = "master_key";
 /// Name of the systemd credential that holds the metrics bearer token.
 pub const CREDENTIAL_METRICS_TOKEN: &str = "metrics_token";
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// Folder for the database, generated keys and certificate.
@@ -31,7 +31,7 @@ pub struct Config {
     pub log: LogConfig,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServerConfig {
     pub listen: SocketAddr,
@@ -41,7 +41,7 @@ pub struct ServerConfig {
     pub cors_allowed_origins: Vec<String>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TlsConfig {
     pub enabled: bool,
@@ -49,7 +49,7 @@ pub struct TlsConfig {
     pub key_file: Option<PathBuf>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DatabaseConfig {
     pub path: Option<PathBuf>,
@@ -57,19 +57,19 @@ pub struct DatabaseConfig {
     pub read_connections: usize,
 }
 
-#[derive(Debug, Clone, Deserialize, Default)]
+#[derive(Debug, Clone, Deserialize, Serialize, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct VaultConfig {
     pub master_key_file: Option<PathBuf>,
 }
 
-#[derive(Debug, Clone, Deserialize, Default)]
+#[derive(Debug, Clone, Deserialize, Serialize, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct MetricsConfig {
     pub token_file: Option<PathBuf>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LogConfig {
     pub format: LogFormat,
@@ -141,7 +141,7 @@ impl Sources {
 }
 
 /// Environment variables that name the config file rather than a key in it.
-const NOT_KEYS: &[&str] = &["GATEHOUSE_CONFIG", "GATEHOUSE_LOG"];
+const NOT_KEYS: &[&str] = &["GATEHOUSE_CONFIG"];
 
 impl Config {
     /// Load defaults, then the file, then `GATEHOUSE_*` variables.
@@ -168,7 +168,9 @@ impl Config {
     /// Check what types cannot: relations between keys, paths that must exist.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.server.max_body_bytes < 1024 {
-            return Err(ConfigError("server.max_body_bytes must be at least 1024 (GATEHOUSE_SERVER__MAX_BODY_BYTES)".into()));
+            return Err(ConfigError(
+                "server.max_body_bytes must be at least 1024 (GATEHOUSE_SERVER__MAX_BODY_BYTES)".into(),
+            ));
         }
         if self.database.read_connections == 0 || self.database.read_connections > 64 {
             return Err(ConfigError("database.read_connections must be between 1 and 64".into()));
@@ -206,7 +208,10 @@ impl Config {
             }
         }
         if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
-            return Err(ConfigError(format!("log.level: {:?} is not a valid filter (try \"info\" or \"gatehouse=debug,info\")", self.log.level)));
+            return Err(ConfigError(format!(
+                "log.level: {:?} is not a valid filter (try \"info\" or \"gatehouse=debug,info\")",
+                self.log.level
+            )));
         }
         Ok(())
     }
@@ -325,6 +330,17 @@ mod toml_value {
     }
 }
 
+/// Parser messages can span several lines (a source snippet with a caret): keep the first and
+/// the last, which say where and what.
+fn one_line(msg: &str) -> String {
+    let lines: Vec<&str> = msg.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('|')).collect();
+    match lines.as_slice() {
+        [] => String::new(),
+        [only] => (*only).to_string(),
+        [first, .., last] => format!("{first}: {last}"),
+    }
+}
+
 /// One line naming the key, where it came from, and what is wrong.
 fn describe(e: figment::Error, file: Option<&Path>) -> String {
     let mut lines = Vec::new();
@@ -342,10 +358,21 @@ fn describe(e: figment::Error, file: Option<&Path>) -> String {
         };
         let what = match &err.kind {
             figment::error::Kind::UnknownField(name, _) => {
-                let full = if key.is_empty() { name.clone() } else { format!("{key}.{name}") };
-                format!("unknown key `{full}` {source}; remove it or check its spelling against packaging/gatehouse.toml")
+                let full = if key.is_empty() || key == *name || key.ends_with(&format!(".{name}")) {
+                    if key.is_empty() {
+                        name.clone()
+                    } else {
+                        key.clone()
+                    }
+                } else {
+                    format!("{key}.{name}")
+                };
+                format!(
+                    "unknown key `{full}` {source}; remove it or check its spelling against packaging/gatehouse.toml"
+                )
             }
             other => {
+                let other = one_line(&other.to_string());
                 if key.is_empty() {
                     format!("{other} {source}")
                 } else {
@@ -404,7 +431,7 @@ mod tests {
         let file = dir.path().join("g.toml");
         std::fs::write(&file, "[server]\nlisten_addr = \"127.0.0.1:9000\"\n").unwrap();
         let err = Config::load(&Sources { file: Some(file.clone()), env: vec![] }).unwrap_err().to_string();
-        assert!(err.contains("server.listen_addr"), "{err}");
+        assert!(err.contains("`server.listen_addr`"), "{err}");
         assert!(err.contains(&file.display().to_string()), "{err}");
     }
 

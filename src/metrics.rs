@@ -65,13 +65,19 @@ impl Metrics {
         build.get_or_create(&BuildLabels { version: env!("CARGO_PKG_VERSION") }).set(1);
         registry.register("http_requests", "HTTP requests by method, route template and status", requests.clone());
         registry.register("http_request_duration_seconds", "HTTP request latency by route template", latency.clone());
-        registry.register("db_operation_duration_seconds", "Database transaction time by kind (read, write)", db.clone());
+        registry.register(
+            "db_operation_duration_seconds",
+            "Database transaction time by kind (read, write)",
+            db.clone(),
+        );
         registry.register("build_info", "Build information", build);
         Self { registry, requests, latency, db }
     }
 
     pub fn observe_request(&self, method: &str, route: &str, status: u16, elapsed: Duration) {
-        self.requests.get_or_create(&RequestLabels { method: method.to_string(), route: route.to_string(), status }).inc();
+        self.requests
+            .get_or_create(&RequestLabels { method: method.to_string(), route: route.to_string(), status })
+            .inc();
         self.latency.get_or_create(&RouteLabels { route: route.to_string() }).observe(elapsed.as_secs_f64());
     }
 
@@ -97,7 +103,10 @@ mod tests {
         m.observe_request("GET", "/healthz", 200, std::time::Duration::from_millis(2));
         m.observe_db("read", std::time::Duration::from_millis(1));
         let text = m.render();
-        assert!(text.contains("gatehouse_http_requests_total{method=\"GET\",route=\"/healthz\",status=\"200\"} 1"), "{text}");
+        assert!(
+            text.contains("gatehouse_http_requests_total{method=\"GET\",route=\"/healthz\",status=\"200\"} 1"),
+            "{text}"
+        );
         assert!(text.contains("gatehouse_db_operation_duration_seconds_bucket"));
         assert!(text.contains("gatehouse_build_info{version="));
     }

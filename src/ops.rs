@@ -11,7 +11,7 @@ use crate::domain::audit::{self, Actor};
 use crate::error::FatalError;
 use crate::startup::{self, Application, BuildOptions};
 use crate::telemetry;
-use std::io::{IsTerminal, Read, Write};
+use std::io::{Read, Write};
 use std::path::Path;
 
 /// Run a parsed command line; returns the process exit code.
@@ -88,9 +88,21 @@ fn print_bootstrap_password(password: &SecretString) {
 }
 
 async fn serve(config: Config) -> Result<(), FatalError> {
-    let mut app = Application::build(config, BuildOptions::default()).await?;
+    // Under systemd, standard output goes to the journal: a one-time password printed there
+    // would be written down. The operator creates the first admin with `users add-admin`.
+    let under_systemd = std::env::var_os("INVOCATION_ID").is_some();
+    let opts = BuildOptions { bootstrap_admin: !under_systemd, ..BuildOptions::default() };
+    let mut app = Application::build(config, opts).await?;
     if let Some(password) = app.take_bootstrap_password() {
         print_bootstrap_password(&password);
+    }
+    if under_systemd {
+        let has_admin = app.state().db.read(crate::domain::accounts::has_admin).await?;
+        if !has_admin {
+            tracing::warn!(
+                "no platform admin exists: create one with `gatehouse users add-admin --email E --password-file F`"
+            );
+        }
     }
     let url = app.base_url();
     {
@@ -160,6 +172,9 @@ fn check_config(config: Config) -> Result<(), FatalError> {
         let check_mode = !matches!(source, crate::config::MasterKeySource::Credential(_));
         crate::crypto::MasterKey::load(source.path(), check_mode).map_err(|e| FatalError::new(e.to_string()))?;
     }
+    if let Some(token) = config.metrics_token_path(creds.as_deref()) {
+        startup::read_secret_file(&token, "metrics token file")?;
+    }
     let db = config.database_path();
     if db.exists() {
         crate::db::inspect(&db).map_err(|e| FatalError::new(e.to_string()))?;
@@ -177,11 +192,7 @@ fn check_config(config: Config) -> Result<(), FatalError> {
 async fn migrate(config: Config) -> Result<(), FatalError> {
     let opts = BuildOptions { bootstrap_admin: false, ..BuildOptions::default() };
     let prepared = startup::prepare(config, &opts).await?;
-    println!(
-        "database {} is at schema version {}",
-        prepared.db.path(),
-        crate::db::migrate::latest_version()
-    );
+    println!("database {} is at schema version {}", prepared.db.path(), crate::db::migrate::latest_version());
     Ok(())
 }
 
@@ -226,16 +237,8 @@ fn restore(config: Config, src: &Path) -> Result<(), FatalError> {
     let source = config.master_key_source(creds.as_deref());
     let check_mode = !matches!(source, crate::config::MasterKeySource::Credential(_));
     let key = crate::crypto::MasterKey::load(source.path(), check_mode).map_err(|e| FatalError::new(e.to_string()))?;
-    match crate::db::read_meta(src, "master_key_check").map_err(|e| FatalError::new(format!("refusing to restore: {e}")))? {
-        Some(stored) if !key.matches_check_value(&stored).map_err(|e| FatalError::new(e.to_string()))? => {
-            return Err(FatalError::new(format!(
-                "refusing to restore {}: it was made with another master key than {}; put that key back first",
-                src.display(),
-                source.path().display()
-            )))
-        }
-        _ => {}
-    }
+    startup::check_key_belongs(&key, source.path(), src)
+        .map_err(|e| FatalError::new(format!("refusing to restore: {e}; put that backup's key back first")))?;
     let dest = config.database_path();
     crate::db::restore_file(src, &dest).map_err(|e| FatalError::new(format!("restore failed: {e}")))?;
     println!("restored {} into {} (schema {version})", src.display(), dest.display());
@@ -245,7 +248,9 @@ fn restore(config: Config, src: &Path) -> Result<(), FatalError> {
 fn read_password(path: &Path) -> Result<SecretString, FatalError> {
     let mut text = String::new();
     if path == Path::new("-") {
-        std::io::stdin().read_to_string(&mut text).map_err(|e| FatalError::new(format!("cannot read the password from standard input: {e}")))?;
+        std::io::stdin()
+            .read_to_string(&mut text)
+            .map_err(|e| FatalError::new(format!("cannot read the password from standard input: {e}")))?;
     } else {
         text = std::fs::read_to_string(path)
             .map_err(|e| FatalError::new(format!("cannot read password file {}: {e}", path.display())))?;
@@ -264,10 +269,7 @@ async fn add_admin(config: Config, email: &str, password_file: &Path) -> Result<
     let key = prepared.audit_key.clone();
     let now = opts.clock.now();
     let mail = email.clone();
-    let change = prepared
-        .db
-        .write(move |tx| accounts::set_admin(tx, &key, now, Actor::Operator, &mail, &hash))
-        .await?;
+    let change = prepared.db.write(move |tx| accounts::set_admin(tx, &key, now, Actor::Operator, &mail, &hash)).await?;
     match change {
         AdminChange::Created { id } => println!("created platform admin {email} ({id})"),
         AdminChange::PasswordReset { id } => println!("reset the password of {email} ({id}); it is a platform admin"),
@@ -291,9 +293,4 @@ async fn audit_verify(config: Config) -> Result<(), FatalError> {
             report.records
         ))),
     }
-}
-
-#[allow(dead_code)]
-fn is_terminal() -> bool {
-    std::io::stdout().is_terminal()
 }

@@ -93,9 +93,10 @@ fn load_master_key(source: &MasterKeySource) -> Result<MasterKey, FatalError> {
     MasterKey::load(source.path(), check_mode).map_err(|e| FatalError::new(e.to_string()))
 }
 
-fn read_secret_file(path: &Path, what: &str) -> Result<SecretString, FatalError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| FatalError::new(format!("cannot read {what} {}: {e}; check the path and its permissions", path.display())))?;
+pub fn read_secret_file(path: &Path, what: &str) -> Result<SecretString, FatalError> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        FatalError::new(format!("cannot read {what} {}: {e}; check the path and its permissions", path.display()))
+    })?;
     let trimmed = text.trim().to_string();
     if trimmed.is_empty() {
         return Err(FatalError::new(format!("{what} {} is empty", path.display())));
@@ -132,6 +133,9 @@ pub async fn prepare(config: Config, opts: &BuildOptions) -> Result<Prepared, Fa
     };
     if db_exists {
         crate::db::inspect(&db_path).map_err(|e| FatalError::new(e.to_string()))?;
+        if let Some(key) = &existing_key {
+            check_key_belongs(key, key_source.path(), &db_path)?;
+        }
     }
     let metrics_token = match config.metrics_token_path(creds) {
         Some(p) => Some(read_secret_file(&p, "metrics token file")?),
@@ -141,7 +145,10 @@ pub async fn prepare(config: Config, opts: &BuildOptions) -> Result<Prepared, Fa
     // 2. Create what a first start needs.
     if !config.data_dir.exists() {
         std::fs::DirBuilder::new().recursive(true).mode(0o700).create(&config.data_dir).map_err(|e| {
-            FatalError::new(format!("cannot create data folder {}: {e}; choose another --data-dir", config.data_dir.display()))
+            FatalError::new(format!(
+                "cannot create data folder {}: {e}; choose another --data-dir",
+                config.data_dir.display()
+            ))
         })?;
     }
     let lock = if opts.exclusive { Some(take_lock(&config)?) } else { None };
@@ -171,30 +178,39 @@ pub async fn prepare(config: Config, opts: &BuildOptions) -> Result<Prepared, Fa
         .map_err(|e| FatalError::new(e.to_string()))?
         .map_err(|e| FatalError::new(e.to_string()))?;
 
-    // 3. The master key must be the one this database was created with.
+    // 3. A new database records which master key it belongs to (checked at every later start).
     let check = master_key.check_value().map_err(|e| FatalError::new(e.to_string()))?;
-    let stored = db.write(move |tx| -> Result<Option<String>, crate::db::DbError> {
-        let stored = tx.meta_get("master_key_check")?;
-        if stored.is_none() {
-            tx.meta_set("master_key_check", &check)?;
+    db.write(move |tx| -> Result<(), crate::db::DbError> {
+        if tx.meta_get(KEY_CHECK)?.is_none() {
+            tx.meta_set(KEY_CHECK, &check)?;
         }
-        Ok(stored)
-    });
-    if let Some(stored) = stored.await.map_err(|e| FatalError::new(e.to_string()))? {
-        if !master_key.matches_check_value(&stored).map_err(|e| FatalError::new(e.to_string()))? {
-            return Err(FatalError::new(format!(
-                "master key {} does not belong to database {}; use the key file created with this database",
-                key_source.path().display(),
-                db_path.display()
-            )));
-        }
-    }
+        Ok(())
+    })
+    .await?;
     let audit_key = master_key.audit_key().map_err(|e| FatalError::new(e.to_string()))?;
     let mut prepared = Prepared { config, db, audit_key, metrics, metrics_token, bootstrap_password: None, lock };
     if opts.bootstrap_admin {
         prepared.bootstrap_password = bootstrap_admin(&prepared, &opts.clock).await?;
     }
     Ok(prepared)
+}
+
+/// The `meta` entry proving which master key a database belongs to.
+pub const KEY_CHECK: &str = "master_key_check";
+
+/// Refuse a master key that is not the one `db_path` was created with (read-only check).
+pub fn check_key_belongs(key: &MasterKey, key_path: &Path, db_path: &Path) -> Result<(), FatalError> {
+    let stored = crate::db::read_meta(db_path, KEY_CHECK).map_err(|e| FatalError::new(e.to_string()))?;
+    match stored {
+        Some(stored) if !key.matches_check_value(&stored).map_err(|e| FatalError::new(e.to_string()))? => {
+            Err(FatalError::new(format!(
+                "master key {} does not belong to database {}; use the key file created with this database",
+                key_path.display(),
+                db_path.display()
+            )))
+        }
+        _ => Ok(()),
+    }
 }
 
 /// Hash a password on the blocking pool.
@@ -207,7 +223,7 @@ pub async fn hash_password(password: SecretString) -> Result<String, FatalError>
 
 /// Create `admin@localhost` with a random password when no platform admin exists.
 async fn bootstrap_admin(p: &Prepared, clock: &SharedClock) -> Result<Option<SecretString>, FatalError> {
-    let has_admin = p.db.read(|tx| accounts::has_admin(tx)).await?;
+    let has_admin = p.db.read(accounts::has_admin).await?;
     if has_admin {
         return Ok(None);
     }
@@ -263,7 +279,9 @@ impl Application {
         let config = &p.config;
         let listen = config.server.listen;
         let bind_error = |e: std::io::Error| {
-            FatalError::new(format!("cannot listen on {listen}: {e}; choose another address with --listen or server.listen"))
+            FatalError::new(format!(
+                "cannot listen on {listen}: {e}; choose another address with --listen or server.listen"
+            ))
         };
         let (cert_path, key_path, _) = config.tls_paths();
         let (acceptor, tls_reload) = if config.tls.enabled {
@@ -272,7 +290,8 @@ impl Application {
             let (tx, rx) = mpsc::unbounded_channel::<RustlsConfig>();
             tx.send(rustls_config(&pair)).map_err(|_| FatalError::new("TLS reload channel closed"))?;
             let stream = tokio_stream_from(rx);
-            let acceptor = TcpListener::bind(listen).rustls(stream).into_acceptor().await.map_err(bind_error)?;
+            let acceptor =
+                ConfigFirst(TcpListener::bind(listen)).rustls(stream).into_acceptor().await.map_err(bind_error)?;
             (acceptor.boxed(), Some(tx))
         } else {
             let acceptor = TcpListener::bind(listen).into_acceptor().await.map_err(bind_error)?;
@@ -296,6 +315,16 @@ impl Application {
                 cors_allowed_origins: config.server.cors_allowed_origins.clone(),
             },
         });
+        // Recorded once bound: connections wait in the backlog until the server runs.
+        record_system_event(
+            &state,
+            Event::new("server.started", Actor::System).details(serde_json::json!({
+                "version": env!("CARGO_PKG_VERSION"),
+                "listen": local_addr.to_string(),
+                "tls": config.tls.enabled,
+            })),
+        )
+        .await?;
         Ok(Self {
             local_addr,
             tls: config.tls.enabled,
@@ -329,26 +358,16 @@ impl Application {
 
     /// A handle that re-reads the certificate and key (SIGHUP).
     pub fn tls_reloader(&self) -> TlsReloader {
-        TlsReloader {
-            sender: self.tls_reload.clone(),
-            paths: self.tls_paths.clone(),
-            state: self.state.clone(),
-        }
+        TlsReloader { sender: self.tls_reload.clone(), paths: self.tls_paths.clone(), state: self.state.clone() }
     }
 
     /// Serve until `shutdown` resolves; then stop accepting, let in-flight requests finish
     /// (bounded by `server.shutdown_grace_seconds`) and record `server.stopped`.
-    pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), FatalError> {
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), FatalError> {
         let state = self.state.clone();
-        record_system_event(
-            &state,
-            Event::new("server.started", Actor::System).details(serde_json::json!({
-                "version": env!("CARGO_PKG_VERSION"),
-                "listen": self.local_addr.to_string(),
-                "tls": self.tls,
-            })),
-        )
-        .await?;
         let app = crate::http::app(state.clone());
         let result = poem::Server::new_with_acceptor(self.acceptor)
             .run_with_graceful_shutdown(app, shutdown, Some(self.grace))
@@ -358,7 +377,46 @@ impl Application {
     }
 }
 
-fn tokio_stream_from(mut rx: mpsc::UnboundedReceiver<RustlsConfig>) -> impl futures_util::Stream<Item = RustlsConfig> + Send + 'static {
+/// A listener whose first `accept` yields once before accepting. poem's TLS acceptor races its
+/// certificate stream against `accept` with an unbiased `select!`: a connection already waiting
+/// at start could be picked before the first certificate is loaded and dropped. Yielding on the
+/// first call lets the certificate win.
+struct ConfigFirst<L>(L);
+
+struct ConfigFirstAcceptor<A> {
+    inner: A,
+    first: bool,
+}
+
+impl<L: Listener> Listener for ConfigFirst<L> {
+    type Acceptor = ConfigFirstAcceptor<L::Acceptor>;
+
+    async fn into_acceptor(self) -> std::io::Result<Self::Acceptor> {
+        Ok(ConfigFirstAcceptor { inner: self.0.into_acceptor().await?, first: true })
+    }
+}
+
+impl<A: Acceptor> Acceptor for ConfigFirstAcceptor<A> {
+    type Io = A::Io;
+
+    fn local_addr(&self) -> Vec<poem::web::LocalAddr> {
+        self.inner.local_addr()
+    }
+
+    async fn accept(
+        &mut self,
+    ) -> std::io::Result<(Self::Io, poem::web::LocalAddr, poem::web::RemoteAddr, poem::http::uri::Scheme)> {
+        if self.first {
+            self.first = false;
+            tokio::task::yield_now().await;
+        }
+        self.inner.accept().await
+    }
+}
+
+fn tokio_stream_from(
+    mut rx: mpsc::UnboundedReceiver<RustlsConfig>,
+) -> impl futures_util::Stream<Item = RustlsConfig> + Send + 'static {
     futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx)).boxed()
 }
 

@@ -71,9 +71,15 @@ impl std::fmt::Debug for PemPair {
 pub fn load_pair(cert_path: &Path, key_path: &Path) -> Result<PemPair, TlsError> {
     let cert_shown = cert_path.display().to_string();
     let key_shown = key_path.display().to_string();
-    let cert_pem = std::fs::read(cert_path).map_err(|source| TlsError::Read { what: "certificate", path: cert_shown.clone(), source })?;
-    let key_pem = std::fs::read(key_path).map_err(|source| TlsError::Read { what: "key", path: key_shown.clone(), source })?;
-    let certs: Vec<CertificateDer<'static>> = rustls_pemfile::certs(&mut cert_pem.as_slice()).filter_map(Result::ok).collect();
+    let cert_pem = std::fs::read(cert_path).map_err(|source| TlsError::Read {
+        what: "certificate",
+        path: cert_shown.clone(),
+        source,
+    })?;
+    let key_pem =
+        std::fs::read(key_path).map_err(|source| TlsError::Read { what: "key", path: key_shown.clone(), source })?;
+    let certs: Vec<CertificateDer<'static>> =
+        rustls_pemfile::certs(&mut cert_pem.as_slice()).filter_map(Result::ok).collect();
     if certs.is_empty() {
         return Err(TlsError::Empty { what: "certificate", path: cert_shown });
     }
@@ -82,8 +88,11 @@ pub fn load_pair(cert_path: &Path, key_path: &Path) -> Result<PemPair, TlsError>
         _ => return Err(TlsError::Empty { what: "key", path: key_shown }),
     };
     let provider = Arc::new(provider());
-    rustls::sign::CertifiedKey::from_der(certs, key, &provider)
-        .map_err(|e| TlsError::Mismatch { cert: cert_shown, key: key_shown, detail: e.to_string() })?;
+    rustls::sign::CertifiedKey::from_der(certs, key, &provider).map_err(|e| TlsError::Mismatch {
+        cert: cert_shown,
+        key: key_shown,
+        detail: e.to_string(),
+    })?;
     Ok(PemPair { cert_pem, key_pem })
 }
 

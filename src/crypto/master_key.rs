@@ -45,7 +45,8 @@ impl MasterKey {
         if check_mode && mode & 0o077 != 0 {
             return Err(MasterKeyError::Permissions { path: shown, mode });
         }
-        let mut text = std::fs::read_to_string(path).map_err(|source| MasterKeyError::Read { path: shown.clone(), source })?;
+        let mut text =
+            std::fs::read_to_string(path).map_err(|source| MasterKeyError::Read { path: shown.clone(), source })?;
         let mut bytes = [0u8; 32];
         let decoded = hex::decode_to_slice(text.trim(), &mut bytes);
         text.zeroize();

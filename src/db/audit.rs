@@ -51,7 +51,9 @@ impl Tx<'_> {
     }
 
     pub fn audit_insert(&self, a: &AuditRow) -> Result<(), DbError> {
-        let sql = format!("INSERT INTO audit_log ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)");
+        let sql = format!(
+            "INSERT INTO audit_log ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)"
+        );
         self.conn().execute(
             &sql,
             params![
@@ -83,9 +85,8 @@ impl Tx<'_> {
 
     /// Newest records first, optionally only one action (for tests and operators).
     pub fn audit_latest(&self, action: Option<&str>, limit: i64) -> Result<Vec<AuditRow>, DbError> {
-        let sql = format!(
-            "SELECT {COLUMNS} FROM audit_log WHERE (?1 IS NULL OR action = ?1) ORDER BY seq DESC LIMIT ?2"
-        );
+        let sql =
+            format!("SELECT {COLUMNS} FROM audit_log WHERE (?1 IS NULL OR action = ?1) ORDER BY seq DESC LIMIT ?2");
         let mut stmt = self.conn().prepare_cached(&sql)?;
         let rows = stmt.query_map(params![action, limit], from_row)?;
         Ok(rows.collect::<Result<Vec<_>, _>>()?)

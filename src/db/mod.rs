@@ -4,8 +4,8 @@
 //! here; policy is decided elsewhere.
 
 mod audit;
-pub mod migrate;
 mod meta;
+pub mod migrate;
 mod users;
 
 pub use audit::AuditRow;
@@ -23,7 +23,9 @@ use tokio::sync::Semaphore;
 pub enum DbError {
     #[error("database {path} was written by a newer Gatehouse (schema {found}, this binary knows {supported}); run the newer binary or restore a backup")]
     TooNew { path: String, found: i64, supported: i64 },
-    #[error("cannot open database {path}: {detail}; check the path, its permissions and that it is a Gatehouse database")]
+    #[error(
+        "cannot open database {path}: {detail}; check the path, its permissions and that it is a Gatehouse database"
+    )]
     Open { path: String, detail: String },
     #[error("unique constraint violated")]
     Unique,
@@ -67,12 +69,14 @@ impl Tx<'_> {
     }
 }
 
+/// Field order matters: the read-only connections close first, so that the writer closes last,
+/// checkpoints the WAL into the database file and removes it.
 struct Inner {
     path: String,
-    writer: Mutex<Connection>,
-    write_gate: Semaphore,
     readers: Mutex<Vec<Connection>>,
     read_gate: Semaphore,
+    writer: Mutex<Connection>,
+    write_gate: Semaphore,
     metrics: Option<Arc<Metrics>>,
 }
 
@@ -99,18 +103,18 @@ fn open_error(path: &str, e: impl std::fmt::Display) -> DbError {
     DbError::Open { path: path.to_string(), detail: e.to_string() }
 }
 
+/// Create an empty file readable by the owner only: SQLite gives the -wal and -shm files the
+/// same mode as the database.
+fn create_private(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path).map(|_| ())
+}
+
 /// Open the writer connection: create the file if needed, WAL mode, settings.
 fn open_writer(path: &Path, busy: Duration) -> Result<Connection, DbError> {
     let shown = path.display().to_string();
     if !path.exists() {
-        // Create it private: SQLite gives the -wal and -shm files the same mode.
-        use std::os::unix::fs::OpenOptionsExt;
-        std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(path)
-            .map_err(|e| open_error(&shown, e))?;
+        create_private(path).map_err(|e| open_error(&shown, e))?;
     }
     let conn = Connection::open_with_flags(
         path,
@@ -119,8 +123,10 @@ fn open_writer(path: &Path, busy: Duration) -> Result<Connection, DbError> {
     .map_err(|e| open_error(&shown, e))?;
     configure(&conn, busy).map_err(|e| open_error(&shown, e))?;
     // Reading the schema proves the file is a database before anything is written.
-    conn.query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get::<_, i64>(0)).map_err(|e| open_error(&shown, e))?;
-    let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0)).map_err(|e| open_error(&shown, e))?;
+    conn.query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get::<_, i64>(0))
+        .map_err(|e| open_error(&shown, e))?;
+    let mode: String =
+        conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0)).map_err(|e| open_error(&shown, e))?;
     if !mode.eq_ignore_ascii_case("wal") {
         return Err(open_error(&shown, format!("journal_mode is {mode}, WAL required")));
     }
@@ -135,12 +141,35 @@ fn open_reader(path: &Path, busy: Duration) -> Result<Connection, DbError> {
     Ok(conn)
 }
 
+/// Open a database file for reading without creating or changing any file. A cleanly closed
+/// database (no `-wal` file) is opened `immutable`, which takes no lock and creates no `-shm`;
+/// one with a WAL (a server running, or a crash) is opened read-only so that the WAL is read.
+fn open_untouched(path: &Path) -> Result<Connection, DbError> {
+    let shown = path.display().to_string();
+    let mut wal = path.as_os_str().to_owned();
+    wal.push("-wal");
+    let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_URI | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    if Path::new(&wal).exists() {
+        return Connection::open_with_flags(path, flags).map_err(|e| open_error(&shown, e));
+    }
+    let text = path.to_str().ok_or_else(|| open_error(&shown, "the path is not valid UTF-8"))?;
+    let encoded: String = text
+        .bytes()
+        .map(|b| match b {
+            b'%' | b'?' | b'#' | 0x80..=0xff => format!("%{b:02X}"),
+            _ => char::from(b).to_string(),
+        })
+        .collect();
+    Connection::open_with_flags(format!("file:{encoded}?immutable=1"), flags).map_err(|e| open_error(&shown, e))
+}
+
 /// Check a database file without changing it: it must open, pass `PRAGMA integrity_check`
 /// and not be newer than this binary. Returns its schema version.
 pub fn inspect(path: &Path) -> Result<i64, DbError> {
     let shown = path.display().to_string();
-    let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(|e| open_error(&shown, e))?;
-    let result: String = conn.query_row("PRAGMA integrity_check", [], |r| r.get(0)).map_err(|e| open_error(&shown, e))?;
+    let conn = open_untouched(path)?;
+    let result: String =
+        conn.query_row("PRAGMA integrity_check", [], |r| r.get(0)).map_err(|e| open_error(&shown, e))?;
     if result != "ok" {
         return Err(open_error(&shown, format!("integrity check failed: {result}")));
     }
@@ -269,10 +298,19 @@ fn backup_connection(conn: &Connection, dest: &Path) -> Result<(), DbError> {
     if dest.exists() {
         return Err(DbError::Sqlite(format!("{} already exists; choose a new file name", dest.display())));
     }
+    create_private(dest).map_err(|e| open_error(&dest.display().to_string(), e))?;
+    let result = copy_into(conn, dest);
+    if result.is_err() {
+        let _ = std::fs::remove_file(dest);
+    }
+    result
+}
+
+fn copy_into(conn: &Connection, dest: &Path) -> Result<(), DbError> {
     let mut out = Connection::open(dest)?;
     {
         let backup = rusqlite::backup::Backup::new(conn, &mut out)?;
-        backup.run_to_completion(-1, Duration::from_millis(5), None)?;
+        backup.run_to_completion(i32::MAX, Duration::from_millis(5), None)?;
     }
     out.pragma_update(None, "journal_mode", "DELETE")?;
     Ok(())
@@ -290,12 +328,15 @@ pub fn backup_file(src: &Path, dest: &Path) -> Result<(), DbError> {
 
 /// Replace the database at `dest` with the checked copy at `src` (the server must be stopped).
 pub fn restore_file(src: &Path, dest: &Path) -> Result<(), DbError> {
+    if !dest.exists() {
+        create_private(dest).map_err(|e| open_error(&dest.display().to_string(), e))?;
+    }
     let src_conn = Connection::open_with_flags(src, OpenFlags::SQLITE_OPEN_READ_ONLY)
         .map_err(|e| open_error(&src.display().to_string(), e))?;
     let mut out = Connection::open(dest).map_err(|e| open_error(&dest.display().to_string(), e))?;
     {
         let backup = rusqlite::backup::Backup::new(&src_conn, &mut out)?;
-        backup.run_to_completion(-1, Duration::from_millis(5), None)?;
+        backup.run_to_completion(i32::MAX, Duration::from_millis(5), None)?;
     }
     let mode: String = out.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
     if !mode.eq_ignore_ascii_case("wal") {
@@ -307,7 +348,6 @@ pub fn restore_file(src: &Path, dest: &Path) -> Result<(), DbError> {
 /// Read one `meta` value from a database file without changing it (checks before `restore`).
 pub fn read_meta(path: &Path, key: &str) -> Result<Option<String>, DbError> {
     use rusqlite::OptionalExtension;
-    let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)
-        .map_err(|e| open_error(&path.display().to_string(), e))?;
+    let conn = open_untouched(path)?;
     Ok(conn.query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0)).optional()?)
 }

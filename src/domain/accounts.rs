@@ -23,7 +23,8 @@ pub fn normalize_email(raw: &str) -> Result<String, AppError> {
         return Err(invalid());
     }
     let (local, domain) = trimmed.rsplit_once('@').ok_or_else(invalid)?;
-    if local.is_empty() || domain.is_empty() || domain.starts_with('.') || domain.ends_with('.') || local.contains('@') {
+    if local.is_empty() || domain.is_empty() || domain.starts_with('.') || domain.ends_with('.') || local.contains('@')
+    {
         return Err(invalid());
     }
     Ok(format!("{local}@{}", domain.to_lowercase()))
@@ -90,7 +91,9 @@ pub fn set_admin(
                 tx,
                 key,
                 now,
-                &Event::new("user.admin.created", actor).target(id.clone()).details(serde_json::json!({ "email": email })),
+                &Event::new("user.admin.created", actor)
+                    .target(id.clone())
+                    .details(serde_json::json!({ "email": email })),
             )?;
             Ok(AdminChange::Created { id })
         }

@@ -41,14 +41,17 @@ fn assets(Path(name): Path<String>) -> Response {
 
 /// Routes under `/docs`.
 pub fn playground() -> Route {
-    Route::new().at("/", index).at("/assets/:name", assets)
+    Route::new().at("/", poem::get(index)).at("/assets/:name", poem::get(assets))
 }
 
 /// `/openapi.json`.
 pub fn spec_endpoint(spec: String) -> impl Endpoint {
     let body = std::sync::Arc::new(spec);
     poem::endpoint::make_sync(move |_| {
-        Response::builder().content_type("application/json").header(header::CACHE_CONTROL, "no-cache").body(body.as_str().to_owned())
+        Response::builder()
+            .content_type("application/json")
+            .header(header::CACHE_CONTROL, "no-cache")
+            .body(body.as_str().to_owned())
     })
     .map_to_response()
 }

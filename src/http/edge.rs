@@ -13,6 +13,7 @@ use poem::http::{header, HeaderValue, Method, StatusCode};
 use poem::middleware::{CatchPanic, Cors};
 use poem::PathPattern;
 use poem::{Body, Endpoint, EndpointExt, IntoResponse, Request, Response, Result};
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::time::Instant;
 use tracing::field::Empty;
@@ -37,6 +38,8 @@ img-src 'self' data:; font-src 'self'; connect-src 'self'; frame-ancestors 'none
 pub struct Edge {
     inner: poem::endpoint::BoxEndpoint<'static, Response>,
     state: AppState,
+    /// Route template → `Allow` header value for 405 answers.
+    allow: HashMap<String, String>,
 }
 
 impl Edge {
@@ -57,7 +60,13 @@ impl Edge {
                 .max_age(600);
             routes.with(cors).map_to_response().boxed()
         };
-        Self { inner, state }
+        Self { inner, state, allow: HashMap::new() }
+    }
+
+    /// The methods each route template accepts, for the `Allow` header of a 405.
+    pub fn with_allow(mut self, allow: HashMap<String, String>) -> Self {
+        self.allow = allow;
+        self
     }
 }
 
@@ -65,7 +74,9 @@ impl Edge {
 fn request_id(req: &Request) -> String {
     let given = req.headers().get(REQUEST_ID).and_then(|v| v.to_str().ok());
     match given {
-        Some(id) if (1..=64).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b)) => {
+        Some(id)
+            if (1..=64).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b)) =>
+        {
             id.to_string()
         }
         _ => uuid::Uuid::new_v4().to_string(),
@@ -111,10 +122,7 @@ pub fn problem_response(problem: &Problem) -> Response {
 }
 
 fn is_problem(resp: &Response) -> bool {
-    resp.headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with(PROBLEM_JSON))
+    resp.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|v| v.starts_with(PROBLEM_JSON))
 }
 
 /// The client-facing detail of a framework error (unknown route, wrong method, bad body…).
@@ -134,17 +142,19 @@ fn detail_for(status: StatusCode, message: &str) -> String {
 impl Edge {
     async fn limit_body(&self, req: &mut Request) -> std::result::Result<(), StatusCode> {
         let limit = self.state.http.max_body_bytes;
-        let declared = req
-            .headers()
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
+        let declared =
+            req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
         match declared {
             Some(n) if n > limit as u64 => Err(StatusCode::PAYLOAD_TOO_LARGE),
             Some(_) => Ok(()),
-            None if req.headers().contains_key(header::TRANSFER_ENCODING) => {
-                // A streamed body: read at most `limit` bytes, then hand it on.
+            None => {
+                // A streamed body (HTTP/1.1 chunked, or HTTP/2 without content-length): read at
+                // most `limit` bytes, then hand it on.
                 let body = req.take_body();
+                if body.is_empty() {
+                    req.set_body(body);
+                    return Ok(());
+                }
                 match body.into_bytes_limit(limit).await {
                     Ok(bytes) => {
                         req.set_body(Body::from_bytes(bytes));
@@ -154,7 +164,6 @@ impl Edge {
                     Err(_) => Err(StatusCode::BAD_REQUEST),
                 }
             }
-            None => Ok(()),
         }
     }
 
@@ -192,7 +201,10 @@ impl Edge {
         h.insert("cross-origin-resource-policy", HeaderValue::from_static("same-origin"));
         h.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(if docs { CSP_DOCS } else { CSP_API }));
         if self.state.http.tls {
-            h.insert(header::STRICT_TRANSPORT_SECURITY, HeaderValue::from_static("max-age=63072000; includeSubDomains"));
+            h.insert(
+                header::STRICT_TRANSPORT_SECURITY,
+                HeaderValue::from_static("max-age=63072000; includeSubDomains"),
+            );
         }
         if !h.contains_key(header::CACHE_CONTROL) {
             h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
@@ -244,9 +256,16 @@ impl Endpoint for Edge {
                         tracing::error!(error = %err, "request failed");
                         problem_response(&Problem::internal(&info.request_id))
                     } else {
-                        let mut r = problem_response(&Problem::new(status, detail_for(status, &err.to_string()), &info.request_id));
+                        let mut r = problem_response(&Problem::new(
+                            status,
+                            detail_for(status, &err.to_string()),
+                            &info.request_id,
+                        ));
                         if status == StatusCode::METHOD_NOT_ALLOWED {
-                            r.headers_mut().insert(header::ALLOW, HeaderValue::from_static("GET, HEAD, POST, PUT, PATCH, DELETE"));
+                            let methods = pattern.as_ref().and_then(|p| self.allow.get(p.0.as_ref()));
+                            if let Some(v) = methods.and_then(|m| HeaderValue::from_str(m).ok()) {
+                                r.headers_mut().insert(header::ALLOW, v);
+                            }
                         }
                         r
                     };
@@ -300,7 +319,10 @@ mod tests {
         let trusted = nets(&["10.0.0.0/8"]);
         assert_eq!(client_ip(Some(peer), Some("1.2.3.4"), &trusted), Some("1.2.3.4".parse().unwrap()));
         // The client cannot spoof by prepending: the rightmost untrusted hop wins.
-        assert_eq!(client_ip(Some(peer), Some("6.6.6.6, 1.2.3.4, 10.0.0.9"), &trusted), Some("1.2.3.4".parse().unwrap()));
+        assert_eq!(
+            client_ip(Some(peer), Some("6.6.6.6, 1.2.3.4, 10.0.0.9"), &trusted),
+            Some("1.2.3.4".parse().unwrap())
+        );
         // Garbage stops the walk at the last trusted hop.
         assert_eq!(client_ip(Some(peer), Some("junk"), &trusted), Some(peer));
     }

@@ -6,11 +6,13 @@ pub mod docs;
 pub mod edge;
 pub mod error;
 pub mod health;
+pub mod json;
 pub mod metrics;
 
 use crate::state::AppState;
 use poem::{Endpoint, EndpointExt, Route};
 use poem_openapi::{OpenApiService, Tags};
+use std::collections::HashMap;
 
 /// The tags that group operations in the spec and the playground.
 #[derive(Tags)]
@@ -40,9 +42,43 @@ pub fn openapi_json() -> String {
 pub fn app(state: AppState) -> impl Endpoint {
     let api = api_service();
     let spec = api.spec();
+    let mut allow = allowed_methods(&spec);
+    for path in ["/openapi.json", "/docs", "/docs/", "/docs/assets/:name"] {
+        allow.insert(path.to_string(), "GET, HEAD".to_string());
+    }
     let routes = Route::new()
-        .at("/openapi.json", docs::spec_endpoint(spec))
+        .at("/openapi.json", poem::get(docs::spec_endpoint(spec)))
         .nest("/docs", docs::playground())
         .nest("/", api);
-    edge::Edge::wrap(routes.data(state.clone()), state)
+    edge::Edge::wrap(routes.data(state.clone()), state).with_allow(allow)
+}
+
+/// Route template (poem syntax, `:name`) → the methods the spec documents for it, for the
+/// `Allow` header of a 405.
+fn allowed_methods(spec: &str) -> HashMap<String, String> {
+    let mut out = HashMap::new();
+    let Ok(doc) = serde_json::from_str::<serde_json::Value>(spec) else { return out };
+    let Some(paths) = doc.get("paths").and_then(|p| p.as_object()) else { return out };
+    for (path, item) in paths {
+        let Some(ops) = item.as_object() else { continue };
+        let mut methods: Vec<String> = ["get", "put", "post", "delete", "patch"]
+            .iter()
+            .filter(|m| ops.contains_key(**m))
+            .map(|m| m.to_uppercase())
+            .collect();
+        if ops.contains_key("get") {
+            // poem answers HEAD on every GET route.
+            methods.insert(1, "HEAD".to_string());
+        }
+        let template: String = path
+            .split('/')
+            .map(|seg| match seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')) {
+                Some(name) => format!(":{name}"),
+                None => seg.to_string(),
+            })
+            .collect::<Vec<_>>()
+            .join("/");
+        out.insert(template, methods.join(", "));
+    }
+    out
 }

@@ -13,11 +13,7 @@ const INSTALL_HINT: &str = "run tests/run.sh to install the test peers";
 const CHROMIUM: &str = "/usr/bin/chromium";
 
 fn require_peer(path: &Path, what: &str) {
-    assert!(
-        path.exists(),
-        "{what} not found at {}: {INSTALL_HINT}",
-        path.display()
-    );
+    assert!(path.exists(), "{what} not found at {}: {INSTALL_HINT}", path.display());
 }
 
 /// Run `cmd` to completion within `limit`, killing it if it overruns.
@@ -43,29 +39,16 @@ fn report(what: &str, out: &Output) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn playground_works_air_gapped() {
     let script = repo_root().join("tests").join("browser").join("docs.mjs");
-    require_peer(
-        &peers_dir()
-            .join("node_modules")
-            .join("playwright-core")
-            .join("package.json"),
-        "playwright-core",
-    );
+    require_peer(&peers_dir().join("node_modules").join("playwright-core").join("package.json"), "playwright-core");
     require_peer(Path::new(CHROMIUM), "chromium");
     let app = spawn_app().await;
 
     let mut cmd = Command::new("node");
-    cmd.arg(&script)
-        .arg(&app.base)
-        .current_dir(repo_root())
-        .env("PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD", "1");
+    cmd.arg(&script).arg(&app.base).current_dir(repo_root()).env("PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD", "1");
     let out = run_peer(cmd, Duration::from_secs(90), "node tests/browser/docs.mjs").await;
 
     app.stop().await;
-    assert!(
-        out.status.success(),
-        "{}",
-        report("the headless playground test", &out)
-    );
+    assert!(out.status.success(), "{}", report("the headless playground test", &out));
     print!("{}", String::from_utf8_lossy(&out.stdout));
 }
 
