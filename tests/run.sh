@@ -4,7 +4,8 @@
 # Runs on a fresh Debian 12 machine with the Rust toolchain, as root or with sudo. Idempotent:
 # a second run installs nothing and goes straight to the checks.
 #
-#   apt:  chromium (headless playground test), wrk (benchmark), node/npm and python3-venv if missing
+#   apt:  chromium (headless playground test), openssl (TLS policy test), wrk (benchmark),
+#         node/npm and python3-venv if missing
 #   npm:  tests/peers/node_modules from tests/peers/package-lock.json (playwright-core, no browser)
 #   pip:  tests/peers/venv with schemathesis (OpenAPI fuzzer)
 set -euo pipefail
@@ -43,6 +44,7 @@ need cc build-essential
 need pkg-config pkg-config
 need /usr/bin/chromium chromium
 need wrk wrk
+need openssl openssl
 need node nodejs
 need npm npm
 if ! command -v python3 >/dev/null 2>&1 || ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then

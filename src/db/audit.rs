@@ -82,13 +82,4 @@ impl Tx<'_> {
         let rows = stmt.query_map(params![after, limit], from_row)?;
         Ok(rows.collect::<Result<Vec<_>, _>>()?)
     }
-
-    /// Newest records first, optionally only one action (for tests and operators).
-    pub fn audit_latest(&self, action: Option<&str>, limit: i64) -> Result<Vec<AuditRow>, DbError> {
-        let sql =
-            format!("SELECT {COLUMNS} FROM audit_log WHERE (?1 IS NULL OR action = ?1) ORDER BY seq DESC LIMIT ?2");
-        let mut stmt = self.conn().prepare_cached(&sql)?;
-        let rows = stmt.query_map(params![action, limit], from_row)?;
-        Ok(rows.collect::<Result<Vec<_>, _>>()?)
-    }
 }
