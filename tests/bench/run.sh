@@ -1,0 +1,176 @@
+#!/usr/bin/env bash
+# Gatehouse benchmark (issue 2, "Benchmark (not a timed test)"). Builds release, then reports in
+# one run:
+#   (a) /healthz requests/s and p99 over HTTPS keep-alive (wrk), for Gatehouse and for the ceiling
+#       (tests/bench/ceiling.rs, a bare poem HTTPS hello-world from the same dependencies),
+#       measured alternately, never at the same time; the median of the rounds and the ratio
+#       gatehouse / ceiling (target >= 0.7);
+#   (b) idle RSS of Gatehouse after start and a few requests (target <= 25 MB);
+#   (c) time from process start to sd_notify READY=1 on an existing data folder (target <= 200 ms);
+#   (d) release binary size.
+# Prints a table and writes tests/bench/out/results.md. Loopback addresses only.
+#
+# Knobs (environment): BENCH_ROUNDS (default 3), BENCH_DURATION (wrk -d, default 10s),
+# BENCH_READY_RUNS (default 7), BENCH_SKIP_BUILD=1 (use the binaries already built).
+set -euo pipefail
+
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+ROOT="$(cd "$HERE/../.." && pwd)"
+OUT="$HERE/out"
+TARGET="${CARGO_TARGET_DIR:-$ROOT/target}"
+BIN="$TARGET/release/gatehouse"
+CEIL="$TARGET/release/examples/bench-ceiling"
+ROUNDS="${BENCH_ROUNDS:-3}"
+DURATION="${BENCH_DURATION:-10s}"
+READY_RUNS="${BENCH_READY_RUNS:-7}"
+WRK_ARGS=(--latency -t2 -c32 -d"$DURATION")
+
+mkdir -p "$OUT"
+# Two benchmarks at once would load the same two cores and overwrite each other's files: wait.
+exec 9>"$OUT/.lock"
+if ! flock -n 9; then
+    printf '==> another benchmark holds %s; waiting for it\n' "$OUT/.lock" >&2
+    flock 9
+fi
+rm -f "$OUT"/wrk-*.txt "$OUT"/*.log "$OUT/results.md"
+WORK="$(mktemp -d /tmp/gatehouse-bench.XXXXXX)"
+DATA="$WORK/data"
+GH_PID=""
+CEIL_PID=""
+
+stop_pid() { # stop_pid PID: SIGTERM, wait up to 15 s, then SIGKILL. Only our own children.
+    local pid="$1"
+    [ -n "$pid" ] || return 0
+    kill -0 "$pid" 2>/dev/null || return 0
+    kill -TERM "$pid" 2>/dev/null || true
+    for _ in $(seq 150); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -0 "$pid" 2>/dev/null && kill -KILL "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+}
+cleanup() {
+    stop_pid "$GH_PID"; GH_PID=""
+    stop_pid "$CEIL_PID"; CEIL_PID=""
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+log() { printf '==> %s\n' "$*" >&2; }
+die() { printf 'bench: %s\n' "$*" >&2; exit 1; }
+
+free_port() {
+    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
+}
+
+wait_healthy() { # wait_healthy URL PID SECONDS
+    local url="$1" pid="$2" secs="$3"
+    for _ in $(seq $((secs * 10))); do
+        kill -0 "$pid" 2>/dev/null || return 1
+        curl -fsk -o /dev/null "$url" && return 0
+        sleep 0.1
+    done
+    return 1
+}
+
+rss_kb() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
+
+as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
+
+# --- tools ---------------------------------------------------------------------------------------
+need=()
+command -v wrk >/dev/null || need+=(wrk)
+command -v curl >/dev/null || need+=(curl)
+command -v python3 >/dev/null || need+=(python3)
+if [ "${#need[@]}" -gt 0 ]; then
+    log "installing ${need[*]} with apt-get"
+    as_root apt-get install -y "${need[@]}" >/dev/null 2>&1 \
+        || { as_root apt-get update >/dev/null && as_root apt-get install -y "${need[@]}" >/dev/null; }
+fi
+
+# Which source was measured: the commit, and whether the build inputs had uncommitted changes.
+GIT_REV="$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)"
+if [ -n "$(git -C "$ROOT" status --porcelain -- src Cargo.toml Cargo.lock 2>/dev/null)" ]; then
+    GIT_REV="$GIT_REV + uncommitted changes in src/ or Cargo.*"
+fi
+
+# --- build ---------------------------------------------------------------------------------------
+if [ "${BENCH_SKIP_BUILD:-0}" != 1 ]; then
+    log "building release (cargo waits if another build holds the target dir)"
+    (cd "$ROOT" && cargo build --release --locked --bin gatehouse --example bench-ceiling)
+fi
+[ -x "$BIN" ] || die "$BIN is missing"
+[ -x "$CEIL" ] || die "$CEIL is missing"
+
+LOAD_BEFORE="$(cut -d' ' -f1-3 /proc/loadavg)"
+
+# --- start Gatehouse on a fresh data folder -----------------------------------------------------
+GH_PORT="$(free_port)"
+GH_URL="https://127.0.0.1:$GH_PORT/healthz"
+log "starting gatehouse on 127.0.0.1:$GH_PORT (fresh data folder $DATA)"
+# stdout (which carries the one-time admin password of this throwaway folder) is discarded; the
+# log (one access line per request, as in production) goes to a file.
+"$BIN" serve --data-dir "$DATA" --listen "127.0.0.1:$GH_PORT" >/dev/null 2>"$OUT/gatehouse.log" 9>&- &
+GH_PID=$!
+wait_healthy "$GH_URL" "$GH_PID" 60 || die "gatehouse did not answer $GH_URL (see $OUT/gatehouse.log)"
+
+# (b) idle RSS after start and a few requests.
+for _ in $(seq 10); do curl -fsk -o /dev/null "$GH_URL"; done
+sleep 2
+IDLE_RSS_KB="$(rss_kb "$GH_PID")"
+log "gatehouse idle RSS: ${IDLE_RSS_KB} kB"
+
+# --- start the ceiling with the same certificate --------------------------------------------------
+CEIL_PORT="$(free_port)"
+CEIL_URL="https://127.0.0.1:$CEIL_PORT/healthz"
+log "starting the ceiling on 127.0.0.1:$CEIL_PORT"
+"$CEIL" "$DATA/tls/cert.pem" "$DATA/tls/key.pem" "127.0.0.1:$CEIL_PORT" >"$OUT/ceiling.log" 2>&1 9>&- &
+CEIL_PID=$!
+wait_healthy "$CEIL_URL" "$CEIL_PID" 30 || die "the ceiling did not answer $CEIL_URL (see $OUT/ceiling.log)"
+body="$(curl -fsk "$CEIL_URL")"
+[ "$body" = '{"status":"ok"}' ] || die "the ceiling answered $body"
+body="$(curl -fsk "$GH_URL")"
+[ "$body" = '{"status":"ok"}' ] || die "gatehouse answered $body"
+
+# --- (a) throughput and p99, alternately ---------------------------------------------------------
+run_wrk() { # run_wrk NAME URL FILE: one wrk run, fails on errors or non-2xx answers
+    local name="$1" url="$2" file="$3"
+    wrk "${WRK_ARGS[@]}" "$url" >"$file" 2>&1 || die "wrk failed against $name (see $file)"
+    if grep -q 'Non-2xx or 3xx responses' "$file"; then die "$name gave non-2xx answers (see $file)"; fi
+    if grep -q 'Socket errors' "$file"; then log "warning: socket errors against $name: $(grep 'Socket errors' "$file")"; fi
+}
+log "warm-up: 3 s each"
+wrk --latency -t2 -c32 -d3s "$GH_URL" >/dev/null 2>&1 || true
+wrk --latency -t2 -c32 -d3s "$CEIL_URL" >/dev/null 2>&1 || true
+for i in $(seq "$ROUNDS"); do
+    # Alternate which server goes first so neither always follows the other.
+    if [ $((i % 2)) -eq 1 ]; then order="gatehouse ceiling"; else order="ceiling gatehouse"; fi
+    for name in $order; do
+        if [ "$name" = gatehouse ]; then url="$GH_URL"; else url="$CEIL_URL"; fi
+        log "round $i/$ROUNDS: $name (wrk ${WRK_ARGS[*]})"
+        run_wrk "$name" "$url" "$OUT/wrk-$name-$i.txt"
+    done
+done
+LOAD_AFTER="$(cut -d' ' -f1-3 /proc/loadavg)"
+LOADED_RSS_KB="$(rss_kb "$GH_PID")"
+
+stop_pid "$CEIL_PID"; CEIL_PID=""
+stop_pid "$GH_PID"; GH_PID=""
+LOG_LINES="$(wc -l <"$OUT/gatehouse.log")"
+# Keep the log small: its head and tail are enough to see what went on.
+{ head -n 40 "$OUT/gatehouse.log"; echo "... ($LOG_LINES lines in all) ..."; tail -n 40 "$OUT/gatehouse.log"; } >"$OUT/gatehouse.log.short"
+mv "$OUT/gatehouse.log.short" "$OUT/gatehouse.log"
+
+# --- (c) start to READY=1 on the existing data folder --------------------------------------------
+READY_PORT="$(free_port)"
+log "start to READY=1: $READY_RUNS starts on the existing data folder"
+READY_JSON="$(python3 "$HERE/ready_time.py" "$READY_RUNS" "$OUT/ready.log" -- \
+    "$BIN" serve --data-dir "$DATA" --listen "127.0.0.1:$READY_PORT" 9>&-)"
+
+# --- (d) binary size -----------------------------------------------------------------------------
+BIN_BYTES="$(stat -c %s "$BIN")"
+CEIL_BYTES="$(stat -c %s "$CEIL")"
+
+# --- report --------------------------------------------------------------------------------------
+export GIT_REV OUT ROUNDS DURATION IDLE_RSS_KB LOADED_RSS_KB READY_JSON BIN_BYTES CEIL_BYTES LOAD_BEFORE LOAD_AFTER LOG_LINES
+export WRK_LINE="wrk ${WRK_ARGS[*]}"
+python3 "$HERE/report.py"
