@@ -4,18 +4,19 @@
 use prometheus_client::encoding::{text::encode, EncodeLabelSet};
 use prometheus_client::metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram};
 use prometheus_client::registry::Registry;
+use std::sync::Arc;
 use std::time::Duration;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
-    method: String,
-    route: String,
+    method: &'static str,
+    route: Arc<String>,
     status: u16,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RouteLabels {
-    route: String,
+    route: Arc<String>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -74,11 +75,10 @@ impl Metrics {
         Self { registry, requests, latency, db }
     }
 
-    pub fn observe_request(&self, method: &str, route: &str, status: u16, elapsed: Duration) {
-        self.requests
-            .get_or_create(&RequestLabels { method: method.to_string(), route: route.to_string(), status })
-            .inc();
-        self.latency.get_or_create(&RouteLabels { route: route.to_string() }).observe(elapsed.as_secs_f64());
+    /// Count a request. `route` is a route template (or `unmatched`), never a raw path.
+    pub fn observe_request(&self, method: &'static str, route: Arc<String>, status: u16, elapsed: Duration) {
+        self.latency.get_or_create(&RouteLabels { route: route.clone() }).observe(elapsed.as_secs_f64());
+        self.requests.get_or_create(&RequestLabels { method, route, status }).inc();
     }
 
     pub fn observe_db(&self, op: &'static str, elapsed: Duration) {
@@ -100,7 +100,7 @@ mod tests {
     #[test]
     fn renders_families() {
         let m = super::Metrics::new();
-        m.observe_request("GET", "/healthz", 200, std::time::Duration::from_millis(2));
+        m.observe_request("GET", std::sync::Arc::new("/healthz".into()), 200, std::time::Duration::from_millis(2));
         m.observe_db("read", std::time::Duration::from_millis(1));
         let text = m.render();
         assert!(

@@ -27,7 +27,7 @@ pub fn main(cli: Cli) -> i32 {
             return 2;
         }
     };
-    telemetry::init(config.log.format, &config.log.level);
+    let _log_guard = telemetry::init(config.log.format, &config.log.level);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().max_blocking_threads(64).build() {
         Ok(rt) => rt,
         Err(e) => {

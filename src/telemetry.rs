@@ -18,19 +18,27 @@ pub enum LogFormat {
     Json,
 }
 
+/// Keeps the background log writer alive; dropping it flushes what is queued.
+pub type LogGuard = tracing_appender::non_blocking::WorkerGuard;
+
 /// Install the global subscriber. `level` is an `EnvFilter` directive (`info`,
-/// `gatehouse=debug,info`, …); `RUST_LOG` wins when set. Logs go to stderr.
-pub fn init(format: LogFormat, level: &str) {
+/// `gatehouse=debug,info`, …); `RUST_LOG` wins when set. Logs go to stderr through a background
+/// writer thread, so a request never waits on a write to the terminal or the journal; when its
+/// queue is full the writer applies back-pressure rather than dropping lines.
+pub fn init(format: LogFormat, level: &str) -> Option<LogGuard> {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
+    let (writer, guard) =
+        tracing_appender::non_blocking::NonBlockingBuilder::default().lossy(false).finish(std::io::stderr());
     let registry = tracing_subscriber::registry().with(filter);
-    let _ = match format {
+    let installed = match format {
         LogFormat::Json => registry
-            .with(fmt::layer().json().with_current_span(true).with_span_list(false).with_writer(std::io::stderr))
+            .with(fmt::layer().json().with_current_span(true).with_span_list(false).with_writer(writer))
             .try_init(),
-        LogFormat::Pretty => registry
-            .with(fmt::layer().with_ansi(std::io::stderr().is_terminal()).with_writer(std::io::stderr))
-            .try_init(),
+        LogFormat::Pretty => {
+            registry.with(fmt::layer().with_ansi(std::io::stderr().is_terminal()).with_writer(writer)).try_init()
+        }
     };
+    installed.ok().map(|_| guard)
 }
 
 /// Run blocking work (SQLite, argon2, XML signatures) on the blocking pool, in the current

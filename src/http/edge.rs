@@ -15,8 +15,8 @@ use poem::PathPattern;
 use poem::{Body, Endpoint, EndpointExt, IntoResponse, Request, Response, Result};
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::Instant;
-use tracing::field::Empty;
 use tracing::Instrument;
 
 /// What the edge learned about a request; handlers read it from the request extensions.
@@ -40,6 +40,9 @@ pub struct Edge {
     state: AppState,
     /// Route template → `Allow` header value for 405 answers.
     allow: HashMap<String, String>,
+    /// Route template → its metrics label, made once so that a request allocates none.
+    labels: HashMap<String, Arc<String>>,
+    unmatched: Arc<String>,
 }
 
 impl Edge {
@@ -60,13 +63,35 @@ impl Edge {
                 .max_age(600);
             routes.with(cors).map_to_response().boxed()
         };
-        Self { inner, state, allow: HashMap::new() }
+        Self { inner, state, allow: HashMap::new(), labels: HashMap::new(), unmatched: Arc::new("unmatched".into()) }
     }
 
-    /// The methods each route template accepts, for the `Allow` header of a 405.
+    /// The methods each route template accepts, for the `Allow` header of a 405. Its keys are
+    /// also the route templates metrics are labelled with.
     pub fn with_allow(mut self, allow: HashMap<String, String>) -> Self {
+        self.labels = allow.keys().map(|k| (k.clone(), Arc::new(k.clone()))).collect();
         self.allow = allow;
         self
+    }
+
+    /// The metrics label of a route template; anything unknown shares one label so that raw
+    /// paths never become label values.
+    fn route_label(&self, pattern: Option<&PathPattern>) -> Arc<String> {
+        pattern.and_then(|p| self.labels.get(p.0.as_ref())).cloned().unwrap_or_else(|| self.unmatched.clone())
+    }
+}
+
+/// Methods as static labels; anything else is `OTHER`.
+fn method_label(m: &Method) -> &'static str {
+    match *m {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::OPTIONS => "OPTIONS",
+        _ => "OTHER",
     }
 }
 
@@ -121,6 +146,22 @@ pub fn problem_response(problem: &Problem) -> Response {
         .body(body)
 }
 
+/// Replace a response's body by `problem`, keeping its status, its route template and the
+/// headers a client needs to act on an error.
+fn replace_body(resp: Response, problem: &Problem) -> Response {
+    let mut fresh = problem_response(problem);
+    fresh.set_status(resp.status());
+    for name in [header::RETRY_AFTER, header::WWW_AUTHENTICATE, header::ALLOW] {
+        if let Some(v) = resp.headers().get(&name) {
+            fresh.headers_mut().insert(name, v.clone());
+        }
+    }
+    if let Some(p) = resp.data::<PathPattern>() {
+        fresh.set_data(p.clone());
+    }
+    fresh
+}
+
 fn is_problem(resp: &Response) -> bool {
     resp.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|v| v.starts_with(PROBLEM_JSON))
 }
@@ -167,28 +208,36 @@ impl Edge {
         }
     }
 
+    /// A framework or handler error as problem+json. 4xx say what was wrong; 5xx are generic and
+    /// the detail goes to the log.
+    fn error_response(&self, err: &poem::Error, info: &RequestInfo) -> Response {
+        let status = err.status();
+        let mut resp = if status.is_server_error() {
+            tracing::error!(error = %err, "request failed");
+            let mut r = problem_response(&Problem::internal(&info.request_id));
+            r.set_status(status);
+            r
+        } else {
+            problem_response(&Problem::new(status, detail_for(status, &err.to_string()), &info.request_id))
+        };
+        if let Some(p) = err.data::<PathPattern>() {
+            if status == StatusCode::METHOD_NOT_ALLOWED {
+                if let Some(v) = self.allow.get(p.0.as_ref()).and_then(|m| HeaderValue::from_str(m).ok()) {
+                    resp.headers_mut().insert(header::ALLOW, v);
+                }
+            }
+            resp.set_data(p.clone());
+        }
+        resp
+    }
+
     fn finish(&self, mut resp: Response, info: &RequestInfo, docs: bool) -> Response {
         let status = resp.status();
         // A 500 is always replaced by the generic body; other 5xx keep a problem body we wrote.
         if status.is_server_error() && (!is_problem(&resp) || status == StatusCode::INTERNAL_SERVER_ERROR) {
-            let pattern = resp.data::<PathPattern>().cloned();
-            resp = problem_response(&Problem::internal(&info.request_id));
-            resp.set_status(status);
-            if let Some(p) = pattern {
-                resp.set_data(p);
-            }
+            resp = replace_body(resp, &Problem::internal(&info.request_id));
         } else if status.is_client_error() && !is_problem(&resp) {
-            let pattern = resp.data::<PathPattern>().cloned();
-            let mut fresh = problem_response(&Problem::new(status, detail_for(status, ""), &info.request_id));
-            for name in [header::RETRY_AFTER, header::WWW_AUTHENTICATE, header::ALLOW] {
-                if let Some(v) = resp.headers().get(&name) {
-                    fresh.headers_mut().insert(name, v.clone());
-                }
-            }
-            resp = fresh;
-            if let Some(p) = pattern {
-                resp.set_data(p);
-            }
+            resp = replace_body(resp, &Problem::new(status, detail_for(status, ""), &info.request_id));
         }
         let h = resp.headers_mut();
         if let Ok(v) = HeaderValue::from_str(&info.request_id) {
@@ -232,16 +281,18 @@ impl Endpoint for Edge {
         let method = req.method().clone();
         let docs = req.uri().path() == "/docs" || req.uri().path().starts_with("/docs/");
         req.extensions_mut().insert(info.clone());
+        // The span carries who and what; route, status and latency ride on the one access event
+        // at the end (recording them into the span would format them a second time).
         let span = tracing::info_span!(
             "request",
             request_id = %info.request_id,
             method = %method,
-            route = Empty,
-            status = Empty,
-            latency_ms = Empty,
-            principal = Empty,
-            client_ip = info.client_ip.map(|ip| ip.to_string()).unwrap_or_default(),
+            client_ip = tracing::field::Empty,
+            principal = tracing::field::Empty,
         );
+        if let Some(ip) = info.client_ip {
+            span.record("client_ip", tracing::field::display(ip));
+        }
         async move {
             let result = match self.limit_body(&mut req).await {
                 Err(status) => Err(poem::Error::from_status(status)),
@@ -249,52 +300,18 @@ impl Endpoint for Edge {
             };
             let resp = match result {
                 Ok(resp) => resp,
-                Err(err) => {
-                    let status = err.status();
-                    let pattern = err.data::<PathPattern>().cloned();
-                    let mut resp = if status.is_server_error() {
-                        tracing::error!(error = %err, "request failed");
-                        problem_response(&Problem::internal(&info.request_id))
-                    } else {
-                        let mut r = problem_response(&Problem::new(
-                            status,
-                            detail_for(status, &err.to_string()),
-                            &info.request_id,
-                        ));
-                        if status == StatusCode::METHOD_NOT_ALLOWED {
-                            let methods = pattern.as_ref().and_then(|p| self.allow.get(p.0.as_ref()));
-                            if let Some(v) = methods.and_then(|m| HeaderValue::from_str(m).ok()) {
-                                r.headers_mut().insert(header::ALLOW, v);
-                            }
-                        }
-                        r
-                    };
-                    if status.is_server_error() {
-                        resp.set_status(status);
-                    }
-                    if let Some(p) = pattern {
-                        resp.set_data(p);
-                    }
-                    resp
-                }
+                Err(err) => self.error_response(&err, &info),
             };
             let resp = self.finish(resp, &info, docs);
-            let route = resp
-                .data::<PathPattern>()
-                .map(|p| p.0.to_string())
-                .filter(|p| !p.is_empty())
-                .unwrap_or_else(|| "unmatched".to_string());
+            let route = self.route_label(resp.data::<PathPattern>());
             let status = resp.status().as_u16();
             let elapsed = started.elapsed();
-            self.state.metrics.observe_request(method.as_str(), &route, status, elapsed);
-            let span = tracing::Span::current();
-            span.record("route", route.as_str());
-            span.record("status", status);
-            span.record("latency_ms", elapsed.as_secs_f64() * 1000.0);
+            self.state.metrics.observe_request(method_label(&method), route.clone(), status, elapsed);
+            let latency_ms = elapsed.as_secs_f64() * 1000.0;
             if status >= 500 {
-                tracing::error!(target: "gatehouse::access", "request completed");
+                tracing::error!(target: "gatehouse::access", route = route.as_str(), status, latency_ms, "request completed");
             } else {
-                tracing::info!(target: "gatehouse::access", "request completed");
+                tracing::info!(target: "gatehouse::access", route = route.as_str(), status, latency_ms, "request completed");
             }
             Ok(resp.into_response())
         }
