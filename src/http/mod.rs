@@ -49,7 +49,7 @@ pub fn app(state: AppState) -> impl Endpoint {
     let routes = Route::new()
         .at("/openapi.json", poem::get(docs::spec_endpoint(spec)))
         .nest("/docs", docs::playground())
-        .nest("/", api);
+        .nest_no_strip("/", api);
     edge::Edge::wrap(routes.data(state.clone()), state).with_allow(allow)
 }
 
