@@ -74,6 +74,8 @@ pub struct MetricsConfig {
 pub struct LogConfig {
     pub format: LogFormat,
     pub level: String,
+    /// One `request completed` line per request (target `gatehouse::access`).
+    pub access: bool,
 }
 
 impl Default for Config {
@@ -116,7 +118,7 @@ impl Default for DatabaseConfig {
 
 impl Default for LogConfig {
     fn default() -> Self {
-        Self { format: LogFormat::Pretty, level: "info".into() }
+        Self { format: LogFormat::Pretty, level: "info".into(), access: true }
     }
 }
 

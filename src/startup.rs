@@ -313,6 +313,7 @@ impl Application {
                 max_body_bytes: config.server.max_body_bytes,
                 trusted_proxies: config.server.trusted_proxies.clone(),
                 cors_allowed_origins: config.server.cors_allowed_origins.clone(),
+                access_log: config.log.access,
             },
         });
         // Recorded once bound: connections wait in the backlog until the server runs.

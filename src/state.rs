@@ -14,6 +14,8 @@ pub struct HttpSettings {
     pub max_body_bytes: usize,
     pub trusted_proxies: Vec<IpNet>,
     pub cors_allowed_origins: Vec<String>,
+    /// Write one access line per request.
+    pub access_log: bool,
 }
 
 #[derive(Debug)]

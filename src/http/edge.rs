@@ -308,9 +308,10 @@ impl Endpoint for Edge {
             let elapsed = started.elapsed();
             self.state.metrics.observe_request(method_label(&method), route.clone(), status, elapsed);
             let latency_ms = elapsed.as_secs_f64() * 1000.0;
+            // A server error is always logged; the rest only with `log.access`.
             if status >= 500 {
                 tracing::error!(target: "gatehouse::access", route = route.as_str(), status, latency_ms, "request completed");
-            } else {
+            } else if self.state.http.access_log {
                 tracing::info!(target: "gatehouse::access", route = route.as_str(), status, latency_ms, "request completed");
             }
             Ok(resp.into_response())

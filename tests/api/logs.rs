@@ -52,3 +52,21 @@ fn secrets_in_requests_never_reach_the_logs() {
         }
     }
 }
+
+#[test]
+fn access_lines_can_be_turned_off_but_server_errors_and_spans_stay() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut cmd =
+        gatehouse(&["serve", "--listen", "127.0.0.1:0", "--data-dir", data.to_str().unwrap(), "--log-format", "json"]);
+    cmd.env("GATEHOUSE_LOG__ACCESS", "false");
+    let server = ServeProcess::start(cmd);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let res = client().get(server.url("/healthz")).send().await.unwrap();
+        assert_eq!(res.status(), 200);
+    });
+    let (status, _, err) = server.terminate();
+    assert!(status.success());
+    assert!(!err.contains("request completed"), "no access line when log.access = false:\n{err}");
+}
