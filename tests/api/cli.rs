@@ -252,54 +252,30 @@ fn add_admin_creates_then_resets_and_is_audited() {
     let data_s = data.to_str().unwrap();
     let pw = dir.path().join("pw");
     std::fs::write(&pw, "correct horse battery staple\n").unwrap();
-    let (code, out, err) = run(gatehouse(&[
-        "users",
-        "add-admin",
-        "--email",
-        " Ops@Example.COM ",
-        "--password-file",
-        pw.to_str().unwrap(),
-        "--data-dir",
-        data_s,
-    ]));
+    let add_admin = |email: &str| {
+        run(gatehouse(&[
+            "users",
+            "add-admin",
+            "--email",
+            email,
+            "--password-file",
+            pw.to_str().unwrap(),
+            "--data-dir",
+            data_s,
+        ]))
+    };
+    let (code, out, err) = add_admin(" Ops@Example.COM ");
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("created platform admin Ops@example.com"), "{out}");
-    let (code, out, _) = run(gatehouse(&[
-        "users",
-        "add-admin",
-        "--email",
-        "ops@example.com",
-        "--password-file",
-        pw.to_str().unwrap(),
-        "--data-dir",
-        data_s,
-    ]));
+    let (code, out, _) = add_admin("ops@example.com");
     assert_eq!(code, 0);
     assert!(out.contains("created"), "a different local part is another account: {out}");
-    let (code, out, _) = run(gatehouse(&[
-        "users",
-        "add-admin",
-        "--email",
-        "Ops@example.com",
-        "--password-file",
-        pw.to_str().unwrap(),
-        "--data-dir",
-        data_s,
-    ]));
+    let (code, out, _) = add_admin("Ops@example.com");
     assert_eq!(code, 0);
     assert!(out.contains("reset the password of Ops@example.com"), "{out}");
 
     std::fs::write(&pw, "short\n").unwrap();
-    let (code, _, err) = run(gatehouse(&[
-        "users",
-        "add-admin",
-        "--email",
-        "x@example.com",
-        "--password-file",
-        pw.to_str().unwrap(),
-        "--data-dir",
-        data_s,
-    ]));
+    let (code, _, err) = add_admin("x@example.com");
     assert_ne!(code, 0);
     assert!(err.contains("at least 12"), "{err}");
 
