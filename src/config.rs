@@ -184,6 +184,13 @@ impl Config {
                 self.server.listen
             )));
         }
+        if !self.tls.enabled && self.server.trusted_proxies.is_empty() {
+            return Err(ConfigError(
+                "tls.enabled = false means a local reverse proxy terminates TLS: set server.trusted_proxies to its \
+                 address (for example [\"127.0.0.1/32\"]) so that clients are told apart from the proxy"
+                    .into(),
+            ));
+        }
         match (&self.tls.cert_file, &self.tls.key_file) {
             (Some(_), None) | (None, Some(_)) => {
                 return Err(ConfigError(
@@ -458,6 +465,8 @@ mod tests {
     fn plain_http_only_on_loopback() {
         let mut c = Config::default();
         c.tls.enabled = false;
+        assert!(c.validate().unwrap_err().to_string().contains("trusted_proxies"));
+        c.server.trusted_proxies = vec!["127.0.0.1/32".parse().unwrap()];
         c.validate().unwrap();
         c.server.listen = "0.0.0.0:8080".parse().unwrap();
         assert!(c.validate().unwrap_err().to_string().contains("loopback"));

@@ -11,7 +11,7 @@ use crate::domain::audit::{self, Actor};
 use crate::error::FatalError;
 use crate::startup::{self, Application, BuildOptions};
 use crate::telemetry;
-use std::io::{Read, Write};
+use std::io::{IsTerminal, Read, Write};
 use std::path::Path;
 
 /// Run a parsed command line; returns the process exit code.
@@ -90,7 +90,7 @@ fn print_bootstrap_password(password: &SecretString) {
 async fn serve(config: Config) -> Result<(), FatalError> {
     // Under systemd, standard output goes to the journal: a one-time password printed there
     // would be written down. The operator creates the first admin with `users add-admin`.
-    let under_systemd = std::env::var_os("INVOCATION_ID").is_some();
+    let under_systemd = std::env::var_os("INVOCATION_ID").is_some() && !std::io::stdout().is_terminal();
     let opts = BuildOptions { bootstrap_admin: !under_systemd, ..BuildOptions::default() };
     let mut app = Application::build(config, opts).await?;
     if let Some(password) = app.take_bootstrap_password() {

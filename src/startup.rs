@@ -65,8 +65,11 @@ pub struct Prepared {
 }
 
 /// The lock file that marks a data folder in use by a running Gatehouse.
+/// It sits beside the database, so that two data folders naming one `database.path` share it.
 pub fn lock_path(config: &Config) -> PathBuf {
-    config.data_dir.join("gatehouse.lock")
+    let mut path = config.database_path().into_os_string();
+    path.push(".lock");
+    PathBuf::from(path)
 }
 
 /// Take the data folder's lock, or say who holds it.
@@ -270,8 +273,10 @@ fn rustls_config(pair: &tls::PemPair) -> RustlsConfig {
 
 impl Application {
     /// Prepare the data folder and bind the listener (`server.listen`; port 0 picks a free port).
+    /// The bootstrap admin is created only once the address is bound, so that a start refused
+    /// for a busy port does not create an admin whose password nobody saw.
     pub async fn build(config: Config, opts: BuildOptions) -> Result<Self, FatalError> {
-        let prepared = prepare(config, &opts).await?;
+        let prepared = prepare(config, &BuildOptions { bootstrap_admin: false, ..opts.clone() }).await?;
         Self::from_prepared(prepared, opts).await
     }
 
@@ -302,6 +307,7 @@ impl Application {
             .first()
             .and_then(|a| a.as_socket_addr().copied())
             .ok_or_else(|| FatalError::new(format!("cannot learn the bound address of {listen}")))?;
+        let bootstrap_password = if opts.bootstrap_admin { bootstrap_admin(&p, &opts.clock).await? } else { None };
         let state = AppState::new(Inner {
             db: p.db,
             clock: opts.clock.clone(),
@@ -333,7 +339,7 @@ impl Application {
             acceptor,
             tls_reload,
             tls_paths: (cert_path, key_path),
-            bootstrap_password: p.bootstrap_password,
+            bootstrap_password,
             grace: Duration::from_secs(config.server.shutdown_grace_seconds),
             _lock: p.lock,
         })

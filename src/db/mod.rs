@@ -171,7 +171,8 @@ pub fn inspect(path: &Path) -> Result<i64, DbError> {
     let result: String =
         conn.query_row("PRAGMA integrity_check", [], |r| r.get(0)).map_err(|e| open_error(&shown, e))?;
     if result != "ok" {
-        return Err(open_error(&shown, format!("integrity check failed: {result}")));
+        let first = result.lines().next().unwrap_or_default();
+        return Err(open_error(&shown, format!("integrity check failed: {first}")));
     }
     migrate::check_not_newer(&conn, &shown)
 }
@@ -327,22 +328,40 @@ pub fn backup_file(src: &Path, dest: &Path) -> Result<(), DbError> {
 }
 
 /// Replace the database at `dest` with the checked copy at `src` (the server must be stopped).
+/// The copy is written to a private temporary file beside `dest`, synced, and renamed over it,
+/// so a damaged `dest` (the reason to restore) is never opened, and a failure leaves it as it was.
 pub fn restore_file(src: &Path, dest: &Path) -> Result<(), DbError> {
-    if !dest.exists() {
-        create_private(dest).map_err(|e| open_error(&dest.display().to_string(), e))?;
+    let shown = dest.display().to_string();
+    let mut tmp = dest.as_os_str().to_owned();
+    tmp.push(".restore-tmp");
+    let tmp = PathBuf::from(tmp);
+    let _ = std::fs::remove_file(&tmp);
+    create_private(&tmp).map_err(|e| open_error(&shown, e))?;
+    let result = (|| {
+        let src_conn = open_untouched(src)?;
+        let mut out = Connection::open(&tmp)?;
+        {
+            let backup = rusqlite::backup::Backup::new(&src_conn, &mut out)?;
+            backup.run_to_completion(i32::MAX, Duration::from_millis(5), None)?;
+        }
+        out.pragma_update(None, "journal_mode", "DELETE")?;
+        drop(out);
+        std::fs::File::open(&tmp).and_then(|f| f.sync_all()).map_err(|e| open_error(&shown, e))?;
+        for suffix in ["-wal", "-shm"] {
+            let mut stale = dest.as_os_str().to_owned();
+            stale.push(suffix);
+            match std::fs::remove_file(PathBuf::from(stale)) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(open_error(&shown, e)),
+            }
+        }
+        std::fs::rename(&tmp, dest).map_err(|e| open_error(&shown, e))
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
     }
-    let src_conn = Connection::open_with_flags(src, OpenFlags::SQLITE_OPEN_READ_ONLY)
-        .map_err(|e| open_error(&src.display().to_string(), e))?;
-    let mut out = Connection::open(dest).map_err(|e| open_error(&dest.display().to_string(), e))?;
-    {
-        let backup = rusqlite::backup::Backup::new(&src_conn, &mut out)?;
-        backup.run_to_completion(i32::MAX, Duration::from_millis(5), None)?;
-    }
-    let mode: String = out.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
-    if !mode.eq_ignore_ascii_case("wal") {
-        return Err(DbError::Sqlite(format!("journal_mode is {mode} after restore")));
-    }
-    Ok(())
+    result
 }
 
 /// Read one `meta` value from a database file without changing it (checks before `restore`).

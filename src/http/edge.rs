@@ -108,29 +108,48 @@ fn request_id(req: &Request) -> String {
     }
 }
 
+/// The `X-Forwarded-For` chain as the proxy sent it: every header line joined in order.
+/// `Err` when a line is not readable text: the chain cannot be trusted then.
+fn forwarded_for(req: &Request) -> Result<Option<String>, ()> {
+    let mut chain: Option<String> = None;
+    for value in req.headers().get_all("x-forwarded-for") {
+        let text = value.to_str().map_err(|_| ())?;
+        match &mut chain {
+            Some(c) => {
+                c.push(',');
+                c.push_str(text);
+            }
+            None => chain = Some(text.to_string()),
+        }
+    }
+    Ok(chain)
+}
+
 /// The client address: the peer, unless the peer is a trusted proxy, in which case walk
 /// `X-Forwarded-For` from the right and take the first address that is not a trusted proxy.
-pub fn client_ip(peer: Option<IpAddr>, forwarded_for: Option<&str>, trusted: &[IpNet]) -> Option<IpAddr> {
+/// A chain with an unreadable or malformed hop gives no address at all (an unknown client),
+/// never the proxy's own address: a client must not be able to pass for the proxy.
+pub fn client_ip(peer: Option<IpAddr>, forwarded: Result<Option<&str>, ()>, trusted: &[IpNet]) -> Option<IpAddr> {
     let peer = peer?;
     let is_trusted = |ip: &IpAddr| trusted.iter().any(|net| net.contains(ip));
     if !is_trusted(&peer) {
         return Some(peer);
     }
-    let Some(header) = forwarded_for else { return Some(peer) };
-    let mut client = peer;
+    let header = match forwarded {
+        Ok(Some(h)) => h,
+        // The proxy itself is calling.
+        Ok(None) => return Some(peer),
+        Err(()) => return None,
+    };
+    let mut client = None;
     for hop in header.rsplit(',') {
-        match hop.trim().parse::<IpAddr>() {
-            Ok(ip) => {
-                client = ip;
-                if !is_trusted(&ip) {
-                    break;
-                }
-            }
-            // A malformed hop: stop at the last address we could trust.
-            Err(_) => break,
+        let ip = hop.trim().parse::<IpAddr>().ok()?.to_canonical();
+        client = Some(ip);
+        if !is_trusted(&ip) {
+            break;
         }
     }
-    Some(client)
+    client
 }
 
 fn peer_ip(req: &Request) -> Option<IpAddr> {
@@ -268,10 +287,14 @@ impl Endpoint for Edge {
 
     async fn call(&self, mut req: Request) -> Result<Self::Output> {
         let started = Instant::now();
-        let forwarded = req.headers().get("x-forwarded-for").and_then(|v| v.to_str().ok()).map(str::to_owned);
+        let forwarded = forwarded_for(&req);
         let info = RequestInfo {
             request_id: request_id(&req),
-            client_ip: client_ip(peer_ip(&req), forwarded.as_deref(), &self.state.http.trusted_proxies),
+            client_ip: client_ip(
+                peer_ip(&req),
+                forwarded.as_ref().map(|f| f.as_deref()).map_err(|_| ()),
+                &self.state.http.trusted_proxies,
+            ),
             user_agent: req
                 .headers()
                 .get(header::USER_AGENT)
@@ -332,16 +355,21 @@ mod tests {
     #[test]
     fn forwarded_for_only_from_trusted_proxies() {
         let peer: IpAddr = "10.0.0.5".parse().unwrap();
-        let untrusted = client_ip(Some(peer), Some("1.2.3.4"), &[]);
-        assert_eq!(untrusted, Some(peer));
+        let one = |h: &'static str| Ok(Some(h));
+        assert_eq!(client_ip(Some(peer), one("1.2.3.4"), &[]), Some(peer));
         let trusted = nets(&["10.0.0.0/8"]);
-        assert_eq!(client_ip(Some(peer), Some("1.2.3.4"), &trusted), Some("1.2.3.4".parse().unwrap()));
+        assert_eq!(client_ip(Some(peer), one("1.2.3.4"), &trusted), Some("1.2.3.4".parse().unwrap()));
         // The client cannot spoof by prepending: the rightmost untrusted hop wins.
         assert_eq!(
-            client_ip(Some(peer), Some("6.6.6.6, 1.2.3.4, 10.0.0.9"), &trusted),
+            client_ip(Some(peer), one("6.6.6.6, 1.2.3.4, 10.0.0.9"), &trusted),
             Some("1.2.3.4".parse().unwrap())
         );
-        // Garbage stops the walk at the last trusted hop.
-        assert_eq!(client_ip(Some(peer), Some("junk"), &trusted), Some(peer));
+        // The proxy calling on its own behalf.
+        assert_eq!(client_ip(Some(peer), Ok(None), &trusted), Some(peer));
+        // Garbage, a port, or an unreadable header make the client unknown, never the proxy.
+        for bad in ["junk", "203.0.113.9:4444", "1.2.3.4, ", ""] {
+            assert_eq!(client_ip(Some(peer), one(bad), &trusted), None, "{bad}");
+        }
+        assert_eq!(client_ip(Some(peer), Err(()), &trusted), None);
     }
 }

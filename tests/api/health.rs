@@ -79,6 +79,24 @@ async fn metrics_refuse_non_loopback_clients_and_forwarded_for_is_believed_only_
     assert_eq!(body["status"], 403);
     let res = app.client.get(app.url("/metrics")).header("x-forwarded-for", "127.0.0.1").send().await.unwrap();
     assert_eq!(res.status(), StatusCode::OK);
+    // Spoofing attempts: a port, garbage before the proxy's hop, a second header line, bytes
+    // that are not text. None of them makes the client pass for the local proxy.
+    for bad in ["203.0.113.9:4444", "junk, 203.0.113.9", "127.0.0.1, nonsense"] {
+        let res = app.client.get(app.url("/metrics")).header("x-forwarded-for", bad).send().await.unwrap();
+        assert_eq!(res.status(), StatusCode::FORBIDDEN, "{bad}");
+    }
+    let res = app
+        .client
+        .get(app.url("/metrics"))
+        .header("x-forwarded-for", "127.0.0.1")
+        .header("x-forwarded-for", "203.0.113.9")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::FORBIDDEN, "every header line counts");
+    let raw = reqwest::header::HeaderValue::from_bytes(b"\xff, 127.0.0.1").unwrap();
+    let res = app.client.get(app.url("/metrics")).header("x-forwarded-for", raw).send().await.unwrap();
+    assert_eq!(res.status(), StatusCode::FORBIDDEN, "unreadable header");
     app.stop().await;
 }
 
@@ -110,7 +128,11 @@ async fn cors_answers_only_allow_listed_origins() {
 
 #[tokio::test]
 async fn plain_http_on_loopback_when_tls_is_disabled() {
-    let app = spawn_app_with(|c| c.tls.enabled = false).await;
+    let app = spawn_app_with(|c| {
+        c.tls.enabled = false;
+        c.server.trusted_proxies = vec!["127.0.0.1/32".parse().unwrap()];
+    })
+    .await;
     assert!(app.base.starts_with("http://127.0.0.1:"), "{}", app.base);
     let res = app.client.get(app.url("/healthz")).send().await.unwrap();
     assert_eq!(res.status(), StatusCode::OK);

@@ -7,7 +7,7 @@ CREATE TABLE meta (
 
 CREATE TABLE users (
     id            TEXT PRIMARY KEY,
-    email         TEXT NOT NULL UNIQUE,
+    email         TEXT NOT NULL UNIQUE COLLATE NOCASE,
     name          TEXT,
     password_hash TEXT,
     is_admin      INTEGER NOT NULL DEFAULT 0 CHECK (is_admin IN (0, 1)),
