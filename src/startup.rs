@@ -121,6 +121,17 @@ pub async fn prepare(config: Config, opts: &BuildOptions) -> Result<Prepared, Fa
     let key_source = config.master_key_source(creds);
     let db_path = config.database_path();
     let db_exists = db_path.exists();
+    if !db_exists {
+        // A database outside the data folder needs its folder to exist already.
+        let parent = db_path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        if parent != config.data_dir && !parent.is_dir() {
+            return Err(FatalError::new(format!(
+                "database.path {}: folder {} does not exist; create it or fix the path",
+                db_path.display(),
+                parent.display()
+            )));
+        }
+    }
     let existing_key = match &key_source {
         MasterKeySource::DataDir(p) if !p.exists() => {
             if db_exists {

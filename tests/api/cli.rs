@@ -162,6 +162,14 @@ fn bad_configuration_is_refused_naming_the_file_and_key() {
     assert_eq!(code, 2);
     assert!(err.contains("/nonexistent/gatehouse.toml"), "{err}");
 
+    let fresh = dir.path().join("fresh");
+    let mut cmd = gatehouse(&["serve", "--data-dir", fresh.to_str().unwrap()]);
+    cmd.env("GATEHOUSE_DATABASE__PATH", "/nonexistent/folder/gatehouse.db");
+    let (code, _, err) = run(cmd);
+    assert_ne!(code, 0);
+    assert!(err.contains("/nonexistent/folder"), "{err}");
+    assert!(!fresh.exists(), "nothing created for a start that cannot open its database");
+
     let mut cmd = gatehouse(&["serve", "--data-dir", data_s]);
     cmd.env("GATEHOUSE_SERVER__LISTEN", "not-an-address");
     let (code, _, err) = run(cmd);
