@@ -35,13 +35,54 @@ pub fn api_service() -> OpenApiService<(health::HealthApi, metrics::MetricsApi),
 
 /// The OpenAPI document as pretty JSON, exactly as `/openapi.json` serves it.
 pub fn openapi_json() -> String {
-    api_service().spec()
+    with_credential_schemes(api_service().spec())
+}
+
+/// The ways a caller proves who it is, declared in the document from the start so that the
+/// playground's Authorize dialog and client generators know them. poem-openapi publishes a
+/// scheme only once an operation uses it; a scheme it already published is left as it is.
+const CREDENTIAL_SCHEMES: &[(&str, &str)] = &[
+    (
+        "sessionToken",
+        r#"{"type": "http", "scheme": "bearer", "bearerFormat": "JWT",
+            "description": "Session access token (a short-lived JWT) from `POST /v1/auth/login`, sent as `Authorization: Bearer <token>`."}"#,
+    ),
+    (
+        "personalAccessToken",
+        r#"{"type": "http", "scheme": "bearer",
+            "description": "Personal access token (`<prefix>_<random><checksum>`) from `POST /v1/me/tokens`, sent as `Authorization: Bearer <token>`."}"#,
+    ),
+    (
+        "apiKey",
+        r#"{"type": "apiKey", "in": "header", "name": "X-Api-Key",
+            "description": "Workspace API key, sent in the `X-Api-Key` header."}"#,
+    ),
+    (
+        "sessionCookie",
+        r#"{"type": "apiKey", "in": "cookie", "name": "__Host-gatehouse_session",
+            "description": "Browser session cookie (HTTP-only, Secure, SameSite=Lax). Requests that change state also need the `X-CSRF-Token` header."}"#,
+    ),
+];
+
+fn with_credential_schemes(spec: String) -> String {
+    let Ok(mut doc) = serde_json::from_str::<serde_json::Value>(&spec) else { return spec };
+    let Some(root) = doc.as_object_mut() else { return spec };
+    let components = root.entry("components").or_insert_with(|| serde_json::json!({}));
+    let Some(components) = components.as_object_mut() else { return spec };
+    let schemes = components.entry("securitySchemes").or_insert_with(|| serde_json::json!({}));
+    let Some(schemes) = schemes.as_object_mut() else { return spec };
+    for (name, scheme) in CREDENTIAL_SCHEMES {
+        if let Ok(value) = serde_json::from_str::<serde_json::Value>(scheme) {
+            schemes.entry(name.to_string()).or_insert(value);
+        }
+    }
+    serde_json::to_string_pretty(&doc).unwrap_or(spec)
 }
 
 /// Every route, wrapped in the edge middleware.
 pub fn app(state: AppState) -> impl Endpoint {
     let api = api_service();
-    let spec = api.spec();
+    let spec = with_credential_schemes(api.spec());
     let mut allow = allowed_methods(&spec);
     for path in ["/openapi.json", "/docs", "/docs/", "/docs/assets/:name"] {
         allow.insert(path.to_string(), "GET, HEAD".to_string());

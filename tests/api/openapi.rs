@@ -17,7 +17,12 @@ fn committed_spec_matches_gatehouse_openapi() {
     assert_eq!(spec["info"]["version"], env!("CARGO_PKG_VERSION"));
     assert!(spec["info"]["description"].as_str().unwrap().contains("problem+json"));
     assert!(spec["tags"].as_array().unwrap().iter().any(|t| t["name"] == "Operations"));
-    assert!(spec["components"]["securitySchemes"]["metricsToken"].is_object());
+    let schemes = &spec["components"]["securitySchemes"];
+    for name in ["metricsToken", "sessionToken", "personalAccessToken", "apiKey", "sessionCookie"] {
+        assert!(schemes[name].is_object(), "security scheme {name} is declared");
+    }
+    assert_eq!(schemes["apiKey"]["name"], "X-Api-Key");
+    assert_eq!(schemes["sessionCookie"]["in"], "cookie");
     for path in ["/healthz", "/readyz", "/metrics"] {
         assert!(spec["paths"][path]["get"].is_object(), "{path}");
     }

@@ -163,6 +163,17 @@ async function run() {
   log(`live response: ${statusText.split("\n")[0]} ${bodyText.replace(/\s+/g, " ").slice(0, 200)}`);
   if (status !== 200) throw new Error(`Try-it-out on GET /healthz showed status "${statusText}", expected 200`);
 
+  // The Authorize dialog offers every credential the API takes.
+  log("Authorize");
+  await page.locator(".swagger-ui .auth-wrapper button.authorize").first().click();
+  const dialog = page.locator(".swagger-ui .dialog-ux .modal-ux");
+  await dialog.waitFor({ state: "visible" });
+  const dialogText = await dialog.innerText();
+  for (const scheme of ["sessionToken", "personalAccessToken", "apiKey", "sessionCookie", "metricsToken"]) {
+    if (!dialogText.includes(scheme)) throw new Error(`the Authorize dialog does not offer ${scheme}`);
+  }
+  await dialog.locator("button.close-modal").first().click();
+
   // Let late console messages and violation reports arrive.
   await page.waitForTimeout(300);
 }
