@@ -271,6 +271,11 @@ impl Config {
     }
 }
 
+/// `$CREDENTIALS_DIRECTORY`, where systemd puts `LoadCredential=` files.
+pub fn credentials_dir() -> Option<PathBuf> {
+    std::env::var_os("CREDENTIALS_DIRECTORY").map(PathBuf::from)
+}
+
 /// Where the master key lives.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum MasterKeySource {

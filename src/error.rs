@@ -51,8 +51,22 @@ impl From<AppError> for FatalError {
     }
 }
 
-impl From<DbError> for FatalError {
-    fn from(e: DbError) -> Self {
-        Self(e.to_string())
-    }
+/// The errors whose message is already the one line an operator needs.
+macro_rules! fatal_from {
+    ($($t:ty),* $(,)?) => {
+        $(impl From<$t> for FatalError {
+            fn from(e: $t) -> Self {
+                Self(e.to_string())
+            }
+        })*
+    };
 }
+
+fatal_from!(
+    DbError,
+    crate::config::ConfigError,
+    crate::crypto::CryptoError,
+    crate::crypto::master_key::MasterKeyError,
+    crate::tls::TlsError,
+    tokio::task::JoinError,
+);

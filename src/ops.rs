@@ -162,22 +162,21 @@ async fn init(config: Config) -> Result<(), FatalError> {
 
 fn check_config(config: Config) -> Result<(), FatalError> {
     config.validate().map_err(|e| FatalError::new(format!("configuration rejected: {e}")))?;
-    let creds = std::env::var_os("CREDENTIALS_DIRECTORY").map(std::path::PathBuf::from);
+    let creds = crate::config::credentials_dir();
     let (cert, key, generated) = config.tls_paths();
     if config.tls.enabled && (!generated || cert.exists()) {
-        crate::tls::load_pair(&cert, &key).map_err(|e| FatalError::new(e.to_string()))?;
+        crate::tls::load_pair(&cert, &key)?;
     }
     let source = config.master_key_source(creds.as_deref());
     if source.path().exists() || !matches!(source, crate::config::MasterKeySource::DataDir(_)) {
-        let check_mode = !matches!(source, crate::config::MasterKeySource::Credential(_));
-        crate::crypto::MasterKey::load(source.path(), check_mode).map_err(|e| FatalError::new(e.to_string()))?;
+        startup::load_master_key(&source)?;
     }
     if let Some(token) = config.metrics_token_path(creds.as_deref()) {
         startup::read_secret_file(&token, "metrics token file")?;
     }
     let db = config.database_path();
     if db.exists() {
-        crate::db::inspect(&db).map_err(|e| FatalError::new(e.to_string()))?;
+        crate::db::inspect(&db)?;
     }
     println!(
         "configuration OK: listen {} ({}), data folder {}, database {}",
@@ -233,10 +232,9 @@ fn restore(config: Config, src: &Path) -> Result<(), FatalError> {
         )));
     }
     let _lock = startup::take_lock(&config)?;
-    let creds = std::env::var_os("CREDENTIALS_DIRECTORY").map(std::path::PathBuf::from);
+    let creds = crate::config::credentials_dir();
     let source = config.master_key_source(creds.as_deref());
-    let check_mode = !matches!(source, crate::config::MasterKeySource::Credential(_));
-    let key = crate::crypto::MasterKey::load(source.path(), check_mode).map_err(|e| FatalError::new(e.to_string()))?;
+    let key = startup::load_master_key(&source)?;
     startup::check_key_belongs(&key, source.path(), src)
         .map_err(|e| FatalError::new(format!("refusing to restore: {e}; put that backup's key back first")))?;
     let dest = config.database_path();

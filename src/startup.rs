@@ -43,7 +43,7 @@ impl Default for BuildOptions {
     fn default() -> Self {
         Self {
             clock: Arc::new(SystemClock),
-            credentials_dir: std::env::var_os("CREDENTIALS_DIRECTORY").map(PathBuf::from),
+            credentials_dir: crate::config::credentials_dir(),
             bootstrap_admin: true,
             exclusive: true,
         }
@@ -91,9 +91,10 @@ pub fn take_lock(config: &Config) -> Result<File, FatalError> {
     }
 }
 
-fn load_master_key(source: &MasterKeySource) -> Result<MasterKey, FatalError> {
+/// Read the master key; a systemd credential's permissions are systemd's to check.
+pub fn load_master_key(source: &MasterKeySource) -> Result<MasterKey, FatalError> {
     let check_mode = !matches!(source, MasterKeySource::Credential(_));
-    MasterKey::load(source.path(), check_mode).map_err(|e| FatalError::new(e.to_string()))
+    MasterKey::load(source.path(), check_mode).map_err(FatalError::from)
 }
 
 pub fn read_secret_file(path: &Path, what: &str) -> Result<SecretString, FatalError> {
@@ -110,13 +111,13 @@ pub fn read_secret_file(path: &Path, what: &str) -> Result<SecretString, FatalEr
 /// Validate the configuration and open the data folder, creating what a first start needs.
 /// Nothing is written until every check that can fail on existing files has passed.
 pub async fn prepare(config: Config, opts: &BuildOptions) -> Result<Prepared, FatalError> {
-    config.validate().map_err(|e| FatalError::new(e.to_string()))?;
+    config.validate()?;
     let creds = opts.credentials_dir.as_deref();
 
     // 1. Checks on what already exists; nothing is written yet.
     let (cert_path, key_path, generated_tls) = config.tls_paths();
     if config.tls.enabled && !generated_tls {
-        tls::load_pair(&cert_path, &key_path).map_err(|e| FatalError::new(e.to_string()))?;
+        tls::load_pair(&cert_path, &key_path)?;
     }
     let key_source = config.master_key_source(creds);
     let db_path = config.database_path();
@@ -146,7 +147,7 @@ pub async fn prepare(config: Config, opts: &BuildOptions) -> Result<Prepared, Fa
         other => Some(load_master_key(other)?),
     };
     if db_exists {
-        crate::db::inspect(&db_path).map_err(|e| FatalError::new(e.to_string()))?;
+        crate::db::inspect(&db_path)?;
         if let Some(key) = &existing_key {
             check_key_belongs(key, key_source.path(), &db_path)?;
         }
@@ -169,16 +170,16 @@ pub async fn prepare(config: Config, opts: &BuildOptions) -> Result<Prepared, Fa
     let master_key = match existing_key {
         Some(k) => k,
         None => {
-            let k = MasterKey::generate(key_source.path()).map_err(|e| FatalError::new(e.to_string()))?;
+            let k = MasterKey::generate(key_source.path())?;
             tracing::info!(path = %key_source.path().display(), "generated a new master key; back it up with the database");
             k
         }
     };
     if config.tls.enabled && generated_tls {
-        if tls::ensure_self_signed(&cert_path, &key_path).map_err(|e| FatalError::new(e.to_string()))? {
+        if tls::ensure_self_signed(&cert_path, &key_path)? {
             tracing::info!(cert = %cert_path.display(), "generated a self-signed certificate for localhost");
         }
-        tls::load_pair(&cert_path, &key_path).map_err(|e| FatalError::new(e.to_string()))?;
+        tls::load_pair(&cert_path, &key_path)?;
     }
     let metrics = Arc::new(Metrics::new());
     let db_options = DbOptions {
@@ -187,13 +188,10 @@ pub async fn prepare(config: Config, opts: &BuildOptions) -> Result<Prepared, Fa
         read_connections: config.database.read_connections,
     };
     let db_metrics = metrics.clone();
-    let db = crate::telemetry::spawn_blocking_in_span(move || Db::open(&db_options, Some(db_metrics)))
-        .await
-        .map_err(|e| FatalError::new(e.to_string()))?
-        .map_err(|e| FatalError::new(e.to_string()))?;
+    let db = crate::telemetry::spawn_blocking_in_span(move || Db::open(&db_options, Some(db_metrics))).await??;
 
     // 3. A new database records which master key it belongs to (checked at every later start).
-    let check = master_key.check_value().map_err(|e| FatalError::new(e.to_string()))?;
+    let check = master_key.check_value()?;
     db.write(move |tx| -> Result<(), crate::db::DbError> {
         if tx.meta_get(KEY_CHECK)?.is_none() {
             tx.meta_set(KEY_CHECK, &check)?;
@@ -201,7 +199,7 @@ pub async fn prepare(config: Config, opts: &BuildOptions) -> Result<Prepared, Fa
         Ok(())
     })
     .await?;
-    let audit_key = master_key.audit_key().map_err(|e| FatalError::new(e.to_string()))?;
+    let audit_key = master_key.audit_key()?;
     let mut prepared = Prepared { config, db, audit_key, metrics, metrics_token, bootstrap_password: None, lock };
     if opts.bootstrap_admin {
         prepared.bootstrap_password = bootstrap_admin(&prepared, &opts.clock).await?;
@@ -214,15 +212,13 @@ pub const KEY_CHECK: &str = "master_key_check";
 
 /// Refuse a master key that is not the one `db_path` was created with (read-only check).
 pub fn check_key_belongs(key: &MasterKey, key_path: &Path, db_path: &Path) -> Result<(), FatalError> {
-    let stored = crate::db::read_meta(db_path, KEY_CHECK).map_err(|e| FatalError::new(e.to_string()))?;
+    let stored = crate::db::read_meta(db_path, KEY_CHECK)?;
     match stored {
-        Some(stored) if !key.matches_check_value(&stored).map_err(|e| FatalError::new(e.to_string()))? => {
-            Err(FatalError::new(format!(
-                "master key {} does not belong to database {}; use the key file created with this database",
-                key_path.display(),
-                db_path.display()
-            )))
-        }
+        Some(stored) if !key.matches_check_value(&stored)? => Err(FatalError::new(format!(
+            "master key {} does not belong to database {}; use the key file created with this database",
+            key_path.display(),
+            db_path.display()
+        ))),
         _ => Ok(()),
     }
 }
@@ -230,9 +226,8 @@ pub fn check_key_belongs(key: &MasterKey, key_path: &Path, db_path: &Path) -> Re
 /// Hash a password on the blocking pool.
 pub async fn hash_password(password: SecretString) -> Result<String, FatalError> {
     crate::telemetry::spawn_blocking_in_span(move || password::hash(&password, password::PasswordPolicy::default()))
-        .await
-        .map_err(|e| FatalError::new(e.to_string()))?
-        .map_err(|e| FatalError::new(e.to_string()))
+        .await?
+        .map_err(FatalError::from)
 }
 
 /// Create `admin@localhost` with a random password when no platform admin exists.
@@ -302,7 +297,7 @@ impl Application {
         let (cert_path, key_path, _) = config.tls_paths();
         let (acceptor, tls_reload) = if config.tls.enabled {
             tls::install_provider();
-            let pair = tls::load_pair(&cert_path, &key_path).map_err(|e| FatalError::new(e.to_string()))?;
+            let pair = tls::load_pair(&cert_path, &key_path)?;
             let (tx, rx) = mpsc::unbounded_channel::<RustlsConfig>();
             tx.send(rustls_config(&pair)).map_err(|_| FatalError::new("TLS reload channel closed"))?;
             let stream = tokio_stream_from(rx);
