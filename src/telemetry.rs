@@ -24,11 +24,14 @@ pub type LogGuard = tracing_appender::non_blocking::WorkerGuard;
 /// Install the global subscriber. `level` is an `EnvFilter` directive (`info`,
 /// `gatehouse=debug,info`, …); `RUST_LOG` wins when set. Logs go to stderr through a background
 /// writer thread, so a request never waits on a write to the terminal or the journal; when its
-/// queue is full the writer applies back-pressure rather than dropping lines.
+/// queue is full the writer applies back-pressure rather than dropping lines. The thread writes
+/// the lines queued during a burst in one system call.
 pub fn init(format: LogFormat, level: &str) -> Option<LogGuard> {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
-    let (writer, guard) =
-        tracing_appender::non_blocking::NonBlockingBuilder::default().lossy(false).finish(std::io::stderr());
+    // The writer thread flushes whenever its queue runs empty, so buffering only batches the
+    // lines of a burst into one write; no line waits for a later one.
+    let sink = std::io::BufWriter::with_capacity(64 * 1024, std::io::stderr());
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default().lossy(false).finish(sink);
     let registry = tracing_subscriber::registry().with(filter);
     let installed = match format {
         LogFormat::Json => registry
