@@ -9,7 +9,7 @@
 use super::error::{Problem, PROBLEM_JSON};
 use crate::state::AppState;
 use ipnet::IpNet;
-use poem::http::{header, HeaderValue, Method, StatusCode};
+use poem::http::{header, HeaderName, HeaderValue, Method, StatusCode};
 use poem::middleware::{CatchPanic, Cors};
 use poem::PathPattern;
 use poem::{Body, Endpoint, EndpointExt, IntoResponse, Request, Response, Result};
@@ -20,14 +20,19 @@ use std::time::Instant;
 use tracing::Instrument;
 
 /// What the edge learned about a request; handlers read it from the request extensions.
+/// Cheap to clone: the strings are shared.
 #[derive(Debug, Clone)]
 pub struct RequestInfo {
-    pub request_id: String,
+    pub request_id: Arc<str>,
     pub client_ip: Option<IpAddr>,
-    pub user_agent: Option<String>,
+    pub user_agent: Option<Arc<str>>,
 }
 
 pub const REQUEST_ID: &str = "x-request-id";
+// Header names built once, not parsed from text on every response.
+const REQUEST_ID_HEADER: HeaderName = HeaderName::from_static(REQUEST_ID);
+const COOP: HeaderName = HeaderName::from_static("cross-origin-opener-policy");
+const CORP: HeaderName = HeaderName::from_static("cross-origin-resource-policy");
 
 const CSP_API: &str = "default-src 'none'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'";
 /// The playground needs its own scripts, inline styles (Swagger UI sets them) and data: images.
@@ -96,15 +101,15 @@ fn method_label(m: &Method) -> &'static str {
 }
 
 /// A client-supplied request id is kept when it is 1–64 characters of `[A-Za-z0-9._-]`.
-fn request_id(req: &Request) -> String {
-    let given = req.headers().get(REQUEST_ID).and_then(|v| v.to_str().ok());
+fn request_id(req: &Request) -> Arc<str> {
+    let given = req.headers().get(REQUEST_ID_HEADER).and_then(|v| v.to_str().ok());
     match given {
         Some(id)
             if (1..=64).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b)) =>
         {
-            id.to_string()
+            Arc::from(id)
         }
-        _ => uuid::Uuid::new_v4().to_string(),
+        _ => Arc::from(uuid::Uuid::new_v4().to_string()),
     }
 }
 
@@ -260,13 +265,13 @@ impl Edge {
         }
         let h = resp.headers_mut();
         if let Ok(v) = HeaderValue::from_str(&info.request_id) {
-            h.insert(REQUEST_ID, v);
+            h.insert(REQUEST_ID_HEADER, v);
         }
         h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
         h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
         h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
-        h.insert("cross-origin-opener-policy", HeaderValue::from_static("same-origin"));
-        h.insert("cross-origin-resource-policy", HeaderValue::from_static("same-origin"));
+        h.insert(COOP, HeaderValue::from_static("same-origin"));
+        h.insert(CORP, HeaderValue::from_static("same-origin"));
         h.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(if docs { CSP_DOCS } else { CSP_API }));
         if self.state.http.tls {
             h.insert(
@@ -299,7 +304,7 @@ impl Endpoint for Edge {
                 .headers()
                 .get(header::USER_AGENT)
                 .and_then(|v| v.to_str().ok())
-                .map(|s| s.chars().take(256).collect()),
+                .map(|s| Arc::from(s.chars().take(256).collect::<String>())),
         };
         let method = req.method().clone();
         let docs = req.uri().path() == "/docs" || req.uri().path().starts_with("/docs/");
