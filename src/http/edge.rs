@@ -315,12 +315,9 @@ impl Endpoint for Edge {
             "request",
             request_id = %info.request_id,
             method = %method,
-            client_ip = tracing::field::Empty,
+            client_ip = info.client_ip.map(tracing::field::display),
             principal = tracing::field::Empty,
         );
-        if let Some(ip) = info.client_ip {
-            span.record("client_ip", tracing::field::display(ip));
-        }
         async move {
             let result = match self.limit_body(&mut req).await {
                 Err(status) => Err(poem::Error::from_status(status)),
