@@ -161,23 +161,9 @@ async fn init(config: Config) -> Result<(), FatalError> {
 }
 
 fn check_config(config: Config) -> Result<(), FatalError> {
-    config.validate().map_err(|e| FatalError::new(format!("configuration rejected: {e}")))?;
-    let creds = crate::config::credentials_dir();
-    let (cert, key, generated) = config.tls_paths();
-    if config.tls.enabled && (!generated || cert.exists()) {
-        crate::tls::load_pair(&cert, &key)?;
-    }
-    let source = config.master_key_source(creds.as_deref());
-    if source.path().exists() || !matches!(source, crate::config::MasterKeySource::DataDir(_)) {
-        startup::load_master_key(&source)?;
-    }
-    if let Some(token) = config.metrics_token_path(creds.as_deref()) {
-        startup::read_secret_file(&token, "metrics token file")?;
-    }
-    let db = config.database_path();
-    if db.exists() {
-        crate::db::inspect(&db)?;
-    }
+    let checked = startup::preflight(&config, crate::config::credentials_dir().as_deref())
+        .map_err(|e| FatalError::new(format!("configuration rejected: {e}")))?;
+    let db = checked.db_path;
     println!(
         "configuration OK: listen {} ({}), data folder {}, database {}",
         config.server.listen,

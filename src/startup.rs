@@ -108,15 +108,23 @@ pub fn read_secret_file(path: &Path, what: &str) -> Result<SecretString, FatalEr
     Ok(SecretString::new(trimmed))
 }
 
-/// Validate the configuration and open the data folder, creating what a first start needs.
-/// Nothing is written until every check that can fail on existing files has passed.
-pub async fn prepare(config: Config, opts: &BuildOptions) -> Result<Prepared, FatalError> {
-    config.validate()?;
-    let creds = opts.credentials_dir.as_deref();
+/// What the checks on existing files found, before anything is written.
+#[derive(Debug)]
+pub struct Preflight {
+    /// The master key, when one exists already.
+    pub existing_key: Option<MasterKey>,
+    pub key_source: MasterKeySource,
+    pub db_path: PathBuf,
+    pub metrics_token: Option<SecretString>,
+}
 
-    // 1. Checks on what already exists; nothing is written yet.
+/// Validate the configuration and check every file it names that exists already: certificate
+/// and key, master key (and that it belongs to the database), database integrity and version,
+/// metrics token. Writes nothing. `check-config` is exactly this.
+pub fn preflight(config: &Config, creds: Option<&Path>) -> Result<Preflight, FatalError> {
+    config.validate()?;
     let (cert_path, key_path, generated_tls) = config.tls_paths();
-    if config.tls.enabled && !generated_tls {
+    if config.tls.enabled && (!generated_tls || cert_path.exists()) {
         tls::load_pair(&cert_path, &key_path)?;
     }
     let key_source = config.master_key_source(creds);
@@ -156,6 +164,16 @@ pub async fn prepare(config: Config, opts: &BuildOptions) -> Result<Prepared, Fa
         Some(p) => Some(read_secret_file(&p, "metrics token file")?),
         None => None,
     };
+    Ok(Preflight { existing_key, key_source, db_path, metrics_token })
+}
+
+/// Validate the configuration and open the data folder, creating what a first start needs.
+/// Nothing is written until every check that can fail on existing files has passed.
+pub async fn prepare(config: Config, opts: &BuildOptions) -> Result<Prepared, FatalError> {
+    // 1. Checks on what already exists; nothing is written yet.
+    let Preflight { existing_key, key_source, db_path, metrics_token } =
+        preflight(&config, opts.credentials_dir.as_deref())?;
+    let (cert_path, key_path, generated_tls) = config.tls_paths();
 
     // 2. Create what a first start needs.
     if !config.data_dir.exists() {
@@ -175,11 +193,9 @@ pub async fn prepare(config: Config, opts: &BuildOptions) -> Result<Prepared, Fa
             k
         }
     };
-    if config.tls.enabled && generated_tls {
-        if tls::ensure_self_signed(&cert_path, &key_path)? {
-            tracing::info!(cert = %cert_path.display(), "generated a self-signed certificate for localhost");
-        }
-        tls::load_pair(&cert_path, &key_path)?;
+    // The listener loads and checks the pair; here it only has to exist.
+    if config.tls.enabled && generated_tls && tls::ensure_self_signed(&cert_path, &key_path)? {
+        tracing::info!(cert = %cert_path.display(), "generated a self-signed certificate for localhost");
     }
     let metrics = Arc::new(Metrics::new());
     let db_options = DbOptions {
