@@ -372,12 +372,11 @@ fn describe(e: figment::Error, file: Option<&Path>) -> String {
         };
         let what = match &err.kind {
             figment::error::Kind::UnknownField(name, _) => {
-                let full = if key.is_empty() || key == *name || key.ends_with(&format!(".{name}")) {
-                    if key.is_empty() {
-                        name.clone()
-                    } else {
-                        key.clone()
-                    }
+                // Depending on the provider, the path already ends with the unknown name.
+                let full = if key.is_empty() {
+                    name.clone()
+                } else if key == *name || key.ends_with(&format!(".{name}")) {
+                    key.clone()
                 } else {
                     format!("{key}.{name}")
                 };

@@ -62,6 +62,8 @@ pub struct Prepared {
     pub bootstrap_password: Option<SecretString>,
     /// Held for the life of the process: `restore` refuses while it is taken.
     pub lock: Option<File>,
+    /// The checked certificate and key the listener starts with (TLS on).
+    pub tls_pair: Option<tls::PemPair>,
 }
 
 /// The lock file that marks a data folder in use by a running Gatehouse.
@@ -116,6 +118,8 @@ pub struct Preflight {
     pub key_source: MasterKeySource,
     pub db_path: PathBuf,
     pub metrics_token: Option<SecretString>,
+    /// The checked certificate and key, when TLS is on and they exist already.
+    pub tls_pair: Option<tls::PemPair>,
 }
 
 /// Validate the configuration and check every file it names that exists already: certificate
@@ -124,9 +128,12 @@ pub struct Preflight {
 pub fn preflight(config: &Config, creds: Option<&Path>) -> Result<Preflight, FatalError> {
     config.validate()?;
     let (cert_path, key_path, generated_tls) = config.tls_paths();
-    if config.tls.enabled && (!generated_tls || cert_path.exists()) {
-        tls::load_pair(&cert_path, &key_path)?;
-    }
+    // A generated pair with a file missing is made again by `prepare`, not refused.
+    let tls_pair = if config.tls.enabled && (!generated_tls || (cert_path.exists() && key_path.exists())) {
+        Some(tls::load_pair(&cert_path, &key_path)?)
+    } else {
+        None
+    };
     let key_source = config.master_key_source(creds);
     let db_path = config.database_path();
     let db_exists = db_path.exists();
@@ -164,14 +171,14 @@ pub fn preflight(config: &Config, creds: Option<&Path>) -> Result<Preflight, Fat
         Some(p) => Some(read_secret_file(&p, "metrics token file")?),
         None => None,
     };
-    Ok(Preflight { existing_key, key_source, db_path, metrics_token })
+    Ok(Preflight { existing_key, key_source, db_path, metrics_token, tls_pair })
 }
 
 /// Validate the configuration and open the data folder, creating what a first start needs.
 /// Nothing is written until every check that can fail on existing files has passed.
 pub async fn prepare(config: Config, opts: &BuildOptions) -> Result<Prepared, FatalError> {
     // 1. Checks on what already exists; nothing is written yet.
-    let Preflight { existing_key, key_source, db_path, metrics_token } =
+    let Preflight { existing_key, key_source, db_path, metrics_token, mut tls_pair } =
         preflight(&config, opts.credentials_dir.as_deref())?;
     let (cert_path, key_path, generated_tls) = config.tls_paths();
 
@@ -193,9 +200,9 @@ pub async fn prepare(config: Config, opts: &BuildOptions) -> Result<Prepared, Fa
             k
         }
     };
-    // The listener loads and checks the pair; here it only has to exist.
     if config.tls.enabled && generated_tls && tls::ensure_self_signed(&cert_path, &key_path)? {
         tracing::info!(cert = %cert_path.display(), "generated a self-signed certificate for localhost");
+        tls_pair = Some(tls::load_pair(&cert_path, &key_path)?);
     }
     let metrics = Arc::new(Metrics::new());
     let db_options = DbOptions {
@@ -216,7 +223,8 @@ pub async fn prepare(config: Config, opts: &BuildOptions) -> Result<Prepared, Fa
     })
     .await?;
     let audit_key = master_key.audit_key()?;
-    let mut prepared = Prepared { config, db, audit_key, metrics, metrics_token, bootstrap_password: None, lock };
+    let mut prepared =
+        Prepared { config, db, audit_key, metrics, metrics_token, bootstrap_password: None, lock, tls_pair };
     if opts.bootstrap_admin {
         prepared.bootstrap_password = bootstrap_admin(&prepared, &opts.clock).await?;
     }
@@ -312,10 +320,10 @@ impl Application {
         };
         let (cert_path, key_path, _) = config.tls_paths();
         let (acceptor, tls_reload) = if config.tls.enabled {
+            let pair = p.tls_pair.as_ref().ok_or_else(|| FatalError::new("TLS is on but no certificate was loaded"))?;
             tls::install_provider();
-            let pair = tls::load_pair(&cert_path, &key_path)?;
             let (tx, rx) = mpsc::unbounded_channel::<RustlsConfig>();
-            tx.send(rustls_config(&pair)).map_err(|_| FatalError::new("TLS reload channel closed"))?;
+            tx.send(rustls_config(pair)).map_err(|_| FatalError::new("TLS reload channel closed"))?;
             let stream = tokio_stream_from(rx);
             let acceptor =
                 ConfigFirst(TcpListener::bind(listen)).rustls(stream).into_acceptor().await.map_err(bind_error)?;

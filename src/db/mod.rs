@@ -338,14 +338,7 @@ pub fn restore_file(src: &Path, dest: &Path) -> Result<(), DbError> {
     let _ = std::fs::remove_file(&tmp);
     create_private(&tmp).map_err(|e| open_error(&shown, e))?;
     let result = (|| {
-        let src_conn = open_untouched(src)?;
-        let mut out = Connection::open(&tmp)?;
-        {
-            let backup = rusqlite::backup::Backup::new(&src_conn, &mut out)?;
-            backup.run_to_completion(i32::MAX, Duration::from_millis(5), None)?;
-        }
-        out.pragma_update(None, "journal_mode", "DELETE")?;
-        drop(out);
+        copy_into(&open_untouched(src)?, &tmp)?;
         std::fs::File::open(&tmp).and_then(|f| f.sync_all()).map_err(|e| open_error(&shown, e))?;
         for suffix in ["-wal", "-shm"] {
             let mut stale = dest.as_os_str().to_owned();
