@@ -29,6 +29,7 @@ pub struct Config {
     pub vault: VaultConfig,
     pub metrics: MetricsConfig,
     pub log: LogConfig,
+    pub auth: AuthConfig,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -88,6 +89,7 @@ impl Default for Config {
             vault: VaultConfig::default(),
             metrics: MetricsConfig::default(),
             log: LogConfig::default(),
+            auth: AuthConfig::default(),
         }
     }
 }
@@ -119,6 +121,124 @@ impl Default for DatabaseConfig {
 impl Default for LogConfig {
     fn default() -> Self {
         Self { format: LogFormat::Pretty, level: "info".into(), access: true }
+    }
+}
+
+/// Who may create a local account with `POST /v1/auth/signup`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SignupMode {
+    /// Anyone.
+    Open,
+    /// Only with an invitation a platform admin made (`POST /v1/users/invites`).
+    Invite,
+    /// Nobody; admins create accounts with `POST /v1/users`.
+    Disabled,
+}
+
+/// Accounts, sessions and credentials.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    pub signup: SignupMode,
+    /// `iss` of the access tokens Gatehouse signs.
+    pub issuer: String,
+    /// `aud` of the access tokens Gatehouse signs and accepts.
+    pub audience: String,
+    /// `ES256`, `RS256` or `EdDSA`.
+    pub jwt_algorithm: String,
+    pub access_token_ttl_seconds: u64,
+    /// Sliding: every refresh extends the session by this much, up to `session_max_lifetime_seconds`.
+    pub refresh_token_ttl_seconds: u64,
+    pub session_max_lifetime_seconds: u64,
+    pub anonymous_lifetime_seconds: u64,
+    pub signing_key_rotation_days: u64,
+    /// `Cache-Control: max-age` of `/.well-known/jwks.json`; the next key is published twice this
+    /// long before it signs.
+    pub jwks_max_age_seconds: u64,
+    /// Local accounts must enrol TOTP: until they do, their sessions may only enrol.
+    pub require_mfa: bool,
+    pub mfa_challenge_ttl_seconds: u64,
+    pub pat_max_lifetime_days: u64,
+    pub invite_ttl_hours: u64,
+    pub password: PasswordConfig,
+    pub lockout: LockoutConfig,
+    pub rate_limit: RateLimitConfig,
+}
+
+/// argon2id cost.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PasswordConfig {
+    pub memory_kib: u32,
+    pub iterations: u32,
+    pub parallelism: u32,
+    /// Password hashes computed at once (0: one per CPU core).
+    pub max_concurrent_hashes: usize,
+}
+
+/// Per-account throttling of failed logins.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LockoutConfig {
+    /// Failures before back-off starts.
+    pub backoff_after: u32,
+    /// Back-off doubles from this many seconds…
+    pub backoff_base_seconds: u64,
+    /// …up to this many.
+    pub backoff_max_seconds: u64,
+    /// Failures that lock the account for `lock_seconds`.
+    pub lock_after: u32,
+    pub lock_seconds: u64,
+}
+
+/// Per-client-address rate limit on the sign-in endpoints (a token bucket).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RateLimitConfig {
+    pub per_minute: u32,
+    pub burst: u32,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            signup: SignupMode::Invite,
+            issuer: "gatehouse".into(),
+            audience: "gatehouse".into(),
+            jwt_algorithm: "ES256".into(),
+            access_token_ttl_seconds: 15 * 60,
+            refresh_token_ttl_seconds: 30 * 24 * 3600,
+            session_max_lifetime_seconds: 90 * 24 * 3600,
+            anonymous_lifetime_seconds: 24 * 3600,
+            signing_key_rotation_days: 30,
+            jwks_max_age_seconds: 300,
+            require_mfa: false,
+            mfa_challenge_ttl_seconds: 300,
+            pat_max_lifetime_days: 365,
+            invite_ttl_hours: 72,
+            password: PasswordConfig::default(),
+            lockout: LockoutConfig::default(),
+            rate_limit: RateLimitConfig::default(),
+        }
+    }
+}
+
+impl Default for PasswordConfig {
+    fn default() -> Self {
+        Self { memory_kib: 19 * 1024, iterations: 2, parallelism: 1, max_concurrent_hashes: 0 }
+    }
+}
+
+impl Default for LockoutConfig {
+    fn default() -> Self {
+        Self { backoff_after: 3, backoff_base_seconds: 1, backoff_max_seconds: 60, lock_after: 10, lock_seconds: 900 }
+    }
+}
+
+impl Default for RateLimitConfig {
+    fn default() -> Self {
+        Self { per_minute: 60, burst: 20 }
     }
 }
 
@@ -216,11 +336,61 @@ impl Config {
                 )));
             }
         }
+        self.validate_auth()?;
         if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
             return Err(ConfigError(format!(
                 "log.level: {:?} is not a valid filter (try \"info\" or \"gatehouse=debug,info\")",
                 self.log.level
             )));
+        }
+        Ok(())
+    }
+
+    fn validate_auth(&self) -> Result<(), ConfigError> {
+        let a = &self.auth;
+        let bad = |msg: String| Err(ConfigError(msg));
+        if crate::crypto::jwt::JwtAlg::parse(&a.jwt_algorithm).is_none() {
+            return bad(format!("auth.jwt_algorithm: {:?} is not supported; use ES256, RS256 or EdDSA", a.jwt_algorithm));
+        }
+        if a.issuer.trim().is_empty() || a.audience.trim().is_empty() {
+            return bad("auth.issuer and auth.audience must not be empty".into());
+        }
+        if !(60..=24 * 3600).contains(&a.access_token_ttl_seconds) {
+            return bad("auth.access_token_ttl_seconds must be between 60 and 86400".into());
+        }
+        if a.refresh_token_ttl_seconds < a.access_token_ttl_seconds {
+            return bad("auth.refresh_token_ttl_seconds must not be shorter than auth.access_token_ttl_seconds".into());
+        }
+        if a.session_max_lifetime_seconds < a.refresh_token_ttl_seconds {
+            return bad("auth.session_max_lifetime_seconds must not be shorter than auth.refresh_token_ttl_seconds".into());
+        }
+        if a.anonymous_lifetime_seconds < 60 {
+            return bad("auth.anonymous_lifetime_seconds must be at least 60".into());
+        }
+        if a.signing_key_rotation_days == 0 {
+            return bad("auth.signing_key_rotation_days must be at least 1".into());
+        }
+        if a.jwks_max_age_seconds == 0 || a.jwks_max_age_seconds * 2 >= a.signing_key_rotation_days * 24 * 3600 {
+            return bad("auth.jwks_max_age_seconds must be positive and well under the rotation period".into());
+        }
+        if !(30..=3600).contains(&a.mfa_challenge_ttl_seconds) {
+            return bad("auth.mfa_challenge_ttl_seconds must be between 30 and 3600".into());
+        }
+        if a.pat_max_lifetime_days == 0 || a.invite_ttl_hours == 0 {
+            return bad("auth.pat_max_lifetime_days and auth.invite_ttl_hours must be at least 1".into());
+        }
+        let p = &a.password;
+        if p.memory_kib < 8 * 1024 || p.iterations == 0 || p.parallelism == 0 || p.parallelism > 16 {
+            return bad(
+                "auth.password: memory_kib must be at least 8192, iterations at least 1, parallelism 1 to 16".into(),
+            );
+        }
+        let l = &a.lockout;
+        if l.lock_after <= l.backoff_after || l.lock_seconds == 0 || l.backoff_max_seconds < l.backoff_base_seconds {
+            return bad("auth.lockout: lock_after must exceed backoff_after, lock_seconds must be positive and backoff_max_seconds at least backoff_base_seconds".into());
+        }
+        if a.rate_limit.per_minute == 0 || a.rate_limit.burst == 0 {
+            return bad("auth.rate_limit.per_minute and auth.rate_limit.burst must be at least 1".into());
         }
         Ok(())
     }

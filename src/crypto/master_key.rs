@@ -84,6 +84,17 @@ impl MasterKey {
         self.derive(b"gatehouse audit mac v1").map(AuditKey)
     }
 
+    /// The key that seals the secrets Gatehouse keeps for itself (JWT signing keys, TOTP seeds).
+    pub fn sealing_key(&self) -> Result<super::vault::SealingKey, CryptoError> {
+        self.derive(b"gatehouse system seal v1").map(|k| super::vault::SealingKey::new(MASTER_KEY_ID, k))
+    }
+
+    /// The key that turns identifiers such as an unknown email into stable pseudonyms for the
+    /// audit trail and the throttling tables, so that neither stores them in clear.
+    pub fn pseudonym_key(&self) -> Result<PseudonymKey, CryptoError> {
+        self.derive(b"gatehouse pseudonym v1").map(PseudonymKey)
+    }
+
     /// A value stored in the database that proves later starts use the same master key,
     /// without revealing anything about the key.
     pub fn check_value(&self) -> Result<String, CryptoError> {
@@ -96,6 +107,33 @@ impl MasterKey {
     /// Whether `stored` is this key's check value, in constant time.
     pub fn matches_check_value(&self, stored: &str) -> Result<bool, CryptoError> {
         Ok(ct_eq(self.check_value()?.as_bytes(), stored.as_bytes()))
+    }
+}
+
+/// The id envelopes sealed under (a key derived from) the master key carry. Master-key rotation
+/// (issue "vault") introduces further ids.
+pub const MASTER_KEY_ID: &str = "mk1";
+
+/// Keyed pseudonyms: `HMAC-SHA256(key, value)`, hex.
+#[derive(Clone, Zeroize, ZeroizeOnDrop)]
+pub struct PseudonymKey([u8; 32]);
+
+impl std::fmt::Debug for PseudonymKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PseudonymKey(_)")
+    }
+}
+
+impl PseudonymKey {
+    /// A stable pseudonym of `value` (32 hex digits), not reversible without the master key.
+    pub fn of(&self, value: &str) -> String {
+        match <HmacSha256 as Mac>::new_from_slice(&self.0) {
+            Ok(mut mac) => {
+                mac.update(value.as_bytes());
+                hex::encode(&mac.finalize().into_bytes()[..16])
+            }
+            Err(_) => String::from("unavailable"),
+        }
     }
 }
 

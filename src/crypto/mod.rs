@@ -1,12 +1,17 @@
-//! The only place that touches argon2, hmac, hkdf, sha2 and rand, behind a small typed API.
+//! The only place that touches argon2, aes-gcm, jsonwebtoken, hmac, hkdf, sha1, sha2 and rand, behind a small typed API.
 //! Nothing here does I/O except reading and writing the master key file (`master_key`).
 
+pub mod jwt;
 pub mod master_key;
 pub mod password;
 pub mod random;
 pub mod secret;
+pub mod token;
+pub mod totp;
+pub mod vault;
 
-pub use master_key::{AuditKey, MasterKey};
+pub use master_key::{AuditKey, MasterKey, PseudonymKey};
+pub use vault::SealingKey;
 pub use secret::{ct_eq, SecretString};
 
 #[derive(Debug, thiserror::Error)]
@@ -15,4 +20,10 @@ pub enum CryptoError {
     PasswordHash(String),
     #[error("key derivation failed")]
     Kdf,
+    #[error("sealing failed")]
+    Seal,
+    #[error("a sealed value could not be opened (wrong key, wrong place or tampered)")]
+    Open,
+    #[error(transparent)]
+    Jwt(#[from] jwt::JwtError),
 }

@@ -10,8 +10,10 @@ struct Migration {
     sql: &'static str,
 }
 
-const MIGRATIONS: &[Migration] =
-    &[Migration { version: 1, name: "init", sql: include_str!("migrations/0001_init.sql") }];
+const MIGRATIONS: &[Migration] = &[
+    Migration { version: 1, name: "init", sql: include_str!("migrations/0001_init.sql") },
+    Migration { version: 2, name: "accounts", sql: include_str!("migrations/0002_accounts.sql") },
+];
 
 /// The schema version this binary writes.
 pub fn latest_version() -> i64 {
