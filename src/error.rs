@@ -14,6 +14,16 @@ pub enum AppError {
     /// The object already exists or the change conflicts with current state.
     #[error("{0}")]
     Conflict(String),
+    /// No valid credential; the message is safe to show (it never says which part was wrong
+    /// when that would help an attacker).
+    #[error("{0}")]
+    Unauthorized(String),
+    /// The caller is known but may not do this.
+    #[error("{0}")]
+    Forbidden(String),
+    /// Too many attempts; try again after this many seconds.
+    #[error("too many requests; retry after {retry_after} s")]
+    RateLimited { retry_after: u64 },
     /// A component is not ready (database not writable, keys not loaded).
     #[error("not ready: {0}")]
     Unavailable(String),

@@ -25,6 +25,11 @@ struct DbLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SecurityLabels {
+    event: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct BuildLabels {
     version: &'static str,
 }
@@ -42,6 +47,7 @@ pub struct Metrics {
     requests: Family<RequestLabels, Counter>,
     latency: Family<RouteLabels, Histogram, fn() -> Histogram>,
     db: Family<DbLabels, Histogram, fn() -> Histogram>,
+    security: Family<SecurityLabels, Counter>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -71,14 +77,25 @@ impl Metrics {
             "Database transaction time by kind (read, write)",
             db.clone(),
         );
+        let security = Family::<SecurityLabels, Counter>::default();
+        registry.register(
+            "security_events",
+            "Security-relevant events: failed and throttled logins, rejected tokens, CSRF refusals, refresh reuse",
+            security.clone(),
+        );
         registry.register("build_info", "Build information", build);
-        Self { registry, requests, latency, db }
+        Self { registry, requests, latency, db, security }
     }
 
     /// Count a request. `route` is a route template (or `unmatched`), never a raw path.
     pub fn observe_request(&self, method: &'static str, route: Arc<String>, status: u16, elapsed: Duration) {
         self.latency.get_or_create(&RouteLabels { route: route.clone() }).observe(elapsed.as_secs_f64());
         self.requests.get_or_create(&RequestLabels { method, route, status }).inc();
+    }
+
+    /// Count a security event (`auth.login.failed`, `auth.token.rejected`, …).
+    pub fn security_event(&self, event: &'static str) {
+        self.security.get_or_create(&SecurityLabels { event }).inc();
     }
 
     pub fn observe_db(&self, op: &'static str, elapsed: Duration) {

@@ -8,7 +8,8 @@
 
 use crate::clock::{SharedClock, SystemClock};
 use crate::config::{Config, MasterKeySource};
-use crate::crypto::{password, random, AuditKey, MasterKey, SecretString};
+use crate::crypto::{password, random, AuditKey, MasterKey, PseudonymKey, SealingKey, SecretString};
+use crate::domain::auth::{AuthService, AuthSettings};
 use crate::db::{Db, DbOptions};
 use crate::domain::accounts::{self, AdminChange, BOOTSTRAP_ADMIN_EMAIL};
 use crate::domain::audit::{self, Actor, Event, Outcome};
@@ -56,6 +57,8 @@ pub struct Prepared {
     pub config: Config,
     pub db: Db,
     pub audit_key: AuditKey,
+    pub sealing: SealingKey,
+    pub pseudonyms: PseudonymKey,
     pub metrics: Arc<Metrics>,
     pub metrics_token: Option<SecretString>,
     /// The one-time password of the admin created at this start, if any.
@@ -223,8 +226,20 @@ pub async fn prepare(config: Config, opts: &BuildOptions) -> Result<Prepared, Fa
     })
     .await?;
     let audit_key = master_key.audit_key()?;
-    let mut prepared =
-        Prepared { config, db, audit_key, metrics, metrics_token, bootstrap_password: None, lock, tls_pair };
+    let sealing = master_key.sealing_key()?;
+    let pseudonyms = master_key.pseudonym_key()?;
+    let mut prepared = Prepared {
+        config,
+        db,
+        audit_key,
+        sealing,
+        pseudonyms,
+        metrics,
+        metrics_token,
+        bootstrap_password: None,
+        lock,
+        tls_pair,
+    };
     if opts.bootstrap_admin {
         prepared.bootstrap_password = bootstrap_admin(&prepared, &opts.clock).await?;
     }
@@ -338,10 +353,17 @@ impl Application {
             .and_then(|a| a.as_socket_addr().copied())
             .ok_or_else(|| FatalError::new(format!("cannot learn the bound address of {listen}")))?;
         let bootstrap_password = if opts.bootstrap_admin { bootstrap_admin(&p, &opts.clock).await? } else { None };
+        let settings = AuthSettings::from_config(&config.auth);
+        let hashes = config.auth.password.max_concurrent_hashes;
+        let (sealing, pseudonyms) = (p.sealing.clone(), p.pseudonyms.clone());
+        let auth =
+            crate::telemetry::spawn_blocking_in_span(move || AuthService::new(settings, sealing, pseudonyms, hashes))
+                .await??;
         let state = AppState::new(Inner {
             db: p.db,
             clock: opts.clock.clone(),
             audit_key: p.audit_key,
+            auth,
             metrics: p.metrics,
             metrics_token: p.metrics_token,
             http: HttpSettings {
@@ -352,6 +374,11 @@ impl Application {
                 access_log: config.log.access,
             },
         });
+        // Signing keys ready and the revocation view loaded before the first request.
+        maintain_keys(&state).await?;
+        let since = crate::domain::unix_ms(state.clock.now()) - state.auth.settings.life.access_ms - 60_000;
+        let st = state.clone();
+        state.db.read(move |tx| st.auth.revocations.load(tx, since)).await?;
         // Recorded once bound: connections wait in the backlog until the server runs.
         record_system_event(
             &state,
@@ -406,9 +433,16 @@ impl Application {
     ) -> Result<(), FatalError> {
         let state = self.state.clone();
         let app = crate::http::app(state.clone());
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let housekeeping = tokio::spawn(housekeeping(state.clone(), stop_rx));
         let result = poem::Server::new_with_acceptor(self.acceptor)
             .run_with_graceful_shutdown(app, shutdown, Some(self.grace))
             .await;
+        let _ = stop_tx.send(true);
+        let _ = housekeeping.await;
+        if let Err(e) = crate::domain::auth::flush_token_uses(&state).await {
+            tracing::error!(error = %e, "could not record the last use of tokens");
+        }
         record_system_event(&state, Event::new("server.stopped", Actor::System)).await?;
         result.map_err(|e| FatalError::new(format!("server error: {e}")))
     }
@@ -455,6 +489,53 @@ fn tokio_stream_from(
     mut rx: mpsc::UnboundedReceiver<RustlsConfig>,
 ) -> impl futures_util::Stream<Item = RustlsConfig> + Send + 'static {
     futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx)).boxed()
+}
+
+/// Move the signing-key schedule forward and load the key ring.
+pub async fn maintain_keys(state: &AppState) -> Result<(), FatalError> {
+    let now = state.clock.now();
+    let st = state.clone();
+    let rows = state
+        .db
+        .write(move |tx| {
+            crate::domain::keys::maintain(tx, &st.auth.sealing, &st.audit_key, &st.auth.settings.keys, now)
+        })
+        .await?;
+    state.auth.keys.load(&rows, &state.auth.sealing, crate::domain::unix_ms(now))?;
+    Ok(())
+}
+
+/// One round of background work: key schedule, expired anonymous users and sessions, batched
+/// token use times, old entries of the revocation view. Errors are logged; the next round retries.
+pub async fn housekeeping_round(state: &AppState) {
+    if let Err(e) = maintain_keys(state).await {
+        tracing::error!(error = %e, "signing key maintenance failed");
+    }
+    match crate::domain::users::purge_anonymous(state).await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(purged = n, "purged expired anonymous users"),
+        Err(e) => tracing::error!(error = %e, "purging anonymous users failed"),
+    }
+    if let Err(e) = crate::domain::auth::flush_token_uses(state).await {
+        tracing::error!(error = %e, "recording token use failed");
+    }
+    let horizon = crate::domain::unix_ms(state.clock.now()) - state.auth.settings.life.access_ms - 60_000;
+    state.auth.revocations.prune(horizon);
+}
+
+/// Seconds between housekeeping rounds.
+const HOUSEKEEPING_SECONDS: u64 = 15;
+
+async fn housekeeping(state: AppState, mut stop: tokio::sync::watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(HOUSEKEEPING_SECONDS));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => housekeeping_round(&state).await,
+            _ = stop.changed() => return,
+        }
+    }
 }
 
 /// Write one system event in its own transaction.

@@ -23,6 +23,8 @@ pub struct Inner {
     pub db: Db,
     pub clock: SharedClock,
     pub audit_key: AuditKey,
+    /// Sign-in settings, signing keys, the revocation view and the throttles.
+    pub auth: crate::domain::auth::AuthService,
     pub metrics: Arc<Metrics>,
     /// Bearer token that opens `/metrics` to non-loopback clients.
     pub metrics_token: Option<SecretString>,

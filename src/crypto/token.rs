@@ -18,6 +18,7 @@ pub enum Kind {
     SessionCookie,
     CsrfToken,
     MfaChallenge,
+    Invite,
     ApiKey,
 }
 
@@ -29,6 +30,7 @@ impl Kind {
             Kind::SessionCookie => "gths",
             Kind::CsrfToken => "gthx",
             Kind::MfaChallenge => "gthm",
+            Kind::Invite => "gthi",
             Kind::ApiKey => "gthk",
         }
     }

@@ -4,12 +4,16 @@
 //! here; policy is decided elsewhere.
 
 mod audit;
+mod credentials;
 mod meta;
 pub mod migrate;
+mod sessions;
 mod users;
 
 pub use audit::AuditRow;
-pub use users::UserRow;
+pub use credentials::{PatAuthRow, PatRow, SigningKeyRow};
+pub use sessions::{ChallengeRow, RefreshRow, SessionRow};
+pub use users::{UserPatch, UserRow};
 
 use crate::metrics::Metrics;
 use crate::telemetry::spawn_blocking_in_span;

@@ -44,6 +44,24 @@ pub fn check_password_rule(password: &str, email: &str) -> Result<(), AppError> 
     Ok(())
 }
 
+/// The 10,000 most common passwords, most common first (from the zxcvbn frequency lists, MIT,
+/// themselves from public password dumps). Embedded in the binary.
+const COMMON_PASSWORDS: &str = include_str!("common-passwords.txt");
+
+fn common_passwords() -> &'static std::collections::HashSet<&'static str> {
+    static SET: std::sync::OnceLock<std::collections::HashSet<&'static str>> = std::sync::OnceLock::new();
+    SET.get_or_init(|| COMMON_PASSWORDS.lines().map(str::trim).filter(|l| !l.is_empty()).collect())
+}
+
+/// The whole rule for a new password: length, not the email, not a common password.
+pub fn check_new_password(password: &str, email: &str) -> Result<(), AppError> {
+    check_password_rule(password, email)?;
+    if common_passwords().contains(password.to_lowercase().as_str()) {
+        return Err(AppError::Invalid("password is too common; choose another".into()));
+    }
+    Ok(())
+}
+
 /// What `set_admin` did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AdminChange {
@@ -77,16 +95,10 @@ pub fn set_admin(
         }
         None => {
             let id = uuid::Uuid::now_v7().to_string();
-            tx.user_insert(&UserRow {
-                id: id.clone(),
-                email: email.to_string(),
-                name: None,
-                password_hash: Some(password_hash.to_string()),
-                is_admin: true,
-                disabled: false,
-                created_at_ms: now_ms,
-                updated_at_ms: now_ms,
-            })?;
+            let mut row = UserRow::new(id.clone(), "local", Some(email.to_string()), now_ms);
+            row.password_hash = Some(password_hash.to_string());
+            row.is_admin = true;
+            tx.user_insert(&row)?;
             audit::record(
                 tx,
                 key,
@@ -123,5 +135,9 @@ mod tests {
         assert!(check_password_rule("alice@example.com", "alice@example.com").is_err());
         assert!(check_password_rule(&"x".repeat(1025), "a@b").is_err());
         assert!(check_password_rule("a long enough passphrase", "a@b").is_ok());
+        assert_eq!(common_passwords().len(), 10_000);
+        assert!(check_new_password("qwerty123456", "a@b").is_err(), "in the common list");
+        assert!(check_new_password("QWERTY123456", "a@b").is_err(), "case does not help");
+        assert!(check_new_password("a long enough passphrase", "a@b").is_ok());
     }
 }

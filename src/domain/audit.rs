@@ -24,6 +24,10 @@ pub enum Actor {
     Operator,
     /// A signed-in user.
     User(String),
+    /// A user acting through a personal access token (user id, token id).
+    Token(String, String),
+    /// Someone not (yet) signed in: a failed login, a sign-up.
+    Anonymous,
 }
 
 impl Actor {
@@ -32,6 +36,8 @@ impl Actor {
             Actor::System => ("system", None),
             Actor::Operator => ("operator", None),
             Actor::User(id) => ("user", Some(id.clone())),
+            Actor::Token(user, token) => ("token", Some(format!("{user}/{token}"))),
+            Actor::Anonymous => ("anonymous", None),
         }
     }
 }
@@ -92,6 +98,11 @@ impl Event {
 
     pub fn target(mut self, target: impl Into<String>) -> Self {
         self.target = Some(target.into());
+        self
+    }
+
+    pub fn origin(mut self, origin: &Origin) -> Self {
+        self.origin = origin.clone();
         self
     }
 

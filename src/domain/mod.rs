@@ -4,6 +4,12 @@
 
 pub mod accounts;
 pub mod audit;
+pub mod auth;
+pub mod keys;
+pub mod mfa;
+pub mod sessions;
+pub mod tokens;
+pub mod users;
 
 use time::OffsetDateTime;
 

@@ -65,6 +65,9 @@ pub enum ApiError {
     /// The change conflicts with the current state.
     #[oai(status = 409, content_type = "application/problem+json")]
     Conflict(Json<Problem>),
+    /// Too many attempts from this client or against this account; retry after `Retry-After` seconds.
+    #[oai(status = 429, content_type = "application/problem+json")]
+    TooManyRequests(Json<Problem>, #[oai(header = "Retry-After")] u64),
     /// Something failed on the server; the detail is in the server log under the request id.
     #[oai(status = 500, content_type = "application/problem+json")]
     Internal(Json<Problem>),
@@ -81,6 +84,12 @@ impl ApiError {
             AppError::Invalid(msg) => Self::BadRequest(p(StatusCode::BAD_REQUEST, msg)),
             AppError::NotFound => Self::NotFound(p(StatusCode::NOT_FOUND, "Not found.".into())),
             AppError::Conflict(msg) => Self::Conflict(p(StatusCode::CONFLICT, msg)),
+            AppError::Unauthorized(msg) => Self::Unauthorized(p(StatusCode::UNAUTHORIZED, msg)),
+            AppError::Forbidden(msg) => Self::Forbidden(p(StatusCode::FORBIDDEN, msg)),
+            AppError::RateLimited { retry_after } => Self::TooManyRequests(
+                p(StatusCode::TOO_MANY_REQUESTS, format!("Too many attempts. Retry after {retry_after} seconds.")),
+                retry_after,
+            ),
             AppError::Unavailable(msg) => {
                 tracing::warn!(request_id, reason = %msg, "not ready");
                 Self::Unavailable(p(StatusCode::SERVICE_UNAVAILABLE, "The service is not ready.".into()))
