@@ -31,3 +31,26 @@ impl Clock for FixedClock {
 
 /// The shared clock handle carried in the application state.
 pub type SharedClock = Arc<dyn Clock>;
+
+/// A clock that stands still until told to move (tests of expiry, back-off and rotation).
+#[derive(Debug)]
+pub struct ManualClock(std::sync::Mutex<OffsetDateTime>);
+
+impl ManualClock {
+    pub fn new(at: OffsetDateTime) -> Self {
+        Self(std::sync::Mutex::new(at))
+    }
+
+    /// Move time forward.
+    pub fn advance(&self, by: time::Duration) {
+        if let Ok(mut t) = self.0.lock() {
+            *t += by;
+        }
+    }
+}
+
+impl Clock for ManualClock {
+    fn now(&self) -> OffsetDateTime {
+        self.0.lock().map(|t| *t).unwrap_or(OffsetDateTime::UNIX_EPOCH)
+    }
+}

@@ -319,13 +319,38 @@ impl Endpoint for Edge {
             principal = tracing::field::Empty,
         );
         async move {
+            // One credential check per request; the security schemes read its outcome.
+            let mut refused = None;
+            if let Some(outcome) = super::auth::authenticate(&self.state, &req, &info).await {
+                match &outcome.0 {
+                    Ok(p) => {
+                        tracing::Span::current().record("principal", p.describe());
+                    }
+                    Err(e) => refused = Some(e.clone()),
+                }
+                req.extensions_mut().insert(outcome);
+            }
             let result = match self.limit_body(&mut req).await {
                 Err(status) => Err(poem::Error::from_status(status)),
                 Ok(()) => self.inner.call(req).await,
             };
             let resp = match result {
                 Ok(resp) => resp,
+                // An operation's own problem answer (with its headers, e.g. Retry-After).
+                Err(err) if err.is_from_response() && err.status().is_client_error() => err.into_response(),
                 Err(err) => self.error_response(&err, &info),
+            };
+            // An operation that needed a credential refused it: say why the credential failed
+            // (expired, revoked, missing CSRF token…) rather than the scheme's generic 401.
+            let resp = match refused {
+                Some((status, detail)) if resp.status() == StatusCode::UNAUTHORIZED && !detail.is_empty() => {
+                    let mut r = problem_response(&Problem::new(status, detail, &info.request_id));
+                    if let Some(p) = resp.data::<PathPattern>() {
+                        r.set_data(p.clone());
+                    }
+                    r
+                }
+                _ => resp,
             };
             let resp = self.finish(resp, &info, docs);
             let route = self.route_label(resp.data::<PathPattern>());

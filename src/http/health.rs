@@ -56,6 +56,9 @@ impl HealthApi {
             .await
             .map_err(|e| AppError::Unavailable(format!("database not writable: {e}")))
             .map_err(|e| ApiError::from_app(e, &info.request_id))?;
+        if state.auth.keys.signer().is_none() {
+            return Err(ApiError::from_app(AppError::Unavailable("no signing key loaded".into()), &info.request_id));
+        }
         Ok(ReadyResponse::Ready(Json(Health { status: "ready".into() })))
     }
 }

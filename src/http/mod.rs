@@ -2,6 +2,8 @@
 //! OpenAPI document and the playground. Handlers are thin: extract, call one domain function,
 //! map the result. Nothing here runs SQL or crypto.
 
+pub mod accounts;
+pub mod auth;
 pub mod docs;
 pub mod edge;
 pub mod error;
@@ -19,6 +21,12 @@ use std::collections::HashMap;
 pub enum ApiTags {
     /// Liveness, readiness and metrics for operators and orchestrators.
     Operations,
+    /// Signing in and out: sign-up, login, anonymous sessions, refresh, TOTP, JWKS.
+    Auth,
+    /// The caller's own account: profile, password, sessions, personal access tokens.
+    Me,
+    /// Platform administration of user accounts.
+    Users,
 }
 
 const DESCRIPTION: &str = "Gatehouse is the single public entrance of a multi-tenant platform: it signs people and \
@@ -27,8 +35,12 @@ Every error is `application/problem+json` (RFC 9457) with `type`, `title`, `stat
 Every response carries `X-Request-Id`; send your own (1 to 64 characters of `A-Z a-z 0-9 . _ -`) to correlate logs.";
 
 /// The API description shared by the server and `gatehouse openapi`.
-pub fn api_service() -> OpenApiService<(health::HealthApi, metrics::MetricsApi), ()> {
-    OpenApiService::new((health::HealthApi, metrics::MetricsApi), "Gatehouse", env!("CARGO_PKG_VERSION"))
+pub fn api_service() -> OpenApiService<(health::HealthApi, metrics::MetricsApi, accounts::AccountsApi), ()> {
+    OpenApiService::new(
+        (health::HealthApi, metrics::MetricsApi, accounts::AccountsApi),
+        "Gatehouse",
+        env!("CARGO_PKG_VERSION"),
+    )
         .description(DESCRIPTION)
         .license("Apache-2.0")
 }

@@ -24,7 +24,7 @@ async fn start_and_admin_creation_are_chained() {
     let data = app.config.data_dir.clone();
     let _dir = app.stop().await;
     let acts: Vec<String> = actions(&db_path(&data)).into_iter().map(|(_, a)| a).collect();
-    assert_eq!(acts, ["user.admin.created", "server.started", "server.stopped"]);
+    assert_eq!(acts, ["user.admin.created", "key.signing.created", "server.started", "server.stopped"]);
 }
 
 #[test]
@@ -41,7 +41,7 @@ fn tampering_with_one_row_is_detected_and_named() {
     }
     let (code, out, err) = run(gatehouse(&["audit", "verify", "--data-dir", data_s]));
     assert_eq!(code, 0, "{out}{err}");
-    assert!(out.contains("audit chain OK: 7 records verified"), "{out}");
+    assert!(out.contains("audit chain OK: 8 records verified"), "{out}");
 
     // An attacker with database access rewrites one record.
     let db = db_path(&data);

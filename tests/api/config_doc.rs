@@ -35,7 +35,7 @@ fn example_config_loads_and_documents_every_key() {
         let env = if section.is_empty() {
             format!("GATEHOUSE_{}", name.to_uppercase())
         } else {
-            format!("GATEHOUSE_{}__{}", section.to_uppercase(), name.to_uppercase())
+            format!("GATEHOUSE_{}__{}", section.replace('.', "__").to_uppercase(), name.to_uppercase())
         };
         assert!(text.contains(&env), "packaging/gatehouse.toml does not name the variable {env}");
         if !section.is_empty() {

@@ -2,7 +2,7 @@
 
 #![allow(dead_code)]
 
-use gatehouse::clock::FixedClock;
+use gatehouse::clock::ManualClock;
 use gatehouse::config::Config;
 use gatehouse::startup::{Application, BuildOptions};
 use std::path::{Path, PathBuf};
@@ -33,6 +33,8 @@ pub struct TestApp {
     pub config: Config,
     pub state: gatehouse::state::AppState,
     pub bootstrap_password: Option<String>,
+    /// The app's clock: stands still at `test_time()` until advanced.
+    pub clock: Arc<ManualClock>,
     stop: Option<oneshot::Sender<()>>,
     handle: Option<tokio::task::JoinHandle<()>>,
 }
@@ -74,8 +76,9 @@ pub async fn spawn_app_with(tweak: impl FnOnce(&mut Config)) -> TestApp {
     let dir = tempfile::tempdir().unwrap();
     let mut config = test_config(dir.path());
     tweak(&mut config);
+    let clock = Arc::new(ManualClock::new(test_time()));
     let opts = BuildOptions {
-        clock: Arc::new(FixedClock(test_time())),
+        clock: clock.clone(),
         credentials_dir: None,
         bootstrap_admin: true,
         exclusive: true,
@@ -92,7 +95,17 @@ pub async fn spawn_app_with(tweak: impl FnOnce(&mut Config)) -> TestApp {
             })
             .await;
     });
-    TestApp { base, client: client(), dir, config, state, bootstrap_password, stop: Some(tx), handle: Some(handle) }
+    TestApp {
+        base,
+        client: client(),
+        dir,
+        config,
+        state,
+        bootstrap_password,
+        clock,
+        stop: Some(tx),
+        handle: Some(handle),
+    }
 }
 
 /// The `gatehouse` binary built for this test run.

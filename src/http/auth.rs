@@ -1,0 +1,184 @@
+//! Credentials on the wire. The edge calls [`authenticate`] once per request that carries a
+//! credential (an `Authorization: Bearer` header or the session cookie) and stores the outcome
+//! in the request; the security schemes below only read it, so that the OpenAPI document
+//! declares what each operation accepts and every rejection is one problem+json answer.
+
+use super::edge::RequestInfo;
+use crate::domain::audit::Origin;
+use crate::domain::auth::{self, Credential, Principal};
+use crate::crypto::SecretString;
+use crate::error::AppError;
+use crate::state::AppState;
+use poem::http::{header, Method, StatusCode};
+use poem::Request;
+use poem_openapi::auth::{ApiKey, Bearer};
+use poem_openapi::SecurityScheme;
+
+/// The browser session cookie.
+pub const SESSION_COOKIE: &str = "__Host-gatehouse_session";
+/// The header a cookie-authenticated request that changes state must carry.
+pub const CSRF_HEADER: &str = "x-csrf-token";
+
+/// What authentication concluded for this request.
+#[derive(Debug, Clone)]
+pub struct AuthOutcome(pub Result<Principal, (StatusCode, String)>);
+
+fn cookie_value(req: &Request) -> Option<String> {
+    for value in req.headers().get_all(header::COOKIE) {
+        let Ok(text) = value.to_str() else { continue };
+        for pair in text.split(';') {
+            if let Some((name, v)) = pair.trim().split_once('=') {
+                if name == SESSION_COOKIE {
+                    return Some(v.trim_matches('"').to_string());
+                }
+            }
+        }
+    }
+    None
+}
+
+fn status_of(e: &AppError) -> (StatusCode, String) {
+    match e {
+        AppError::Unauthorized(m) => (StatusCode::UNAUTHORIZED, m.clone()),
+        AppError::Forbidden(m) => (StatusCode::FORBIDDEN, m.clone()),
+        AppError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "The service is not ready.".into()),
+        other => {
+            tracing::error!(error = %other, "authentication failed");
+            (StatusCode::INTERNAL_SERVER_ERROR, String::new())
+        }
+    }
+}
+
+/// Check the request's credential, if it has one. The `Authorization` header wins over the
+/// cookie.
+pub async fn authenticate(state: &AppState, req: &Request, info: &RequestInfo) -> Option<AuthOutcome> {
+    let bearer = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+        .map(|t| SecretString::new(t.trim().to_string()));
+    let result = if let Some(token) = bearer {
+        if token.expose().starts_with("gthp_") {
+            auth::authenticate_pat(state, token, info.client_ip.map(|ip| ip.to_string())).await
+        } else {
+            auth::authenticate_jwt(state, token.expose())
+        }
+    } else if let Some(cookie) = cookie_value(req) {
+        let csrf = req.headers().get(CSRF_HEADER).and_then(|v| v.to_str().ok()).map(|s| SecretString::new(s.to_string()));
+        let changes = !matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS);
+        auth::authenticate_cookie(state, SecretString::new(cookie), csrf, changes).await
+    } else {
+        return None;
+    };
+    Some(AuthOutcome(result.map_err(|e| status_of(&e))))
+}
+
+/// Which credentials an operation accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Accept {
+    SessionToken,
+    Pat,
+    Cookie,
+}
+
+fn accept(req: &Request, want: Accept) -> poem::Result<Principal> {
+    let Some(AuthOutcome(outcome)) = req.extensions().get::<AuthOutcome>() else {
+        return Err(poem::Error::from_string("This operation needs a credential.", StatusCode::UNAUTHORIZED));
+    };
+    let p = outcome.clone().map_err(|(status, msg)| poem::Error::from_string(msg, status))?;
+    let kind = match &p.credential {
+        Credential::Session { cookie: false, .. } => Accept::SessionToken,
+        Credential::Session { cookie: true, .. } => Accept::Cookie,
+        Credential::PersonalAccessToken { .. } => Accept::Pat,
+    };
+    if kind == want {
+        return Ok(p);
+    }
+    if kind == Accept::Pat {
+        return Err(poem::Error::from_string(
+            "This operation needs a signed-in session; personal access tokens cannot do it.",
+            StatusCode::FORBIDDEN,
+        ));
+    }
+    Err(poem::Error::from_string("This credential is not accepted here.", StatusCode::UNAUTHORIZED))
+}
+
+/// Session access token (JWT) in `Authorization: Bearer`.
+#[derive(SecurityScheme)]
+#[oai(rename = "sessionToken", ty = "bearer", bearer_format = "JWT", checker = "check_session_token")]
+pub struct SessionToken(pub Principal);
+
+async fn check_session_token(req: &Request, _: Bearer) -> poem::Result<Principal> {
+    accept(req, Accept::SessionToken)
+}
+
+/// Personal access token in `Authorization: Bearer`.
+#[derive(SecurityScheme)]
+#[oai(rename = "personalAccessToken", ty = "bearer", checker = "check_pat")]
+pub struct PersonalAccessToken(pub Principal);
+
+async fn check_pat(req: &Request, _: Bearer) -> poem::Result<Principal> {
+    accept(req, Accept::Pat)
+}
+
+/// Browser session cookie (state-changing requests also need `X-CSRF-Token`).
+#[derive(SecurityScheme)]
+#[oai(rename = "sessionCookie", ty = "api_key", key_name = "__Host-gatehouse_session", key_in = "cookie", checker = "check_cookie")]
+pub struct SessionCookie(pub Principal);
+
+async fn check_cookie(req: &Request, _: ApiKey) -> poem::Result<Principal> {
+    accept(req, Accept::Cookie)
+}
+
+/// Operations open to every signed-in caller: session token, personal access token or cookie.
+#[derive(SecurityScheme)]
+pub enum AnyAuth {
+    // Tried in this order; the last one's refusal is the answer, so the bearer schemes (whose
+    // checkers report the real reason) come last.
+    SessionCookie(SessionCookie),
+    PersonalAccessToken(PersonalAccessToken),
+    SessionToken(SessionToken),
+}
+
+impl AnyAuth {
+    pub fn principal(&self) -> &Principal {
+        match self {
+            AnyAuth::SessionToken(SessionToken(p))
+            | AnyAuth::PersonalAccessToken(PersonalAccessToken(p))
+            | AnyAuth::SessionCookie(SessionCookie(p)) => p,
+        }
+    }
+}
+
+/// Operations that need a signed-in session (token or cookie), never a personal access token.
+#[derive(SecurityScheme)]
+pub enum SessionAuth {
+    SessionCookie(SessionCookie),
+    SessionToken(SessionToken),
+}
+
+impl SessionAuth {
+    pub fn principal(&self) -> &Principal {
+        match self {
+            SessionAuth::SessionToken(SessionToken(p)) | SessionAuth::SessionCookie(SessionCookie(p)) => p,
+        }
+    }
+}
+
+/// The audit origin of a request.
+pub fn origin(info: &RequestInfo) -> Origin {
+    Origin {
+        client_ip: info.client_ip.map(|ip| ip.to_string()),
+        user_agent: info.user_agent.as_deref().map(str::to_string),
+        request_id: Some(info.request_id.to_string()),
+    }
+}
+
+/// The `Set-Cookie` value of a session cookie (or of its removal, with `None`).
+pub fn session_cookie(value: Option<&SecretString>, max_age: u64) -> String {
+    match value {
+        Some(v) => format!("{SESSION_COOKIE}={}; Path=/; Secure; HttpOnly; SameSite=Lax; Max-Age={max_age}", v.expose()),
+        None => format!("{SESSION_COOKIE}=; Path=/; Secure; HttpOnly; SameSite=Lax; Max-Age=0"),
+    }
+}
