@@ -9,10 +9,10 @@
 use crate::clock::{SharedClock, SystemClock};
 use crate::config::{Config, MasterKeySource};
 use crate::crypto::{password, random, AuditKey, MasterKey, PseudonymKey, SealingKey, SecretString};
-use crate::domain::auth::{AuthService, AuthSettings};
 use crate::db::{Db, DbOptions};
 use crate::domain::accounts::{self, AdminChange, BOOTSTRAP_ADMIN_EMAIL};
 use crate::domain::audit::{self, Actor, Event, Outcome};
+use crate::domain::auth::{AuthService, AuthSettings};
 use crate::error::FatalError;
 use crate::metrics::Metrics;
 use crate::state::{AppState, HttpSettings, Inner};

@@ -256,7 +256,10 @@ mod tests {
             assert_eq!(verify::<C, _>(&t, look, "https://gh", "gatehouse", 2000).unwrap_err(), JwtError::Expired);
             assert_eq!(verify::<C, _>(&t, look, "https://x", "gatehouse", 1500).unwrap_err(), JwtError::WrongIssuer);
             assert_eq!(verify::<C, _>(&t, look, "https://gh", "other", 1500).unwrap_err(), JwtError::WrongAudience);
-            assert_eq!(verify::<C, _>(&t, |_| None, "https://gh", "gatehouse", 1500).unwrap_err(), JwtError::UnknownKey);
+            assert_eq!(
+                verify::<C, _>(&t, |_| None, "https://gh", "gatehouse", 1500).unwrap_err(),
+                JwtError::UnknownKey
+            );
             // A flipped signature byte.
             let mut bad = t.clone();
             let last = bad.pop().unwrap();
@@ -280,6 +283,9 @@ mod tests {
             &EncodingKey::from_secret(g.public_jwk.as_bytes()).unwrap(),
         )
         .unwrap();
-        assert_eq!(verify::<C, _>(&hs, look, "https://gh", "gatehouse", 1500).unwrap_err(), JwtError::AlgorithmMismatch);
+        assert_eq!(
+            verify::<C, _>(&hs, look, "https://gh", "gatehouse", 1500).unwrap_err(),
+            JwtError::AlgorithmMismatch
+        );
     }
 }

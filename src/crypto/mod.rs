@@ -11,8 +11,8 @@ pub mod totp;
 pub mod vault;
 
 pub use master_key::{AuditKey, MasterKey, PseudonymKey};
-pub use vault::SealingKey;
 pub use secret::{ct_eq, SecretString};
+pub use vault::SealingKey;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CryptoError {

@@ -22,7 +22,8 @@ pub struct SessionRow {
     pub revoked_at_ms: Option<i64>,
 }
 
-const COLUMNS: &str = "id, user_id, created_at, last_seen_at, expires_at, max_expires_at, ip, user_agent, method, amr, \
+const COLUMNS: &str =
+    "id, user_id, created_at, last_seen_at, expires_at, max_expires_at, ip, user_agent, method, amr, \
 mfa, cookie_hash, csrf_hash, revoked_at";
 
 fn from_row(r: &Row<'_>) -> rusqlite::Result<SessionRow> {
@@ -62,7 +63,9 @@ pub struct ChallengeRow {
 
 impl Tx<'_> {
     pub fn session_insert(&self, s: &SessionRow) -> Result<(), DbError> {
-        let sql = format!("INSERT INTO sessions ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)");
+        let sql = format!(
+            "INSERT INTO sessions ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)"
+        );
         self.conn().execute(
             &sql,
             params![
@@ -132,8 +135,9 @@ impl Tx<'_> {
 
     /// Sessions revoked since `since_ms` (their access tokens may still be unexpired).
     pub fn sessions_revoked_since(&self, since_ms: i64) -> Result<Vec<(String, i64)>, DbError> {
-        let mut stmt =
-            self.conn().prepare("SELECT id, revoked_at FROM sessions WHERE revoked_at IS NOT NULL AND revoked_at >= ?1")?;
+        let mut stmt = self
+            .conn()
+            .prepare("SELECT id, revoked_at FROM sessions WHERE revoked_at IS NOT NULL AND revoked_at >= ?1")?;
         let rows = stmt.query_map([since_ms], |r| Ok((r.get(0)?, r.get(1)?)))?;
         Ok(rows.collect::<Result<Vec<_>, _>>()?)
     }
@@ -179,13 +183,7 @@ impl Tx<'_> {
         )? == 1)
     }
 
-    pub fn challenge_insert(
-        &self,
-        hash: &[u8; 32],
-        user_id: &str,
-        mode: &str,
-        expires_ms: i64,
-    ) -> Result<(), DbError> {
+    pub fn challenge_insert(&self, hash: &[u8; 32], user_id: &str, mode: &str, expires_ms: i64) -> Result<(), DbError> {
         self.conn().execute(
             "INSERT INTO login_challenges (hash, user_id, mode, expires_at) VALUES (?1, ?2, ?3, ?4)",
             params![&hash[..], user_id, mode, expires_ms],
@@ -199,7 +197,14 @@ impl Tx<'_> {
             .query_row(
                 "SELECT user_id, mode, expires_at, attempts FROM login_challenges WHERE hash = ?1",
                 [&hash[..]],
-                |r| Ok(ChallengeRow { user_id: r.get(0)?, mode: r.get(1)?, expires_at_ms: r.get(2)?, attempts: r.get(3)? }),
+                |r| {
+                    Ok(ChallengeRow {
+                        user_id: r.get(0)?,
+                        mode: r.get(1)?,
+                        expires_at_ms: r.get(2)?,
+                        attempts: r.get(3)?,
+                    })
+                },
             )
             .optional()?)
     }

@@ -146,7 +146,13 @@ impl Tx<'_> {
     }
 
     /// Turn an anonymous user into a local one, keeping its id.
-    pub fn user_upgrade_anonymous(&self, id: &str, email: &str, password_hash: &str, now_ms: i64) -> Result<(), DbError> {
+    pub fn user_upgrade_anonymous(
+        &self,
+        id: &str,
+        email: &str,
+        password_hash: &str,
+        now_ms: i64,
+    ) -> Result<(), DbError> {
         self.conn().execute(
             "UPDATE users SET kind = 'local', email = ?2, password_hash = ?3, expires_at = NULL, updated_at = ?4 \
              WHERE id = ?1 AND kind = 'anonymous'",

@@ -255,7 +255,10 @@ pub struct Issued {
 pub enum LoginOutcome {
     Session(Issued),
     /// The password was right; a second factor must follow with this challenge.
-    MfaRequired { challenge: SecretString, expires_in: u64 },
+    MfaRequired {
+        challenge: SecretString,
+        expires_in: u64,
+    },
 }
 
 /// `POST /v1/auth/login`.
@@ -326,7 +329,12 @@ async fn audit_rate_limited(state: &AppState, origin: &Origin, endpoint: &'stati
 }
 
 /// Apply the per-address limit to a sign-in endpoint.
-pub async fn check_rate(state: &AppState, origin: &Origin, ip: Option<IpAddr>, endpoint: &'static str) -> Result<(), AppError> {
+pub async fn check_rate(
+    state: &AppState,
+    origin: &Origin,
+    ip: Option<IpAddr>,
+    endpoint: &'static str,
+) -> Result<(), AppError> {
     let now_ms = unix_ms(state.clock.now());
     if let Err(e) = rate_limited(state, origin, ip, now_ms) {
         audit_rate_limited(state, origin, endpoint).await;
@@ -341,7 +349,9 @@ pub async fn login(state: &AppState, input: LoginInput, origin: Origin) -> Resul
         return complete_challenge(state, challenge, input, origin).await;
     }
     let (Some(email), Some(password)) = (input.email.as_deref(), input.password.clone()) else {
-        return Err(AppError::Invalid("email and password are required (or challenge with totp or recovery_code)".into()));
+        return Err(AppError::Invalid(
+            "email and password are required (or challenge with totp or recovery_code)".into(),
+        ));
     };
     let email = accounts::normalize_email(email)?;
     let now = state.clock.now();
@@ -417,8 +427,13 @@ pub async fn login(state: &AppState, input: LoginInput, origin: Origin) -> Resul
                 }
                 tx.user_clear_failures(&uid)?;
                 tx.challenge_insert(&hash, &uid, mode, expires)?;
-                audit::record(tx, &key, now, &Event::new("auth.mfa.challenged", Actor::User(uid.clone())).target(uid).origin(&o))
-                    .map(|_| ())
+                audit::record(
+                    tx,
+                    &key,
+                    now,
+                    &Event::new("auth.mfa.challenged", Actor::User(uid.clone())).target(uid).origin(&o),
+                )
+                .map(|_| ())
             })
             .await?;
         return Ok(LoginOutcome::MfaRequired {
@@ -596,7 +611,9 @@ async fn finish_with_factor(
     new_hash: Option<String>,
 ) -> Result<LoginOutcome, AppError> {
     match check_factor(state, &user, input.totp.clone(), input.recovery_code.clone()).await? {
-        Some(amr) => open_session(state, &user, Method::Password, amr, true, input.cookie_mode, origin, new_hash, None).await,
+        Some(amr) => {
+            open_session(state, &user, Method::Password, amr, true, input.cookie_mode, origin, new_hash, None).await
+        }
         None => {
             let pseudonym = state.auth.pseudonyms.of(user.email.as_deref().unwrap_or_default());
             record_failure(state, Some(&user), &pseudonym, "wrong_second_factor", &origin, state.clock.now()).await?;
@@ -636,7 +653,9 @@ async fn complete_challenge(
     }
     let cookie_mode = c.mode == "cookie";
     match check_factor(state, &user, input.totp.clone(), input.recovery_code.clone()).await? {
-        Some(amr) => open_session(state, &user, Method::Password, amr, true, cookie_mode, origin, None, Some(hash)).await,
+        Some(amr) => {
+            open_session(state, &user, Method::Password, amr, true, cookie_mode, origin, None, Some(hash)).await
+        }
         None => {
             state.db.write(move |tx| tx.challenge_attempt(&hash).map_err(AppError::from)).await?;
             let pseudonym = state.auth.pseudonyms.of(user.email.as_deref().unwrap_or_default());
@@ -664,7 +683,8 @@ pub async fn anonymous(state: &AppState, cookie_mode: bool, origin: Origin) -> R
                 refresh_ms: s.life.refresh_ms.min(s.anonymous_ms),
                 max_ms: s.life.max_ms.min(s.anonymous_ms),
             };
-            let new = sessions::start(tx, &user.id, Method::Anonymous, &["anon"], false, cookie_mode, life, &origin, now)?;
+            let new =
+                sessions::start(tx, &user.id, Method::Anonymous, &["anon"], false, cookie_mode, life, &origin, now)?;
             audit::record(
                 tx,
                 &key,
@@ -695,7 +715,9 @@ pub struct SignupInput {
 pub async fn signup(state: &AppState, input: SignupInput, origin: Origin) -> Result<Issued, AppError> {
     let settings = &state.auth.settings;
     if settings.signup == SignupMode::Disabled {
-        return Err(AppError::Forbidden("Sign-up is disabled on this server; ask an administrator for an account.".into()));
+        return Err(AppError::Forbidden(
+            "Sign-up is disabled on this server; ask an administrator for an account.".into(),
+        ));
     }
     let email = accounts::normalize_email(&input.email)?;
     accounts::check_new_password(input.password.expose(), &email)?;
@@ -888,8 +910,12 @@ impl Principal {
     /// What a log line may say about the caller.
     pub fn describe(&self) -> String {
         match &self.credential {
-            Credential::Session { session_id, cookie: false, .. } => format!("user:{} session:{session_id}", self.user_id),
-            Credential::Session { session_id, cookie: true, .. } => format!("user:{} cookie:{session_id}", self.user_id),
+            Credential::Session { session_id, cookie: false, .. } => {
+                format!("user:{} session:{session_id}", self.user_id)
+            }
+            Credential::Session { session_id, cookie: true, .. } => {
+                format!("user:{} cookie:{session_id}", self.user_id)
+            }
             Credential::PersonalAccessToken { token_id } => format!("user:{} pat:{token_id}", self.user_id),
         }
     }
@@ -925,7 +951,11 @@ pub fn authenticate_jwt(state: &AppState, token: &str) -> Result<Principal, AppE
 
 /// Check a personal access token against the database (revocation, expiry and the owner's
 /// state are read fresh each time); its last use is recorded in batches.
-pub async fn authenticate_pat(state: &AppState, token: SecretString, ip: Option<String>) -> Result<Principal, AppError> {
+pub async fn authenticate_pat(
+    state: &AppState,
+    token: SecretString,
+    ip: Option<String>,
+) -> Result<Principal, AppError> {
     if !token::well_formed(token.expose(), Kind::PersonalAccessToken) {
         state.metrics.security_event("auth.token.rejected");
         return Err(unauthorized("The personal access token is invalid."));
@@ -941,10 +971,7 @@ pub async fn authenticate_pat(state: &AppState, token: SecretString, ip: Option<
                 && !state.auth.revocations.user_blocked(&f.pat.user_id) =>
         {
             state.auth.note_pat_use(&f.pat.id, now_ms, ip);
-            Ok(Principal {
-                user_id: f.pat.user_id,
-                credential: Credential::PersonalAccessToken { token_id: f.pat.id },
-            })
+            Ok(Principal { user_id: f.pat.user_id, credential: Credential::PersonalAccessToken { token_id: f.pat.id } })
         }
         _ => {
             state.metrics.security_event("auth.token.rejected");

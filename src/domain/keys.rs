@@ -77,8 +77,10 @@ impl KeyRing {
         let mut jwks_keys = Vec::new();
         let mut signer = None;
         for r in rows {
-            let alg = JwtAlg::parse(&r.alg).ok_or_else(|| AppError::internal(format!("signing key {} has unknown alg", r.kid)))?;
-            verifiers.insert(r.kid.clone(), Arc::new(Verifier::from_jwk(alg, &r.public_jwk).map_err(AppError::internal)?));
+            let alg = JwtAlg::parse(&r.alg)
+                .ok_or_else(|| AppError::internal(format!("signing key {} has unknown alg", r.kid)))?;
+            verifiers
+                .insert(r.kid.clone(), Arc::new(Verifier::from_jwk(alg, &r.public_jwk).map_err(AppError::internal)?));
             jwks_keys.push(serde_json::from_str::<serde_json::Value>(&r.public_jwk).map_err(AppError::internal)?);
             if Some(&r.kid) == signing.as_ref() {
                 let pem = sealing.open(&r.private_sealed, &aad(&r.kid))?;

@@ -42,7 +42,8 @@ fn url_encode(s: &str) -> String {
 pub async fn enroll(state: &AppState, who: &Principal, origin: &Origin) -> Result<Enrolment, AppError> {
     let uid = who.user_id.clone();
     let lookup = uid.clone();
-    let user = state.db.read(move |tx| tx.user_by_id(&lookup).map_err(AppError::from)).await?.ok_or(AppError::NotFound)?;
+    let user =
+        state.db.read(move |tx| tx.user_by_id(&lookup).map_err(AppError::from)).await?.ok_or(AppError::NotFound)?;
     if user.kind != "local" {
         return Err(AppError::Forbidden("Anonymous users cannot enrol a second factor; sign up first.".into()));
     }
@@ -76,7 +77,11 @@ pub async fn enroll(state: &AppState, who: &Principal, origin: &Origin) -> Resul
                 .map(|_| ())
         })
         .await?;
-    Ok(Enrolment { secret: SecretString::new(secret), otpauth_uri: SecretString::new(uri), qr_svg: SecretString::new(svg) })
+    Ok(Enrolment {
+        secret: SecretString::new(secret),
+        otpauth_uri: SecretString::new(uri),
+        qr_svg: SecretString::new(svg),
+    })
 }
 
 fn new_recovery_codes() -> Vec<SecretString> {
@@ -89,10 +94,16 @@ fn new_recovery_codes() -> Vec<SecretString> {
 }
 
 /// Activate TOTP with a first valid code; answers the ten recovery codes, once.
-pub async fn verify(state: &AppState, who: &Principal, code: &str, origin: &Origin) -> Result<Vec<SecretString>, AppError> {
+pub async fn verify(
+    state: &AppState,
+    who: &Principal,
+    code: &str,
+    origin: &Origin,
+) -> Result<Vec<SecretString>, AppError> {
     let uid = who.user_id.clone();
     let lookup = uid.clone();
-    let user = state.db.read(move |tx| tx.user_by_id(&lookup).map_err(AppError::from)).await?.ok_or(AppError::NotFound)?;
+    let user =
+        state.db.read(move |tx| tx.user_by_id(&lookup).map_err(AppError::from)).await?.ok_or(AppError::NotFound)?;
     if user.totp_enabled {
         return Err(AppError::Conflict("TOTP is already active.".into()));
     }
@@ -131,7 +142,8 @@ pub async fn disable(
 ) -> Result<(), AppError> {
     let uid = who.user_id.clone();
     let lookup = uid.clone();
-    let user = state.db.read(move |tx| tx.user_by_id(&lookup).map_err(AppError::from)).await?.ok_or(AppError::NotFound)?;
+    let user =
+        state.db.read(move |tx| tx.user_by_id(&lookup).map_err(AppError::from)).await?.ok_or(AppError::NotFound)?;
     if !user.totp_enabled {
         return Err(AppError::Conflict("TOTP is not active.".into()));
     }

@@ -119,7 +119,13 @@ pub fn start(
 }
 
 /// The access token claims for a session at `now`; never outlives the session.
-pub fn access_claims(row: &SessionRow, issuer: &str, audience: &str, life: Lifetimes, now: OffsetDateTime) -> AccessClaims {
+pub fn access_claims(
+    row: &SessionRow,
+    issuer: &str,
+    audience: &str,
+    life: Lifetimes,
+    now: OffsetDateTime,
+) -> AccessClaims {
     let iat = now.unix_timestamp();
     let exp = (iat + life.access_ms / 1000).min(row.expires_at_ms / 1000).max(iat + 1);
     AccessClaims {
@@ -186,7 +192,9 @@ pub fn refresh(
         tx,
         key,
         now,
-        &Event::new("session.refreshed", Actor::User(session.user_id.clone())).target(session.id.clone()).origin(origin),
+        &Event::new("session.refreshed", Actor::User(session.user_id.clone()))
+            .target(session.id.clone())
+            .origin(origin),
     )?;
     let row = SessionRow { last_seen_at_ms: now_ms, expires_at_ms: expires, ..session };
     Ok(Refreshed::Rotated { row: Box::new(row), refresh_token })

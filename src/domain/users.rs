@@ -19,7 +19,8 @@ pub async fn get(state: &AppState, id: &str) -> Result<UserRow, AppError> {
 
 /// The caller must be a platform admin (read fresh: a revoked admin flag counts at once).
 pub async fn require_admin(state: &AppState, who: &Principal) -> Result<UserRow, AppError> {
-    let me = get(state, &who.user_id).await.map_err(|_| AppError::Unauthorized("The account no longer exists.".into()))?;
+    let me =
+        get(state, &who.user_id).await.map_err(|_| AppError::Unauthorized("The account no longer exists.".into()))?;
     if !me.is_admin || me.disabled {
         return Err(AppError::Forbidden("Only platform administrators may do this.".into()));
     }
@@ -27,7 +28,12 @@ pub async fn require_admin(state: &AppState, who: &Principal) -> Result<UserRow,
 }
 
 /// `PATCH /v1/me`: the caller may change their display name.
-pub async fn update_me(state: &AppState, who: &Principal, name: Option<String>, origin: &Origin) -> Result<UserRow, AppError> {
+pub async fn update_me(
+    state: &AppState,
+    who: &Principal,
+    name: Option<String>,
+    origin: &Origin,
+) -> Result<UserRow, AppError> {
     if let Some(n) = &name {
         if n.chars().count() > 200 {
             return Err(AppError::Invalid("name must have at most 200 characters".into()));
@@ -74,7 +80,10 @@ pub async fn change_password(
                     tx,
                     &key,
                     now,
-                    &Event::new("user.password.change_failed", actor).target(uid).outcome(audit::Outcome::Failure).origin(&o),
+                    &Event::new("user.password.change_failed", actor)
+                        .target(uid)
+                        .outcome(audit::Outcome::Failure)
+                        .origin(&o),
                 )
                 .map(|_| ())
             })
@@ -130,7 +139,8 @@ pub async fn list(
     let after = match cursor.as_deref() {
         None | Some("") => None,
         Some(c) => {
-            let (ts, id) = c.split_once('_').ok_or_else(|| AppError::Invalid("cursor is not one this server gave".into()))?;
+            let (ts, id) =
+                c.split_once('_').ok_or_else(|| AppError::Invalid("cursor is not one this server gave".into()))?;
             let ts: i64 = ts.parse().map_err(|_| AppError::Invalid("cursor is not one this server gave".into()))?;
             Some((ts, id.to_string()))
         }
@@ -203,7 +213,9 @@ pub async fn update(
 ) -> Result<UserRow, AppError> {
     let email = patch.email.as_deref().map(accounts::normalize_email).transpose()?;
     if id == who.user_id && (patch.disabled == Some(true) || patch.is_admin == Some(false)) {
-        return Err(AppError::Conflict("Administrators cannot disable themselves or drop their own admin role.".into()));
+        return Err(AppError::Conflict(
+            "Administrators cannot disable themselves or drop their own admin role.".into(),
+        ));
     }
     let now = state.clock.now();
     let now_ms = unix_ms(now);
@@ -248,7 +260,12 @@ pub async fn update(
                 }
                 (true, Some(false)) => {
                     tx.user_clear_failures(&id)?;
-                    audit::record(tx, &key, now, &Event::new("user.enabled", actor.clone()).target(id.clone()).origin(&o))?;
+                    audit::record(
+                        tx,
+                        &key,
+                        now,
+                        &Event::new("user.enabled", actor.clone()).target(id.clone()).origin(&o),
+                    )?;
                 }
                 _ => {}
             }
@@ -257,8 +274,10 @@ pub async fn update(
                 audit::record(tx, &key, now, &Event::new(action, actor.clone()).target(id.clone()).origin(&o))?;
             }
             if p.name.is_some() || p.email.is_some() {
-                let fields: Vec<&str> =
-                    [p.name.as_ref().map(|_| "name"), p.email.as_ref().map(|_| "email")].into_iter().flatten().collect();
+                let fields: Vec<&str> = [p.name.as_ref().map(|_| "name"), p.email.as_ref().map(|_| "email")]
+                    .into_iter()
+                    .flatten()
+                    .collect();
                 audit::record(
                     tx,
                     &key,
@@ -300,7 +319,10 @@ pub async fn delete(state: &AppState, who: &Principal, id: &str, origin: &Origin
                 tx,
                 &key,
                 now,
-                &Event::new("user.deleted", actor).target(id.clone()).origin(&o).details(serde_json::json!({ "kind": user.kind })),
+                &Event::new("user.deleted", actor)
+                    .target(id.clone())
+                    .origin(&o)
+                    .details(serde_json::json!({ "kind": user.kind })),
             )
             .map(|_| ())
         })
@@ -308,7 +330,12 @@ pub async fn delete(state: &AppState, who: &Principal, id: &str, origin: &Origin
 }
 
 /// `POST /v1/users/invites`: an invitation to sign up with `email` (signup mode `invite`).
-pub async fn invite(state: &AppState, who: &Principal, email: &str, origin: &Origin) -> Result<(SecretString, i64), AppError> {
+pub async fn invite(
+    state: &AppState,
+    who: &Principal,
+    email: &str,
+    origin: &Origin,
+) -> Result<(SecretString, i64), AppError> {
     let email = accounts::normalize_email(email)?;
     let secret = token::generate(Kind::Invite);
     let hash = token::digest(secret.expose());
@@ -356,7 +383,8 @@ pub async fn purge_anonymous(state: &AppState) -> Result<usize, AppError> {
                     tx,
                     &key,
                     now,
-                    &Event::new("user.anonymous.purged", Actor::System).details(serde_json::json!({ "count": ids.len() })),
+                    &Event::new("user.anonymous.purged", Actor::System)
+                        .details(serde_json::json!({ "count": ids.len() })),
                 )?;
             }
             Ok(ids.len())

@@ -445,12 +445,14 @@ impl AccountsApi {
                 let cookie = issued.cookie.is_some();
                 Ok(token_response(issued, cookie))
             }
-            LoginOutcome::MfaRequired { challenge, expires_in } => Ok(SessionResponse::MfaRequired(Json(MfaChallenge {
-                mfa_required: true,
-                challenge: challenge.expose().to_string(),
-                expires_in,
-                methods: vec!["totp".into(), "recovery_code".into()],
-            }))),
+            LoginOutcome::MfaRequired { challenge, expires_in } => {
+                Ok(SessionResponse::MfaRequired(Json(MfaChallenge {
+                    mfa_required: true,
+                    challenge: challenge.expose().to_string(),
+                    expires_in,
+                    methods: vec!["totp".into(), "recovery_code".into()],
+                })))
+            }
         }
     }
 
@@ -494,7 +496,12 @@ impl AccountsApi {
     /// Ends the calling session at once: its access tokens, refresh token and cookie stop
     /// working on the next request.
     #[oai(path = "/v1/auth/logout", method = "post", tag = "ApiTags::Auth", operation_id = "logout")]
-    async fn logout(&self, state: Data<&AppState>, info: Data<&RequestInfo>, auth: SessionAuth) -> Result<Done, ApiError> {
+    async fn logout(
+        &self,
+        state: Data<&AppState>,
+        info: Data<&RequestInfo>,
+        auth: SessionAuth,
+    ) -> Result<Done, ApiError> {
         let p = auth.principal();
         let sid = p.session_id().map(str::to_string);
         auth::revoke_sessions(&state, p.actor(), &p.user_id, sid, None, "session.logout", &origin(&info))
@@ -574,7 +581,12 @@ impl AccountsApi {
 
     /// Who am I
     #[oai(path = "/v1/me", method = "get", tag = "ApiTags::Me", operation_id = "getMe")]
-    async fn me(&self, state: Data<&AppState>, info: Data<&RequestInfo>, auth: AnyAuth) -> Result<Json<UserView>, ApiError> {
+    async fn me(
+        &self,
+        state: Data<&AppState>,
+        info: Data<&RequestInfo>,
+        auth: AnyAuth,
+    ) -> Result<Json<UserView>, ApiError> {
         let u = users::get(&state, &auth.principal().user_id).await.map_err(fail(&info))?;
         Ok(Json(u.into()))
     }
@@ -677,7 +689,8 @@ impl AccountsApi {
     ) -> Result<Created<CreatedToken>, ApiError> {
         let b = body.0;
         let expires = crate::domain::unix_ms(b.expires_at);
-        let t = tokens::create(&state, auth.principal(), &b.name, expires, &origin(&info)).await.map_err(fail(&info))?;
+        let t =
+            tokens::create(&state, auth.principal(), &b.name, expires, &origin(&info)).await.map_err(fail(&info))?;
         Ok(Created::Created(Json(CreatedToken {
             id: t.row.id,
             token: t.token.expose().to_string(),
@@ -730,9 +743,10 @@ impl AccountsApi {
     ) -> Result<Created<UserView>, ApiError> {
         users::require_admin(&state, auth.principal()).await.map_err(fail(&info))?;
         let b = body.0;
-        let u = users::create(&state, auth.principal(), &b.email, SecretString::new(b.password.0), b.name, &origin(&info))
-            .await
-            .map_err(fail(&info))?;
+        let u =
+            users::create(&state, auth.principal(), &b.email, SecretString::new(b.password.0), b.name, &origin(&info))
+                .await
+                .map_err(fail(&info))?;
         Ok(Created::Created(Json(u.into())))
     }
 
@@ -747,8 +761,13 @@ impl AccountsApi {
     ) -> Result<Created<Invitation>, ApiError> {
         users::require_admin(&state, auth.principal()).await.map_err(fail(&info))?;
         let email = crate::domain::accounts::normalize_email(&body.0.email).map_err(fail(&info))?;
-        let (token, expires) = users::invite(&state, auth.principal(), &email, &origin(&info)).await.map_err(fail(&info))?;
-        Ok(Created::Created(Json(Invitation { email, invite_token: token.expose().to_string(), expires_at: ts(expires) })))
+        let (token, expires) =
+            users::invite(&state, auth.principal(), &email, &origin(&info)).await.map_err(fail(&info))?;
+        Ok(Created::Created(Json(Invitation {
+            email,
+            invite_token: token.expose().to_string(),
+            expires_at: ts(expires),
+        })))
     }
 
     /// Get a user (platform admin)
@@ -778,12 +797,8 @@ impl AccountsApi {
     ) -> Result<Json<UserView>, ApiError> {
         users::require_admin(&state, auth.principal()).await.map_err(fail(&info))?;
         let b = body.0;
-        let patch = users::AdminPatch {
-            name: b.name.map(Some),
-            email: b.email,
-            disabled: b.disabled,
-            is_admin: b.is_admin,
-        };
+        let patch =
+            users::AdminPatch { name: b.name.map(Some), email: b.email, disabled: b.disabled, is_admin: b.is_admin };
         let u = users::update(&state, auth.principal(), &id.0, patch, &origin(&info)).await.map_err(fail(&info))?;
         Ok(Json(u.into()))
     }

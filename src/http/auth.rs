@@ -4,9 +4,9 @@
 //! declares what each operation accepts and every rejection is one problem+json answer.
 
 use super::edge::RequestInfo;
+use crate::crypto::SecretString;
 use crate::domain::audit::Origin;
 use crate::domain::auth::{self, Credential, Principal};
-use crate::crypto::SecretString;
 use crate::error::AppError;
 use crate::state::AppState;
 use poem::http::{header, Method, StatusCode};
@@ -65,7 +65,8 @@ pub async fn authenticate(state: &AppState, req: &Request, info: &RequestInfo) -
             auth::authenticate_jwt(state, token.expose())
         }
     } else if let Some(cookie) = cookie_value(req) {
-        let csrf = req.headers().get(CSRF_HEADER).and_then(|v| v.to_str().ok()).map(|s| SecretString::new(s.to_string()));
+        let csrf =
+            req.headers().get(CSRF_HEADER).and_then(|v| v.to_str().ok()).map(|s| SecretString::new(s.to_string()));
         let changes = !matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS);
         auth::authenticate_cookie(state, SecretString::new(cookie), csrf, changes).await
     } else {
@@ -124,7 +125,13 @@ async fn check_pat(req: &Request, _: Bearer) -> poem::Result<Principal> {
 
 /// Browser session cookie (state-changing requests also need `X-CSRF-Token`).
 #[derive(SecurityScheme)]
-#[oai(rename = "sessionCookie", ty = "api_key", key_name = "__Host-gatehouse_session", key_in = "cookie", checker = "check_cookie")]
+#[oai(
+    rename = "sessionCookie",
+    ty = "api_key",
+    key_name = "__Host-gatehouse_session",
+    key_in = "cookie",
+    checker = "check_cookie"
+)]
 pub struct SessionCookie(pub Principal);
 
 async fn check_cookie(req: &Request, _: ApiKey) -> poem::Result<Principal> {
@@ -178,7 +185,9 @@ pub fn origin(info: &RequestInfo) -> Origin {
 /// The `Set-Cookie` value of a session cookie (or of its removal, with `None`).
 pub fn session_cookie(value: Option<&SecretString>, max_age: u64) -> String {
     match value {
-        Some(v) => format!("{SESSION_COOKIE}={}; Path=/; Secure; HttpOnly; SameSite=Lax; Max-Age={max_age}", v.expose()),
+        Some(v) => {
+            format!("{SESSION_COOKIE}={}; Path=/; Secure; HttpOnly; SameSite=Lax; Max-Age={max_age}", v.expose())
+        }
         None => format!("{SESSION_COOKIE}=; Path=/; Secure; HttpOnly; SameSite=Lax; Max-Age=0"),
     }
 }

@@ -41,8 +41,8 @@ pub fn api_service() -> OpenApiService<(health::HealthApi, metrics::MetricsApi, 
         "Gatehouse",
         env!("CARGO_PKG_VERSION"),
     )
-        .description(DESCRIPTION)
-        .license("Apache-2.0")
+    .description(DESCRIPTION)
+    .license("Apache-2.0")
 }
 
 /// The OpenAPI document as pretty JSON, exactly as `/openapi.json` serves it.

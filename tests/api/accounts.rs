@@ -22,7 +22,13 @@ async fn open_app() -> TestApp {
     .await
 }
 
-async fn call(app: &TestApp, method: Method, path: &str, bearer: Option<&str>, body: Option<Value>) -> (StatusCode, Value) {
+async fn call(
+    app: &TestApp,
+    method: Method,
+    path: &str,
+    bearer: Option<&str>,
+    body: Option<Value>,
+) -> (StatusCode, Value) {
     let mut req = app.client.request(method, app.url(path));
     if let Some(b) = bearer {
         req = req.bearer_auth(b);
@@ -73,24 +79,34 @@ async fn signup_login_refresh_rotation_and_logout() {
 
     // The password policy.
     for (pw, why) in [("short", "12"), ("qwerty123456", "common"), ("bob@example.com", "email")] {
-        let (st, b) =
-            call(&app, Method::POST, "/v1/auth/signup", None, Some(json!({"email": "bob@example.com", "password": pw}))).await;
+        let (st, b) = call(
+            &app,
+            Method::POST,
+            "/v1/auth/signup",
+            None,
+            Some(json!({"email": "bob@example.com", "password": pw})),
+        )
+        .await;
         assert_problem(st, &b, StatusCode::BAD_REQUEST);
         assert!(b["detail"].as_str().unwrap().contains(why), "{b}");
     }
     let (st, b) =
-        call(&app, Method::POST, "/v1/auth/signup", None, Some(json!({"email": "alice@example.com", "password": PW}))).await;
+        call(&app, Method::POST, "/v1/auth/signup", None, Some(json!({"email": "alice@example.com", "password": PW})))
+            .await;
     assert_problem(st, &b, StatusCode::CONFLICT);
 
     // Refresh rotates; the old refresh token presented again revokes the whole session.
-    let (st, r1) = call(&app, Method::POST, "/v1/auth/refresh", None, Some(json!({"refresh_token": s["refresh_token"]}))).await;
+    let (st, r1) =
+        call(&app, Method::POST, "/v1/auth/refresh", None, Some(json!({"refresh_token": s["refresh_token"]}))).await;
     assert_eq!(st, StatusCode::OK, "{r1}");
     assert_ne!(r1["refresh_token"], s["refresh_token"]);
     assert_eq!(me_status(&app, &at(&r1)).await, StatusCode::OK);
-    let (st, b) = call(&app, Method::POST, "/v1/auth/refresh", None, Some(json!({"refresh_token": s["refresh_token"]}))).await;
+    let (st, b) =
+        call(&app, Method::POST, "/v1/auth/refresh", None, Some(json!({"refresh_token": s["refresh_token"]}))).await;
     assert_problem(st, &b, StatusCode::UNAUTHORIZED);
     assert_eq!(me_status(&app, &at(&r1)).await, StatusCode::UNAUTHORIZED, "reuse revoked the session at once");
-    let (st, _) = call(&app, Method::POST, "/v1/auth/refresh", None, Some(json!({"refresh_token": r1["refresh_token"]}))).await;
+    let (st, _) =
+        call(&app, Method::POST, "/v1/auth/refresh", None, Some(json!({"refresh_token": r1["refresh_token"]}))).await;
     assert_eq!(st, StatusCode::UNAUTHORIZED, "the newest refresh token of a revoked session is dead too");
 
     // Log in again, list sessions, log out: the token dies on the next request.
@@ -102,7 +118,8 @@ async fn signup_login_refresh_rotation_and_logout() {
     let (st, _) = call(&app, Method::POST, "/v1/auth/logout", Some(&at(&l)), None).await;
     assert_eq!(st, StatusCode::NO_CONTENT);
     assert_eq!(me_status(&app, &at(&l)).await, StatusCode::UNAUTHORIZED);
-    let (st, _) = call(&app, Method::POST, "/v1/auth/refresh", None, Some(json!({"refresh_token": l["refresh_token"]}))).await;
+    let (st, _) =
+        call(&app, Method::POST, "/v1/auth/refresh", None, Some(json!({"refresh_token": l["refresh_token"]}))).await;
     assert_eq!(st, StatusCode::UNAUTHORIZED);
 
     // The audit trail has the story, and the chain holds.
@@ -178,7 +195,8 @@ async fn forged_and_misdirected_jwts_are_refused() {
     let (st, b) = call(&app, Method::GET, "/v1/me", Some(&token), None).await;
     assert_problem(st, &b, StatusCode::UNAUTHORIZED);
     assert!(b["detail"].as_str().unwrap().contains("expired"), "{b}");
-    let (st, _) = call(&app, Method::POST, "/v1/auth/refresh", None, Some(json!({"refresh_token": s["refresh_token"]}))).await;
+    let (st, _) =
+        call(&app, Method::POST, "/v1/auth/refresh", None, Some(json!({"refresh_token": s["refresh_token"]}))).await;
     assert_eq!(st, StatusCode::OK);
     app.stop().await;
 }
@@ -242,7 +260,13 @@ async fn lockout_engages_and_releases_and_does_not_reveal_accounts() {
     }
     // Back-off: even the right password waits; unknown emails behave the same.
     for email in ["erin@example.com", "nobody@example.com"] {
-        let r = app.client.post(app.url("/v1/auth/login")).json(&json!({"email": email, "password": PW})).send().await.unwrap();
+        let r = app
+            .client
+            .post(app.url("/v1/auth/login"))
+            .json(&json!({"email": email, "password": PW}))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS, "{email}");
         assert!(r.headers().get("retry-after").is_some());
     }
@@ -291,7 +315,13 @@ async fn the_client_address_is_rate_limited_and_recovers() {
         let (st, _) = login(&app, "x@example.com", "whatever password").await;
         assert_eq!(st, StatusCode::UNAUTHORIZED);
     }
-    let r = app.client.post(app.url("/v1/auth/login")).json(&json!({"email": "y@example.com", "password": PW})).send().await.unwrap();
+    let r = app
+        .client
+        .post(app.url("/v1/auth/login"))
+        .json(&json!({"email": "y@example.com", "password": PW}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(r.headers()["retry-after"], "1");
     let (st, _) = call(&app, Method::POST, "/v1/auth/anonymous", None, Some(json!({}))).await;
@@ -311,9 +341,14 @@ async fn anonymous_users_upgrade_in_place_and_expire() {
     let (_, me) = call(&app, Method::GET, "/v1/me", Some(&at(&a)), None).await;
     assert_eq!(me["kind"], "anonymous");
     assert!(me["email"].is_null());
-    let (st, s) =
-        call(&app, Method::POST, "/v1/auth/signup", Some(&at(&a)), Some(json!({"email": "frank@example.com", "password": PW})))
-            .await;
+    let (st, s) = call(
+        &app,
+        Method::POST,
+        "/v1/auth/signup",
+        Some(&at(&a)),
+        Some(json!({"email": "frank@example.com", "password": PW})),
+    )
+    .await;
     assert_eq!(st, StatusCode::OK, "{s}");
     assert_eq!(s["user_id"], a["user_id"], "signing up keeps the anonymous user's id");
     let (_, me) = call(&app, Method::GET, "/v1/me", Some(&at(&s)), None).await;
@@ -323,7 +358,8 @@ async fn anonymous_users_upgrade_in_place_and_expire() {
     let (_, b) = call(&app, Method::POST, "/v1/auth/anonymous", None, Some(json!({}))).await;
     app.clock.advance(time::Duration::hours(25));
     gatehouse::startup::housekeeping_round(&app.state).await;
-    let (st, _) = call(&app, Method::POST, "/v1/auth/refresh", None, Some(json!({"refresh_token": b["refresh_token"]}))).await;
+    let (st, _) =
+        call(&app, Method::POST, "/v1/auth/refresh", None, Some(json!({"refresh_token": b["refresh_token"]}))).await;
     assert_eq!(st, StatusCode::UNAUTHORIZED);
     let uid = b["user_id"].as_str().unwrap().to_string();
     let gone = app.state.db.read(move |tx| tx.user_by_id(&uid)).await.unwrap();
@@ -339,8 +375,12 @@ async fn personal_access_tokens_work_and_stay_in_their_lane() {
     let app = open_app().await;
     let s = signup(&app, "gina@example.com").await;
     let session = at(&s);
-    let expires = (crate::helpers::test_time() + time::Duration::days(30)).format(&time::format_description::well_known::Rfc3339).unwrap();
-    let (st, t) = call(&app, Method::POST, "/v1/me/tokens", Some(&session), Some(json!({"name": "ci", "expires_at": expires}))).await;
+    let expires = (crate::helpers::test_time() + time::Duration::days(30))
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap();
+    let (st, t) =
+        call(&app, Method::POST, "/v1/me/tokens", Some(&session), Some(json!({"name": "ci", "expires_at": expires})))
+            .await;
     assert_eq!(st, StatusCode::CREATED, "{t}");
     let pat = t["token"].as_str().unwrap().to_string();
     assert!(pat.starts_with("gthp_") && pat.len() == 41, "{pat}");
@@ -348,15 +388,26 @@ async fn personal_access_tokens_work_and_stay_in_their_lane() {
 
     assert_eq!(me_status(&app, &pat).await, StatusCode::OK);
     // What a token may not do.
-    let (st, b) = call(&app, Method::POST, "/v1/me/tokens", Some(&pat), Some(json!({"name": "x", "expires_at": expires}))).await;
+    let (st, b) =
+        call(&app, Method::POST, "/v1/me/tokens", Some(&pat), Some(json!({"name": "x", "expires_at": expires}))).await;
     assert_problem(st, &b, StatusCode::FORBIDDEN);
-    let (st, _) = call(&app, Method::POST, "/v1/me/password", Some(&pat), Some(json!({"current_password": PW, "new_password": "another long passphrase"}))).await;
+    let (st, _) = call(
+        &app,
+        Method::POST,
+        "/v1/me/password",
+        Some(&pat),
+        Some(json!({"current_password": PW, "new_password": "another long passphrase"})),
+    )
+    .await;
     assert_eq!(st, StatusCode::FORBIDDEN);
     let (st, _) = call(&app, Method::POST, "/v1/auth/mfa/totp/enroll", Some(&pat), None).await;
     assert_eq!(st, StatusCode::FORBIDDEN);
     // Expiry beyond the cap, or in the past.
-    let far = (crate::helpers::test_time() + time::Duration::days(400)).format(&time::format_description::well_known::Rfc3339).unwrap();
-    let (st, _) = call(&app, Method::POST, "/v1/me/tokens", Some(&session), Some(json!({"name": "x", "expires_at": far}))).await;
+    let far = (crate::helpers::test_time() + time::Duration::days(400))
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap();
+    let (st, _) =
+        call(&app, Method::POST, "/v1/me/tokens", Some(&session), Some(json!({"name": "x", "expires_at": far}))).await;
     assert_eq!(st, StatusCode::BAD_REQUEST);
     // A token with a broken checksum or unknown to the server.
     let mut bad = pat.clone().into_bytes();
@@ -371,7 +422,8 @@ async fn personal_access_tokens_work_and_stay_in_their_lane() {
     assert!(entry["last_used_at"].is_string());
 
     // Revoked: refused on the very next request.
-    let (st, _) = call(&app, Method::DELETE, &format!("/v1/me/tokens/{}", t["id"].as_str().unwrap()), Some(&session), None).await;
+    let (st, _) =
+        call(&app, Method::DELETE, &format!("/v1/me/tokens/{}", t["id"].as_str().unwrap()), Some(&session), None).await;
     assert_eq!(st, StatusCode::NO_CONTENT);
     assert_eq!(me_status(&app, &pat).await, StatusCode::UNAUTHORIZED);
 
@@ -396,8 +448,12 @@ async fn a_disabled_user_loses_every_credential_at_once() {
     let app = open_app().await;
     let admin = admin_token(&app).await;
     let s = signup(&app, "hank@example.com").await;
-    let expires = (crate::helpers::test_time() + time::Duration::days(1)).format(&time::format_description::well_known::Rfc3339).unwrap();
-    let (_, t) = call(&app, Method::POST, "/v1/me/tokens", Some(&at(&s)), Some(json!({"name": "ci", "expires_at": expires}))).await;
+    let expires = (crate::helpers::test_time() + time::Duration::days(1))
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap();
+    let (_, t) =
+        call(&app, Method::POST, "/v1/me/tokens", Some(&at(&s)), Some(json!({"name": "ci", "expires_at": expires})))
+            .await;
     let pat = t["token"].as_str().unwrap().to_string();
     let cookie_login = app
         .client
@@ -410,9 +466,11 @@ async fn a_disabled_user_loses_every_credential_at_once() {
     let uid = s["user_id"].as_str().unwrap();
 
     // A non-admin cannot.
-    let (st, _) = call(&app, Method::PATCH, &format!("/v1/users/{uid}"), Some(&at(&s)), Some(json!({"disabled": true}))).await;
+    let (st, _) =
+        call(&app, Method::PATCH, &format!("/v1/users/{uid}"), Some(&at(&s)), Some(json!({"disabled": true}))).await;
     assert_eq!(st, StatusCode::FORBIDDEN);
-    let (st, u) = call(&app, Method::PATCH, &format!("/v1/users/{uid}"), Some(&admin), Some(json!({"disabled": true}))).await;
+    let (st, u) =
+        call(&app, Method::PATCH, &format!("/v1/users/{uid}"), Some(&admin), Some(json!({"disabled": true}))).await;
     assert_eq!(st, StatusCode::OK, "{u}");
     assert_eq!(u["disabled"], true);
 
@@ -420,14 +478,16 @@ async fn a_disabled_user_loses_every_credential_at_once() {
     assert_eq!(me_status(&app, &pat).await, StatusCode::UNAUTHORIZED, "personal access token");
     let r = app.client.get(app.url("/v1/me")).header("cookie", &cookie).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED, "cookie");
-    let (st, _) = call(&app, Method::POST, "/v1/auth/refresh", None, Some(json!({"refresh_token": s["refresh_token"]}))).await;
+    let (st, _) =
+        call(&app, Method::POST, "/v1/auth/refresh", None, Some(json!({"refresh_token": s["refresh_token"]}))).await;
     assert_eq!(st, StatusCode::UNAUTHORIZED, "refresh token");
     let (st, b) = login(&app, "hank@example.com", PW).await;
     assert_eq!(st, StatusCode::UNAUTHORIZED);
     assert_eq!(b["detail"], "The email or password is incorrect.", "a disabled account answers like a wrong password");
 
     // Re-enabled: a new login works; the old credentials stay dead.
-    let (st, _) = call(&app, Method::PATCH, &format!("/v1/users/{uid}"), Some(&admin), Some(json!({"disabled": false}))).await;
+    let (st, _) =
+        call(&app, Method::PATCH, &format!("/v1/users/{uid}"), Some(&admin), Some(json!({"disabled": false}))).await;
     assert_eq!(st, StatusCode::OK);
     let (st, l) = login(&app, "hank@example.com", PW).await;
     assert_eq!(st, StatusCode::OK);
@@ -448,11 +508,14 @@ async fn totp_enrolment_login_replay_and_recovery() {
     let now = || app.clock.now().unix_timestamp();
     let code = |t: i64| gatehouse::crypto::totp::code_at(&seed, gatehouse::crypto::totp::step_of(t));
 
-    let (st, _) = call(&app, Method::POST, "/v1/auth/mfa/totp/verify", Some(&at(&s)), Some(json!({"code": "000000"}))).await;
+    let (st, _) =
+        call(&app, Method::POST, "/v1/auth/mfa/totp/verify", Some(&at(&s)), Some(json!({"code": "000000"}))).await;
     assert_eq!(st, StatusCode::BAD_REQUEST);
-    let (st, rc) = call(&app, Method::POST, "/v1/auth/mfa/totp/verify", Some(&at(&s)), Some(json!({"code": code(now())}))).await;
+    let (st, rc) =
+        call(&app, Method::POST, "/v1/auth/mfa/totp/verify", Some(&at(&s)), Some(json!({"code": code(now())}))).await;
     assert_eq!(st, StatusCode::OK, "{rc}");
-    let recovery: Vec<String> = rc["recovery_codes"].as_array().unwrap().iter().map(|c| c.as_str().unwrap().to_string()).collect();
+    let recovery: Vec<String> =
+        rc["recovery_codes"].as_array().unwrap().iter().map(|c| c.as_str().unwrap().to_string()).collect();
     assert_eq!(recovery.len(), 10);
 
     // The password alone gets a challenge, not a session.
@@ -461,31 +524,70 @@ async fn totp_enrolment_login_replay_and_recovery() {
     assert_eq!(st, StatusCode::ACCEPTED, "{ch}");
     assert!(ch["access_token"].is_null());
     let challenge = ch["challenge"].as_str().unwrap().to_string();
-    let (st, b) = call(&app, Method::POST, "/v1/auth/login", None, Some(json!({"challenge": challenge, "totp": "123456"}))).await;
+    let (st, b) =
+        call(&app, Method::POST, "/v1/auth/login", None, Some(json!({"challenge": challenge, "totp": "123456"}))).await;
     assert_problem(st, &b, StatusCode::UNAUTHORIZED);
     let c = code(now());
-    let (st, ok) = call(&app, Method::POST, "/v1/auth/login", None, Some(json!({"challenge": challenge, "totp": c}))).await;
+    let (st, ok) =
+        call(&app, Method::POST, "/v1/auth/login", None, Some(json!({"challenge": challenge, "totp": c}))).await;
     assert_eq!(st, StatusCode::OK, "{ok}");
-    let claims: Value = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(at(&ok).split('.').nth(1).unwrap()).unwrap()).unwrap();
+    let claims: Value =
+        serde_json::from_slice(&URL_SAFE_NO_PAD.decode(at(&ok).split('.').nth(1).unwrap()).unwrap()).unwrap();
     assert_eq!(claims["amr"], json!(["pwd", "otp"]));
     // Replay of the same code, even with a fresh challenge: refused.
     let (_, ch2) = login(&app, "ivy@example.com", PW).await;
-    let (st, _) = call(&app, Method::POST, "/v1/auth/login", None, Some(json!({"challenge": ch2["challenge"], "totp": c}))).await;
+    let (st, _) =
+        call(&app, Method::POST, "/v1/auth/login", None, Some(json!({"challenge": ch2["challenge"], "totp": c}))).await;
     assert_eq!(st, StatusCode::UNAUTHORIZED, "a used code is refused");
     // The challenge is single-use after success too.
-    let (st, _) = call(&app, Method::POST, "/v1/auth/login", None, Some(json!({"challenge": challenge, "totp": code(now() + 30)}))).await;
+    let (st, _) = call(
+        &app,
+        Method::POST,
+        "/v1/auth/login",
+        None,
+        Some(json!({"challenge": challenge, "totp": code(now() + 30)})),
+    )
+    .await;
     assert_eq!(st, StatusCode::UNAUTHORIZED);
     // A recovery code works once, in one call with the password.
-    let (st, _) = call(&app, Method::POST, "/v1/auth/login", None, Some(json!({"email": "ivy@example.com", "password": PW, "recovery_code": recovery[0]}))).await;
+    let (st, _) = call(
+        &app,
+        Method::POST,
+        "/v1/auth/login",
+        None,
+        Some(json!({"email": "ivy@example.com", "password": PW, "recovery_code": recovery[0]})),
+    )
+    .await;
     assert_eq!(st, StatusCode::OK);
-    let (st, _) = call(&app, Method::POST, "/v1/auth/login", None, Some(json!({"email": "ivy@example.com", "password": PW, "recovery_code": recovery[0]}))).await;
+    let (st, _) = call(
+        &app,
+        Method::POST,
+        "/v1/auth/login",
+        None,
+        Some(json!({"email": "ivy@example.com", "password": PW, "recovery_code": recovery[0]})),
+    )
+    .await;
     assert_eq!(st, StatusCode::UNAUTHORIZED);
 
     // Disabling needs the password and a current code.
     app.clock.advance(time::Duration::seconds(60));
-    let (st, _) = call(&app, Method::DELETE, "/v1/auth/mfa/totp", Some(&at(&ok)), Some(json!({"password": "wrong password 12", "code": code(now())}))).await;
+    let (st, _) = call(
+        &app,
+        Method::DELETE,
+        "/v1/auth/mfa/totp",
+        Some(&at(&ok)),
+        Some(json!({"password": "wrong password 12", "code": code(now())})),
+    )
+    .await;
     assert_eq!(st, StatusCode::FORBIDDEN);
-    let (st, _) = call(&app, Method::DELETE, "/v1/auth/mfa/totp", Some(&at(&ok)), Some(json!({"password": PW, "code": code(now())}))).await;
+    let (st, _) = call(
+        &app,
+        Method::DELETE,
+        "/v1/auth/mfa/totp",
+        Some(&at(&ok)),
+        Some(json!({"password": PW, "code": code(now())})),
+    )
+    .await;
     assert_eq!(st, StatusCode::NO_CONTENT);
     let (st, _) = login(&app, "ivy@example.com", PW).await;
     assert_eq!(st, StatusCode::OK);
@@ -511,9 +613,23 @@ async fn password_change_ends_the_other_sessions() {
     let app = open_app().await;
     let a = signup(&app, "jack@example.com").await;
     let (_, b) = login(&app, "jack@example.com", PW).await;
-    let (st, _) = call(&app, Method::POST, "/v1/me/password", Some(&at(&a)), Some(json!({"current_password": "not the password", "new_password": "a brand new passphrase"}))).await;
+    let (st, _) = call(
+        &app,
+        Method::POST,
+        "/v1/me/password",
+        Some(&at(&a)),
+        Some(json!({"current_password": "not the password", "new_password": "a brand new passphrase"})),
+    )
+    .await;
     assert_eq!(st, StatusCode::FORBIDDEN);
-    let (st, _) = call(&app, Method::POST, "/v1/me/password", Some(&at(&a)), Some(json!({"current_password": PW, "new_password": "a brand new passphrase"}))).await;
+    let (st, _) = call(
+        &app,
+        Method::POST,
+        "/v1/me/password",
+        Some(&at(&a)),
+        Some(json!({"current_password": PW, "new_password": "a brand new passphrase"})),
+    )
+    .await;
     assert_eq!(st, StatusCode::NO_CONTENT);
     assert_eq!(me_status(&app, &at(&a)).await, StatusCode::OK, "the session that changed it stays");
     assert_eq!(me_status(&app, &at(&b)).await, StatusCode::UNAUTHORIZED, "the others end at once");
@@ -527,29 +643,62 @@ async fn admins_manage_users_with_search_pagination_and_erasure() {
     let app = spawn_app_with(|c| c.auth.rate_limit.burst = 1000).await;
     let admin = admin_token(&app).await;
     // Sign-up is by invitation by default.
-    let (st, _) = call(&app, Method::POST, "/v1/auth/signup", None, Some(json!({"email": "kim@example.com", "password": PW}))).await;
+    let (st, _) =
+        call(&app, Method::POST, "/v1/auth/signup", None, Some(json!({"email": "kim@example.com", "password": PW})))
+            .await;
     assert_eq!(st, StatusCode::FORBIDDEN);
-    let (st, inv) = call(&app, Method::POST, "/v1/users/invites", Some(&admin), Some(json!({"email": "kim@example.com"}))).await;
+    let (st, inv) =
+        call(&app, Method::POST, "/v1/users/invites", Some(&admin), Some(json!({"email": "kim@example.com"}))).await;
     assert_eq!(st, StatusCode::CREATED, "{inv}");
-    let (st, _) = call(&app, Method::POST, "/v1/auth/signup", None, Some(json!({"email": "other@example.com", "password": PW, "invite_token": inv["invite_token"]}))).await;
+    let (st, _) = call(
+        &app,
+        Method::POST,
+        "/v1/auth/signup",
+        None,
+        Some(json!({"email": "other@example.com", "password": PW, "invite_token": inv["invite_token"]})),
+    )
+    .await;
     assert_eq!(st, StatusCode::FORBIDDEN, "an invitation is for its email only");
-    let (st, kim) = call(&app, Method::POST, "/v1/auth/signup", None, Some(json!({"email": "kim@example.com", "password": PW, "invite_token": inv["invite_token"]}))).await;
+    let (st, kim) = call(
+        &app,
+        Method::POST,
+        "/v1/auth/signup",
+        None,
+        Some(json!({"email": "kim@example.com", "password": PW, "invite_token": inv["invite_token"]})),
+    )
+    .await;
     assert_eq!(st, StatusCode::OK, "{kim}");
-    let (st, _) = call(&app, Method::POST, "/v1/auth/signup", None, Some(json!({"email": "kim2@example.com", "password": PW, "invite_token": inv["invite_token"]}))).await;
+    let (st, _) = call(
+        &app,
+        Method::POST,
+        "/v1/auth/signup",
+        None,
+        Some(json!({"email": "kim2@example.com", "password": PW, "invite_token": inv["invite_token"]})),
+    )
+    .await;
     assert_eq!(st, StatusCode::FORBIDDEN, "used once");
 
     for i in 0..5 {
-        let (st, b) = call(&app, Method::POST, "/v1/users", Some(&admin), Some(json!({"email": format!("user{i}@corp.example"), "password": PW, "name": format!("User {i}")}))).await;
+        let (st, b) = call(
+            &app,
+            Method::POST,
+            "/v1/users",
+            Some(&admin),
+            Some(json!({"email": format!("user{i}@corp.example"), "password": PW, "name": format!("User {i}")})),
+        )
+        .await;
         assert_eq!(st, StatusCode::CREATED, "{b}");
     }
     let (st, _) = call(&app, Method::GET, "/v1/users", Some(&at(&kim)), None).await;
     assert_eq!(st, StatusCode::FORBIDDEN, "not an admin");
     let (_, page1) = call(&app, Method::GET, "/v1/users?q=corp.example&limit=2", Some(&admin), None).await;
     assert_eq!(page1["items"].as_array().unwrap().len(), 2);
-    let mut seen: Vec<String> = page1["items"].as_array().unwrap().iter().map(|u| u["email"].as_str().unwrap().to_string()).collect();
+    let mut seen: Vec<String> =
+        page1["items"].as_array().unwrap().iter().map(|u| u["email"].as_str().unwrap().to_string()).collect();
     let mut cursor = page1["next_cursor"].as_str().map(str::to_string);
     while let Some(c) = cursor {
-        let (_, p) = call(&app, Method::GET, &format!("/v1/users?q=corp.example&limit=2&cursor={c}"), Some(&admin), None).await;
+        let (_, p) =
+            call(&app, Method::GET, &format!("/v1/users?q=corp.example&limit=2&cursor={c}"), Some(&admin), None).await;
         seen.extend(p["items"].as_array().unwrap().iter().map(|u| u["email"].as_str().unwrap().to_string()));
         cursor = p["next_cursor"].as_str().map(str::to_string);
     }
@@ -566,7 +715,11 @@ async fn admins_manage_users_with_search_pagination_and_erasure() {
     let stop = app.stop().await;
     let conn = rusqlite::Connection::open(path).unwrap();
     let hits: i64 = conn
-        .query_row("SELECT count(*) FROM audit_log WHERE target = ?1 OR details LIKE '%kim@example.com%'", [&uid], |r| r.get(0))
+        .query_row(
+            "SELECT count(*) FROM audit_log WHERE target = ?1 OR details LIKE '%kim@example.com%'",
+            [&uid],
+            |r| r.get(0),
+        )
         .unwrap();
     assert!(hits > 0);
     let email_hits: i64 =
@@ -598,7 +751,14 @@ async fn signing_keys_rotate_with_the_next_key_published_first() {
         app.state
             .db
             .write(move |tx| {
-                gatehouse::domain::keys::rotate(tx, &st.auth.sealing, &st.audit_key, &st.auth.settings.keys, gatehouse::domain::audit::Actor::Operator, now)
+                gatehouse::domain::keys::rotate(
+                    tx,
+                    &st.auth.sealing,
+                    &st.audit_key,
+                    &st.auth.settings.keys,
+                    gatehouse::domain::audit::Actor::Operator,
+                    now,
+                )
             })
             .await
             .unwrap()
@@ -613,7 +773,8 @@ async fn signing_keys_rotate_with_the_next_key_published_first() {
     gatehouse::startup::housekeeping_round(&app.state).await;
     let (_, l2) = login(&app, "lee@example.com", PW).await;
     assert_eq!(header_kid(&at(&l2)), kid);
-    let (_, r) = call(&app, Method::POST, "/v1/auth/refresh", None, Some(json!({"refresh_token": s["refresh_token"]}))).await;
+    let (_, r) =
+        call(&app, Method::POST, "/v1/auth/refresh", None, Some(json!({"refresh_token": s["refresh_token"]}))).await;
     assert_eq!(me_status(&app, &at(&r)).await, StatusCode::OK);
     // Once the old key's tokens have all expired, it leaves the JWKS.
     app.clock.advance(time::Duration::minutes(17));
@@ -632,8 +793,12 @@ fn header_kid(token: &str) -> String {
 async fn no_password_token_or_seed_is_stored_in_clear() {
     let app = open_app().await;
     let s = signup(&app, "mia@example.com").await;
-    let expires = (crate::helpers::test_time() + time::Duration::days(1)).format(&time::format_description::well_known::Rfc3339).unwrap();
-    let (_, t) = call(&app, Method::POST, "/v1/me/tokens", Some(&at(&s)), Some(json!({"name": "ci", "expires_at": expires}))).await;
+    let expires = (crate::helpers::test_time() + time::Duration::days(1))
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap();
+    let (_, t) =
+        call(&app, Method::POST, "/v1/me/tokens", Some(&at(&s)), Some(json!({"name": "ci", "expires_at": expires})))
+            .await;
     let (_, e) = call(&app, Method::POST, "/v1/auth/mfa/totp/enroll", Some(&at(&s)), None).await;
     let secrets = [
         PW.to_string(),

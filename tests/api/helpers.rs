@@ -77,12 +77,7 @@ pub async fn spawn_app_with(tweak: impl FnOnce(&mut Config)) -> TestApp {
     let mut config = test_config(dir.path());
     tweak(&mut config);
     let clock = Arc::new(ManualClock::new(test_time()));
-    let opts = BuildOptions {
-        clock: clock.clone(),
-        credentials_dir: None,
-        bootstrap_admin: true,
-        exclusive: true,
-    };
+    let opts = BuildOptions { clock: clock.clone(), credentials_dir: None, bootstrap_admin: true, exclusive: true };
     let mut app = Application::build(config.clone(), opts).await.expect("app builds");
     let base = app.base_url();
     let state = app.state().clone();
