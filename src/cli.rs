@@ -60,6 +60,20 @@ pub enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// JWT signing keys
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Publish a new signing key now (in auth.jwt_algorithm). It appears in
+    /// /.well-known/jwks.json at once and signs after the publication window
+    /// (2 × auth.jwks_max_age_seconds); the old key stays until its tokens have expired.
+    /// Safe while the server runs: it picks the key up within 15 seconds.
+    Rotate,
 }
 
 #[derive(Debug, Subcommand)]

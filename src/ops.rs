@@ -3,7 +3,7 @@
 //! 0 success, 1 failure, 2 configuration error. Failures print one line naming the file and
 //! the fix.
 
-use crate::cli::{AuditCommand, Cli, Command, UsersCommand};
+use crate::cli::{AuditCommand, Cli, Command, KeysCommand, UsersCommand};
 use crate::config::{Config, ConfigError, Sources};
 use crate::crypto::SecretString;
 use crate::domain::accounts::{self, AdminChange};
@@ -72,6 +72,7 @@ async fn dispatch(cli: Cli, config: Config) -> Result<(), FatalError> {
             add_admin(config, &email, &password_file).await
         }
         Command::Audit { command: AuditCommand::Verify } => audit_verify(config).await,
+        Command::Keys { command: KeysCommand::Rotate } => keys_rotate(config).await,
     }
 }
 
@@ -246,10 +247,10 @@ fn read_password(path: &Path) -> Result<SecretString, FatalError> {
 async fn add_admin(config: Config, email: &str, password_file: &Path) -> Result<(), FatalError> {
     let email = accounts::normalize_email(email)?;
     let password = read_password(password_file)?;
-    accounts::check_password_rule(password.expose(), &email)?;
+    accounts::check_new_password(password.expose(), &email)?;
     let opts = BuildOptions { bootstrap_admin: false, exclusive: false, ..BuildOptions::default() };
     let prepared = startup::prepare(config, &opts).await?;
-    let hash = startup::hash_password(password).await?;
+    let hash = startup::hash_password(password, &prepared.config).await?;
     let key = prepared.audit_key.clone();
     let now = opts.clock.now();
     let mail = email.clone();
@@ -258,6 +259,19 @@ async fn add_admin(config: Config, email: &str, password_file: &Path) -> Result<
         AdminChange::Created { id } => println!("created platform admin {email} ({id})"),
         AdminChange::PasswordReset { id } => println!("reset the password of {email} ({id}); it is a platform admin"),
     }
+    Ok(())
+}
+
+async fn keys_rotate(config: Config) -> Result<(), FatalError> {
+    require_database(&config)?;
+    let opts = BuildOptions { bootstrap_admin: false, exclusive: false, ..BuildOptions::default() };
+    let prepared = startup::prepare(config, &opts).await?;
+    let (kid, alg, at) = startup::rotate_signing_key(&prepared, &opts.clock).await?;
+    let when = time::OffsetDateTime::from_unix_timestamp(at / 1000)
+        .ok()
+        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+        .unwrap_or_else(|| at.to_string());
+    println!("published signing key {kid} ({alg}); it signs from {when}; running servers pick it up within 15 seconds");
     Ok(())
 }
 

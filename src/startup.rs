@@ -263,10 +263,9 @@ pub fn check_key_belongs(key: &MasterKey, key_path: &Path, db_path: &Path) -> Re
 }
 
 /// Hash a password on the blocking pool.
-pub async fn hash_password(password: SecretString) -> Result<String, FatalError> {
-    crate::telemetry::spawn_blocking_in_span(move || password::hash(&password, password::PasswordPolicy::default()))
-        .await?
-        .map_err(FatalError::from)
+pub async fn hash_password(password: SecretString, config: &Config) -> Result<String, FatalError> {
+    let policy = AuthSettings::from_config(&config.auth).password;
+    crate::telemetry::spawn_blocking_in_span(move || password::hash(&password, policy)).await?.map_err(FatalError::from)
 }
 
 /// Create `admin@localhost` with a random password when no platform admin exists.
@@ -276,7 +275,7 @@ async fn bootstrap_admin(p: &Prepared, clock: &SharedClock) -> Result<Option<Sec
         return Ok(None);
     }
     let password = SecretString::new(random::password(24));
-    let hash = hash_password(password.clone()).await?;
+    let hash = hash_password(password.clone(), &p.config).await?;
     let key = p.audit_key.clone();
     let now = clock.now();
     p.db.write(move |tx| {
@@ -536,6 +535,18 @@ async fn housekeeping(state: AppState, mut stop: tokio::sync::watch::Receiver<bo
             _ = stop.changed() => return,
         }
     }
+}
+
+/// `gatehouse keys rotate`: publish a new signing key now. Returns `(kid, alg, activates_at_ms)`.
+pub async fn rotate_signing_key(p: &Prepared, clock: &SharedClock) -> Result<(String, String, i64), FatalError> {
+    let settings = AuthSettings::from_config(&p.config.auth);
+    let (sealing, key) = (p.sealing.clone(), p.audit_key.clone());
+    let now = clock.now();
+    let alg = settings.keys.alg.as_str().to_string();
+    let (kid, at) =
+        p.db.write(move |tx| crate::domain::keys::rotate(tx, &sealing, &key, &settings.keys, Actor::Operator, now))
+            .await?;
+    Ok((kid, alg, at))
 }
 
 /// Write one system event in its own transaction.

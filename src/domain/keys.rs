@@ -210,9 +210,10 @@ pub fn rotate(
     now: OffsetDateTime,
 ) -> Result<(String, i64), AppError> {
     let now_ms = unix_ms(now);
-    let activates = now_ms + policy.publish_ahead_ms;
-    // A pending key nobody has signed with is simply brought forward instead of piling up.
     let rows = tx.signing_keys()?;
+    // With no key signing yet (a database that never served), the new key signs at once.
+    let activates = if current_signer(&rows, now_ms).is_some() { now_ms + policy.publish_ahead_ms } else { now_ms };
+    // A pending key nobody has signed with is brought forward instead of piling up.
     let row = match rows.iter().find(|r| r.activates_at_ms > now_ms) {
         Some(p) => {
             let at = p.activates_at_ms.min(activates);

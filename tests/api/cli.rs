@@ -368,3 +368,46 @@ fn a_busy_port_on_first_start_creates_no_admin_whose_password_nobody_saw() {
     password_in(&out);
     server.terminate();
 }
+
+#[test]
+fn keys_rotate_publishes_the_next_key_to_a_running_server() {
+    let (_dir, data) = initialized();
+    let data_s = data.to_str().unwrap();
+    let server = ServeProcess::start(serve_cmd(&data, &[]));
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let kids = |url: String| -> Vec<String> {
+        rt.block_on(async {
+            let v: serde_json::Value = client().get(url).send().await.unwrap().json().await.unwrap();
+            v["keys"].as_array().unwrap().iter().map(|k| k["kid"].as_str().unwrap().to_string()).collect()
+        })
+    };
+    let before = kids(server.url("/.well-known/jwks.json"));
+    assert_eq!(before.len(), 1);
+    let (code, out, err) = run(gatehouse(&["keys", "rotate", "--data-dir", data_s]));
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("published signing key") && out.contains("ES256"), "{out}");
+    // The running server publishes it at its next housekeeping round (every 15 s).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(40);
+    loop {
+        let now = kids(server.url("/.well-known/jwks.json"));
+        if now.len() == 2 {
+            assert!(now.contains(&before[0]), "the current key stays published");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the new key never appeared: {now:?}");
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+    let (status, _, _) = server.terminate();
+    assert!(status.success());
+    let (code, out, err) = run(gatehouse(&["audit", "verify", "--data-dir", data_s]));
+    assert_eq!(code, 0, "{out}{err}");
+    let conn = rusqlite::Connection::open(data.join("gatehouse.db")).unwrap();
+    let rotated: i64 = conn
+        .query_row(
+            "SELECT count(*) FROM audit_log WHERE action = 'key.signing.rotated' AND actor_type = 'operator'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(rotated, 1);
+}

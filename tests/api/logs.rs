@@ -70,3 +70,73 @@ fn access_lines_can_be_turned_off_but_server_errors_and_spans_stay() {
     assert!(status.success());
     assert!(!err.contains("request completed"), "no access line when log.access = false:\n{err}");
 }
+
+#[test]
+fn account_secrets_never_reach_the_logs() {
+    const PW: &str = "Logged-Never-Passphrase-93";
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut cmd =
+        gatehouse(&["serve", "--listen", "127.0.0.1:0", "--data-dir", data.to_str().unwrap(), "--log-format", "json"]);
+    cmd.env("GATEHOUSE_LOG__LEVEL", "debug").env("GATEHOUSE_AUTH__SIGNUP", "open");
+    let server = ServeProcess::start(cmd);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let c = client();
+    let mut secrets: Vec<String> = vec![PW.into()];
+    rt.block_on(async {
+        let post = |path: &str, bearer: Option<&str>, body: serde_json::Value| {
+            let mut r = c.post(server.url(path)).json(&body);
+            if let Some(b) = bearer {
+                r = r.bearer_auth(b);
+            }
+            async move { r.send().await.unwrap().json::<serde_json::Value>().await.unwrap() }
+        };
+        let s = post("/v1/auth/signup", None, serde_json::json!({"email": "log@example.com", "password": PW})).await;
+        let access = s["access_token"].as_str().unwrap().to_string();
+        let r = post("/v1/auth/refresh", None, serde_json::json!({"refresh_token": s["refresh_token"]})).await;
+        let t = post(
+            "/v1/me/tokens",
+            Some(&access),
+            serde_json::json!({"name": "ci", "expires_at": "2099-01-01T00:00:00Z"}),
+        )
+        .await;
+        // A far-future expiry is refused (the cap), so make one within it.
+        let t = if t["token"].is_string() {
+            t
+        } else {
+            let exp = (time::OffsetDateTime::now_utc() + time::Duration::days(30))
+                .format(&time::format_description::well_known::Rfc3339)
+                .unwrap();
+            post("/v1/me/tokens", Some(&access), serde_json::json!({"name": "ci", "expires_at": exp})).await
+        };
+        let pat = t["token"].as_str().unwrap().to_string();
+        c.get(server.url("/v1/me")).bearer_auth(&pat).send().await.unwrap();
+        let e = post("/v1/auth/mfa/totp/enroll", Some(&access), serde_json::json!({})).await;
+        let cookie = c
+            .post(server.url("/v1/auth/login"))
+            .json(&serde_json::json!({"email": "log@example.com", "password": PW, "mode": "cookie"}))
+            .send()
+            .await
+            .unwrap();
+        let set_cookie = cookie.headers()["set-cookie"].to_str().unwrap().to_string();
+        let body: serde_json::Value = cookie.json().await.unwrap();
+        let cookie_value = set_cookie.split(';').next().unwrap().split_once('=').unwrap().1.to_string();
+        secrets.extend([
+            access,
+            s["refresh_token"].as_str().unwrap().to_string(),
+            r["access_token"].as_str().unwrap().to_string(),
+            r["refresh_token"].as_str().unwrap().to_string(),
+            pat,
+            e["secret"].as_str().unwrap().to_string(),
+            cookie_value,
+            body["csrf_token"].as_str().unwrap().to_string(),
+        ]);
+    });
+    let (status, out, err) = server.terminate();
+    assert!(status.success());
+    let all = format!("{out}\n{err}");
+    assert!(all.contains("auth.login") || all.contains("/v1/auth/login"), "the requests were logged");
+    for s in &secrets {
+        assert!(!all.contains(s.as_str()), "a secret leaked into the logs: {}…", &s[..6]);
+    }
+}
