@@ -30,7 +30,7 @@ pub struct KeyPolicy {
 struct Snapshot {
     signer: Option<Arc<Signer>>,
     verifiers: HashMap<String, Arc<Verifier>>,
-    jwks: Arc<String>,
+    jwks: Vec<serde_json::Value>,
     fingerprint: String,
 }
 
@@ -55,8 +55,8 @@ impl KeyRing {
         self.snapshot().verifiers.get(kid).cloned()
     }
 
-    /// The JWKS document (public keys only).
-    pub fn jwks(&self) -> Arc<String> {
+    /// The published public keys (JWKS `keys`).
+    pub fn jwks(&self) -> Vec<serde_json::Value> {
         self.snapshot().jwks.clone()
     }
 
@@ -88,8 +88,7 @@ impl KeyRing {
                 signer = Some(Arc::new(Signer::from_pem(r.kid.clone(), alg, pem).map_err(AppError::internal)?));
             }
         }
-        let jwks = Arc::new(serde_json::json!({ "keys": jwks_keys }).to_string());
-        let snap = Arc::new(Snapshot { signer, verifiers, jwks, fingerprint });
+        let snap = Arc::new(Snapshot { signer, verifiers, jwks: jwks_keys, fingerprint });
         match self.current.write() {
             Ok(mut g) => *g = snap,
             Err(poisoned) => *poisoned.into_inner() = snap,

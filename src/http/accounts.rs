@@ -15,7 +15,7 @@ use crate::http::json::JsonBody;
 use crate::state::AppState;
 use poem::web::Data;
 use poem_openapi::param::{Path, Query};
-use poem_openapi::payload::{Json, PlainText};
+use poem_openapi::payload::Json;
 use poem_openapi::types::Password;
 use poem_openapi::{ApiResponse, Enum, Object, OpenApi};
 use time::OffsetDateTime;
@@ -73,6 +73,7 @@ pub struct LoginRequest {
 /// A session's credentials. In `bearer` mode: `access_token` and `refresh_token` (shown once).
 /// In `cookie` mode: the cookie is set and `csrf_token` is returned instead.
 #[derive(Debug, Object)]
+#[oai(skip_serializing_if_is_none)]
 pub struct TokenResponse {
     /// Session access token (JWT) for `Authorization: Bearer`.
     pub access_token: Option<String>,
@@ -162,6 +163,7 @@ pub enum Done {
 
 /// A user, as the API shows it.
 #[derive(Debug, Object)]
+#[oai(skip_serializing_if_is_none)]
 pub struct UserView {
     pub id: String,
     /// `local` or `anonymous`.
@@ -210,6 +212,7 @@ pub struct PasswordChange {
 
 /// A session of the caller.
 #[derive(Debug, Object)]
+#[oai(skip_serializing_if_is_none)]
 pub struct SessionView {
     pub id: String,
     pub created_at: OffsetDateTime,
@@ -252,6 +255,7 @@ pub struct NewTokenRequest {
 
 /// A personal access token, without its secret.
 #[derive(Debug, Object)]
+#[oai(skip_serializing_if_is_none)]
 pub struct TokenView {
     pub id: String,
     pub name: String,
@@ -339,6 +343,7 @@ pub struct UserPatchRequest {
 
 /// One page of users.
 #[derive(Debug, Object)]
+#[oai(skip_serializing_if_is_none)]
 pub struct UserPage {
     pub items: Vec<UserView>,
     /// Pass as `cursor` for the next page; absent on the last page.
@@ -366,12 +371,19 @@ pub enum Created<T: poem_openapi::types::ToJSON + Send + Sync> {
     Created(Json<T>),
 }
 
+/// A JSON Web Key Set (RFC 7517).
+#[derive(Debug, Object)]
+pub struct Jwks {
+    /// Public keys (`kty`, `kid`, `alg`, `use` and the key's public parameters).
+    pub keys: Vec<serde_json::Value>,
+}
+
 #[derive(Debug, ApiResponse)]
 pub enum JwksResponse {
     /// The public keys that verify Gatehouse access tokens, including the next key before it
     /// signs and retired keys until their tokens have expired.
     #[oai(status = 200, content_type = "application/jwk-set+json")]
-    Ok(PlainText<String>, #[oai(header = "Cache-Control")] String),
+    Ok(Json<Jwks>, #[oai(header = "Cache-Control")] String),
 }
 
 pub struct AccountsApi;
@@ -465,11 +477,11 @@ impl AccountsApi {
         &self,
         state: Data<&AppState>,
         info: Data<&RequestInfo>,
-        body: JsonBody<Option<AnonymousRequest>>,
+        body: JsonBody<AnonymousRequest>,
     ) -> Result<SessionResponse, ApiError> {
         let o = origin(&info);
         auth::check_rate(&state, &o, info.client_ip, "anonymous").await.map_err(fail(&info))?;
-        let cookie_mode = body.0.and_then(|b| b.mode).unwrap_or_default() == SessionMode::Cookie;
+        let cookie_mode = body.0.mode.unwrap_or_default() == SessionMode::Cookie;
         let issued = auth::anonymous(&state, cookie_mode, o).await.map_err(fail(&info))?;
         Ok(token_response(issued, cookie_mode))
     }
@@ -825,9 +837,8 @@ impl AccountsApi {
     /// `auth.jwks_max_age_seconds`; a new key appears here before it signs anything.
     #[oai(path = "/.well-known/jwks.json", method = "get", tag = "ApiTags::Auth", operation_id = "jwks")]
     async fn jwks(&self, state: Data<&AppState>) -> JwksResponse {
-        let body = state.auth.keys.jwks();
         JwksResponse::Ok(
-            PlainText(body.as_str().to_string()),
+            Json(Jwks { keys: state.auth.keys.jwks() }),
             format!("public, max-age={}", state.auth.settings.jwks_max_age),
         )
     }

@@ -71,10 +71,10 @@ impl Edge {
         Self { inner, state, allow: HashMap::new(), labels: HashMap::new(), unmatched: Arc::new("unmatched".into()) }
     }
 
-    /// The methods each route template accepts, for the `Allow` header of a 405. Its keys are
-    /// also the route templates metrics are labelled with.
-    pub fn with_allow(mut self, allow: HashMap<String, String>) -> Self {
-        self.labels = allow.keys().map(|k| (k.clone(), Arc::new(k.clone()))).collect();
+    /// The methods each route pattern accepts, for the `Allow` header of a 405, and the label
+    /// (route template) each pattern is counted under in metrics.
+    pub fn with_allow(mut self, allow: HashMap<String, String>, labels: HashMap<String, String>) -> Self {
+        self.labels = labels.into_iter().map(|(k, v)| (k, Arc::new(v))).collect();
         self.allow = allow;
         self
     }
@@ -209,26 +209,28 @@ impl Edge {
         let limit = self.state.http.max_body_bytes;
         let declared =
             req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
-        match declared {
-            Some(n) if n > limit as u64 => Err(StatusCode::PAYLOAD_TOO_LARGE),
-            Some(_) => Ok(()),
-            None => {
-                // A streamed body (HTTP/1.1 chunked, or HTTP/2 without content-length): read at
-                // most `limit` bytes, then hand it on.
-                let body = req.take_body();
-                if body.is_empty() {
-                    req.set_body(body);
-                    return Ok(());
-                }
-                match body.into_bytes_limit(limit).await {
-                    Ok(bytes) => {
-                        req.set_body(Body::from_bytes(bytes));
-                        Ok(())
-                    }
-                    Err(poem::error::ReadBodyError::PayloadTooLarge) => Err(StatusCode::PAYLOAD_TOO_LARGE),
-                    Err(_) => Err(StatusCode::BAD_REQUEST),
-                }
+        if matches!(declared, Some(n) if n > limit as u64) {
+            return Err(StatusCode::PAYLOAD_TOO_LARGE);
+        }
+        if declared == Some(0) {
+            return Ok(());
+        }
+        // Read the whole body (at most `limit` bytes) before any handler runs, declared length
+        // or streamed: an answer given before the body was read (a refused credential, a wrong
+        // content type) would otherwise leave it unread and the connection unusable for the
+        // client's next request.
+        let body = req.take_body();
+        if body.is_empty() {
+            req.set_body(body);
+            return Ok(());
+        }
+        match body.into_bytes_limit(limit).await {
+            Ok(bytes) => {
+                req.set_body(Body::from_bytes(bytes));
+                Ok(())
             }
+            Err(poem::error::ReadBodyError::PayloadTooLarge) => Err(StatusCode::PAYLOAD_TOO_LARGE),
+            Err(_) => Err(StatusCode::BAD_REQUEST),
         }
     }
 

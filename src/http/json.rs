@@ -14,6 +14,17 @@ use serde_json::Value;
 #[derive(Debug, Clone)]
 pub struct JsonBody<T>(pub T);
 
+/// The property names of `T`'s object schema (empty when `T` is not an object).
+fn known_fields<T: Type>() -> Vec<&'static str> {
+    let mut registry = Registry::new();
+    T::register(&mut registry);
+    let schema = match T::schema_ref() {
+        MetaSchemaRef::Reference(name) => registry.schemas.get(&name).cloned(),
+        MetaSchemaRef::Inline(s) => Some(*s),
+    };
+    schema.map(|s| s.properties.iter().map(|(name, _)| *name).collect()).unwrap_or_default()
+}
+
 impl<T: Type> Payload for JsonBody<T> {
     const CONTENT_TYPE: &'static str = "application/json; charset=utf-8";
 
@@ -42,6 +53,19 @@ impl<T: ParseFromJSON> ParsePayload for JsonBody<T> {
             serde_json::from_slice(&data)
                 .map_err(|e| ParseRequestPayloadError { reason: format!("malformed JSON: {e}") })?
         };
+        // No request field is nullable: an explicit `null` for one is refused rather than read as
+        // absent. Members the schema does not name are ignored, null or not.
+        let known = known_fields::<T>();
+        if let Some(field) = value
+            .as_object()
+            .and_then(|o| o.iter().find(|(k, v)| v.is_null() && known.iter().any(|f| f == k)))
+            .map(|(k, _)| k)
+        {
+            return Err(ParseRequestPayloadError {
+                reason: format!("field `{field}` must not be null; omit it instead"),
+            }
+            .into());
+        }
         match T::parse_from_json(Some(value.clone())) {
             Ok(v) => Ok(Self(v)),
             Err(err) => {

@@ -96,18 +96,45 @@ pub fn app(state: AppState) -> impl Endpoint {
     let api = api_service();
     let spec = with_credential_schemes(api.spec());
     let mut allow = allowed_methods(&spec);
+    let mut labels = route_labels(&spec);
     for path in ["/openapi.json", "/docs", "/docs/", "/docs/assets/:name"] {
         allow.insert(path.to_string(), "GET, HEAD".to_string());
+        labels.insert(path.to_string(), path.to_string());
     }
     let routes = Route::new()
         .at("/openapi.json", poem::get(docs::spec_endpoint(spec)))
         .nest("/docs", docs::playground())
         .nest_no_strip("/", api);
-    edge::Edge::wrap(routes.data(state.clone()), state).with_allow(allow)
+    edge::Edge::wrap(routes.data(state.clone()), state).with_allow(allow, labels)
 }
 
-/// Route template (poem syntax, `:name`) → the methods the spec documents for it, for the
-/// `Allow` header of a 405.
+/// The pattern poem's router reports for a spec path: poem-openapi registers `{name}`
+/// segments as `:param0`, `:param1`, … in order.
+fn poem_pattern(spec_path: &str) -> String {
+    let mut n = 0;
+    spec_path
+        .split('/')
+        .map(|seg| {
+            if seg.starts_with('{') && seg.ends_with('}') {
+                n += 1;
+                format!(":param{}", n - 1)
+            } else {
+                seg.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+/// Route pattern (as poem reports it) → its metrics label (the spec's `{name}` form).
+fn route_labels(spec: &str) -> HashMap<String, String> {
+    let Ok(doc) = serde_json::from_str::<serde_json::Value>(spec) else { return HashMap::new() };
+    let Some(paths) = doc.get("paths").and_then(|p| p.as_object()) else { return HashMap::new() };
+    paths.keys().map(|p| (poem_pattern(p), p.clone())).collect()
+}
+
+/// Route pattern (poem syntax) → the methods the spec documents for it, for the `Allow` header
+/// of a 405.
 fn allowed_methods(spec: &str) -> HashMap<String, String> {
     let mut out = HashMap::new();
     let Ok(doc) = serde_json::from_str::<serde_json::Value>(spec) else { return out };
@@ -123,15 +150,7 @@ fn allowed_methods(spec: &str) -> HashMap<String, String> {
             // poem answers HEAD on every GET route.
             methods.insert(1, "HEAD".to_string());
         }
-        let template: String = path
-            .split('/')
-            .map(|seg| match seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')) {
-                Some(name) => format!(":{name}"),
-                None => seg.to_string(),
-            })
-            .collect::<Vec<_>>()
-            .join("/");
-        out.insert(template, methods.join(", "));
+        out.insert(poem_pattern(path), methods.join(", "));
     }
     out
 }

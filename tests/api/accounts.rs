@@ -94,6 +94,12 @@ async fn signup_login_refresh_rotation_and_logout() {
         call(&app, Method::POST, "/v1/auth/signup", None, Some(json!({"email": "alice@example.com", "password": PW})))
             .await;
     assert_problem(st, &b, StatusCode::CONFLICT);
+    // An explicit null is refused, naming the field; unknown members are ignored.
+    let (st, b) = call(&app, Method::POST, "/v1/auth/login", None, Some(json!({"email": null, "password": PW}))).await;
+    assert_problem(st, &b, StatusCode::BAD_REQUEST);
+    assert!(b["detail"].as_str().unwrap().contains("`email`"), "{b}");
+    let body = json!({"email": "alice@example.com", "password": PW, "x": null});
+    assert_eq!(call(&app, Method::POST, "/v1/auth/login", None, Some(body)).await.0, StatusCode::OK);
 
     // Refresh rotates; the old refresh token presented again revokes the whole session.
     let (st, r1) =
