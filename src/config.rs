@@ -378,9 +378,6 @@ impl Config {
         if a.jwks_max_age_seconds == 0 || a.jwks_max_age_seconds * 2 >= a.signing_key_rotation_days * 24 * 3600 {
             return bad("auth.jwks_max_age_seconds must be positive and well under the rotation period".into());
         }
-        if a.require_mfa {
-            return bad("auth.require_mfa = true is not supported by this build yet (sessions without TOTP are not yet restricted to enrolment); leave it false".into());
-        }
         if !(30..=3600).contains(&a.mfa_challenge_ttl_seconds) {
             return bad("auth.mfa_challenge_ttl_seconds must be between 30 and 3600".into());
         }

@@ -150,6 +150,12 @@ impl Tx<'_> {
         Ok(())
     }
 
+    /// Record that a session passed a second factor.
+    pub fn session_set_mfa(&self, id: &str, amr: &str) -> Result<(), DbError> {
+        self.conn().execute("UPDATE sessions SET mfa = 1, amr = ?2 WHERE id = ?1", params![id, amr])?;
+        Ok(())
+    }
+
     /// Remove sessions that ended (expired or revoked) before `before_ms`.
     pub fn sessions_purge(&self, before_ms: i64) -> Result<usize, DbError> {
         Ok(self.conn().execute(

@@ -892,6 +892,16 @@ pub enum Credential {
 }
 
 impl Principal {
+    /// Under `auth.require_mfa`, a password session without a second factor may only enrol one.
+    pub fn mfa_pending(&self, require_mfa: bool) -> bool {
+        match &self.credential {
+            Credential::Session { amr, .. } => {
+                require_mfa && !amr.iter().any(|m| m == "otp") && !amr.iter().any(|m| m == "anon")
+            }
+            Credential::PersonalAccessToken { .. } => false,
+        }
+    }
+
     pub fn session_id(&self) -> Option<&str> {
         match &self.credential {
             Credential::Session { session_id, .. } => Some(session_id),

@@ -117,6 +117,7 @@ pub async fn verify(
     };
     let codes = new_recovery_codes();
     let hashes: Vec<[u8; 32]> = codes.iter().map(|c| recovery_hash(c.expose())).collect();
+    let session = who.session_id().map(str::to_string);
     let key = state.audit_key.clone();
     let actor = who.actor();
     let o = origin.clone();
@@ -126,6 +127,11 @@ pub async fn verify(
             tx.user_set_totp(&uid, Some(&sealed), true, unix_ms(now))?;
             tx.user_set_totp_step(&uid, step)?;
             tx.recovery_codes_replace(&uid, &hashes)?;
+            // The session that proved the code now counts as a two-factor session (its next
+            // refreshed token says so).
+            if let Some(sid) = &session {
+                tx.session_set_mfa(sid, r#"["pwd","otp"]"#)?;
+            }
             audit::record(tx, &key, now, &Event::new("auth.mfa.totp.enabled", actor).target(uid).origin(&o)).map(|_| ())
         })
         .await?;

@@ -75,6 +75,18 @@ pub async fn authenticate(state: &AppState, req: &Request, info: &RequestInfo) -
     Some(AuthOutcome(result.map_err(|e| status_of(&e))))
 }
 
+/// What a session without a second factor may still do when `auth.require_mfa` is on.
+fn allowed_before_mfa(req: &Request) -> bool {
+    matches!(
+        (req.method(), req.uri().path()),
+        (&Method::GET, "/v1/me")
+            | (&Method::POST, "/v1/auth/mfa/totp/enroll")
+            | (&Method::POST, "/v1/auth/mfa/totp/verify")
+            | (&Method::POST, "/v1/auth/logout")
+            | (&Method::POST, "/v1/auth/logout-all")
+    )
+}
+
 /// Which credentials an operation accepts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Accept {
@@ -94,6 +106,15 @@ fn accept(req: &Request, want: Accept) -> poem::Result<Principal> {
         Credential::PersonalAccessToken { .. } => Accept::Pat,
     };
     if kind == want {
+        if let Some(state) = req.data::<AppState>() {
+            if p.mfa_pending(state.auth.settings.require_mfa) && !allowed_before_mfa(req) {
+                return Err(poem::Error::from_string(
+                    "This server requires a second factor: enrol TOTP (POST /v1/auth/mfa/totp/enroll, then \
+                     /v1/auth/mfa/totp/verify), then refresh the session or sign in again.",
+                    StatusCode::FORBIDDEN,
+                ));
+            }
+        }
         return Ok(p);
     }
     if kind == Accept::Pat {

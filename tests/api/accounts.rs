@@ -824,3 +824,41 @@ async fn no_password_token_or_seed_is_stored_in_clear() {
         }
     }
 }
+
+#[tokio::test]
+async fn required_mfa_confines_sessions_until_a_second_factor() {
+    let app = spawn_app_with(|c| {
+        c.auth.signup = SignupMode::Open;
+        c.auth.require_mfa = true;
+        c.auth.rate_limit.burst = 1000;
+    })
+    .await;
+    let s = signup(&app, "nina@example.com").await;
+    let t = at(&s);
+    assert_eq!(me_status(&app, &t).await, StatusCode::OK, "reading the profile is allowed");
+    let (st, b) = call(&app, Method::PATCH, "/v1/me", Some(&t), Some(json!({"name": "N"}))).await;
+    assert_problem(st, &b, StatusCode::FORBIDDEN);
+    assert!(b["detail"].as_str().unwrap().contains("second factor"), "{b}");
+    let (st, _) = call(&app, Method::GET, "/v1/me/sessions", Some(&t), None).await;
+    assert_eq!(st, StatusCode::FORBIDDEN);
+    let (st, e) = call(&app, Method::POST, "/v1/auth/mfa/totp/enroll", Some(&t), None).await;
+    assert_eq!(st, StatusCode::OK, "{e}");
+    let seed = base32_decode(e["secret"].as_str().unwrap());
+    let code =
+        gatehouse::crypto::totp::code_at(&seed, gatehouse::crypto::totp::step_of(app.clock.now().unix_timestamp()));
+    let (st, _) = call(&app, Method::POST, "/v1/auth/mfa/totp/verify", Some(&t), Some(json!({"code": code}))).await;
+    assert_eq!(st, StatusCode::OK);
+    // The token in hand still says "password only"; its refreshed successor says "otp".
+    let (st, _) = call(&app, Method::PATCH, "/v1/me", Some(&t), Some(json!({"name": "N"}))).await;
+    assert_eq!(st, StatusCode::FORBIDDEN);
+    let (st, r) =
+        call(&app, Method::POST, "/v1/auth/refresh", None, Some(json!({"refresh_token": s["refresh_token"]}))).await;
+    assert_eq!(st, StatusCode::OK);
+    let (st, _) = call(&app, Method::PATCH, "/v1/me", Some(&at(&r)), Some(json!({"name": "N"}))).await;
+    assert_eq!(st, StatusCode::OK);
+    // Anonymous sessions are not local accounts: unaffected.
+    let (_, a) = call(&app, Method::POST, "/v1/auth/anonymous", None, Some(json!({}))).await;
+    let (st, _) = call(&app, Method::PATCH, "/v1/me", Some(&at(&a)), Some(json!({"name": "A"}))).await;
+    assert_eq!(st, StatusCode::OK);
+    app.stop().await;
+}
