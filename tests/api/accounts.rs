@@ -862,3 +862,84 @@ async fn required_mfa_confines_sessions_until_a_second_factor() {
     assert_eq!(st, StatusCode::OK);
     app.stop().await;
 }
+
+#[tokio::test]
+async fn sessions_end_one_by_one_or_all_at_once() {
+    let app = open_app().await;
+    let a = signup(&app, "olga@example.com").await;
+    let (_, b) = login(&app, "olga@example.com", PW).await;
+    let (_, c) = login(&app, "olga@example.com", PW).await;
+    let other = signup(&app, "pete@example.com").await;
+    // Another user's session is invisible: 404, not 403.
+    let (st, _) =
+        call(&app, Method::DELETE, &format!("/v1/me/sessions/{}", other["session_id"].as_str().unwrap()), Some(&at(&a)), None)
+            .await;
+    assert_eq!(st, StatusCode::NOT_FOUND);
+    assert_eq!(me_status(&app, &at(&other)).await, StatusCode::OK);
+    // End b from a.
+    let (st, _) =
+        call(&app, Method::DELETE, &format!("/v1/me/sessions/{}", b["session_id"].as_str().unwrap()), Some(&at(&a)), None).await;
+    assert_eq!(st, StatusCode::NO_CONTENT);
+    assert_eq!(me_status(&app, &at(&b)).await, StatusCode::UNAUTHORIZED);
+    assert_eq!(me_status(&app, &at(&c)).await, StatusCode::OK);
+    let (_, list) = call(&app, Method::GET, "/v1/me/sessions", Some(&at(&a)), None).await;
+    assert_eq!(list.as_array().unwrap().len(), 2, "{list}");
+    // Log out everywhere from c: a and c end, the other user does not.
+    let (st, _) = call(&app, Method::POST, "/v1/auth/logout-all", Some(&at(&c)), None).await;
+    assert_eq!(st, StatusCode::NO_CONTENT);
+    assert_eq!(me_status(&app, &at(&a)).await, StatusCode::UNAUTHORIZED);
+    assert_eq!(me_status(&app, &at(&c)).await, StatusCode::UNAUTHORIZED);
+    assert_eq!(me_status(&app, &at(&other)).await, StatusCode::OK);
+    let acts = audit_actions(&app).await;
+    for action in ["session.revoked", "session.logout_all"] {
+        assert!(acts.iter().any(|x| x == action), "{action}: {acts:?}");
+    }
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn other_signature_algorithms_and_rehash_on_login() {
+    for alg in ["EdDSA", "RS256"] {
+        let app = spawn_app_with(|c| {
+            c.auth.signup = SignupMode::Open;
+            c.auth.jwt_algorithm = alg.into();
+            c.auth.rate_limit.burst = 1000;
+        })
+        .await;
+        let s = signup(&app, "quinn@example.com").await;
+        let h: Value =
+            serde_json::from_slice(&URL_SAFE_NO_PAD.decode(at(&s).split('.').next().unwrap()).unwrap()).unwrap();
+        assert_eq!(h["alg"], alg);
+        assert_eq!(me_status(&app, &at(&s)).await, StatusCode::OK);
+        let jwks: Value = app.client.get(app.url("/.well-known/jwks.json")).send().await.unwrap().json().await.unwrap();
+        assert_eq!(jwks["keys"][0]["alg"], alg);
+        assert!(jwks["keys"][0].get("d").is_none(), "no private part published");
+        let dir = app.stop().await;
+        drop(dir);
+    }
+
+    // A hash made with other argon2 parameters is upgraded at the next successful login.
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = crate::helpers::test_config(dir.path());
+    config.auth.signup = SignupMode::Open;
+    config.auth.password.memory_kib = 8 * 1024;
+    config.auth.password.iterations = 1;
+    let app = crate::helpers::spawn_app_in(dir, config.clone()).await;
+    let s = signup(&app, "rose@example.com").await;
+    let uid = s["user_id"].as_str().unwrap().to_string();
+    let hash_of = |app: &TestApp, uid: String| {
+        let db = app.state.db.clone();
+        async move { db.read(move |tx| tx.user_by_id(&uid)).await.unwrap().unwrap().password_hash.unwrap() }
+    };
+    let before = hash_of(&app, uid.clone()).await;
+    assert!(before.contains("m=8192,t=1,p=1"), "{before}");
+    let dir = app.stop().await;
+    config.auth.password.memory_kib = 19 * 1024;
+    config.auth.password.iterations = 2;
+    let app = crate::helpers::spawn_app_in(dir, config).await;
+    assert_eq!(login(&app, "rose@example.com", PW).await.0, StatusCode::OK);
+    let after = hash_of(&app, uid).await;
+    assert!(after.contains("m=19456,t=2,p=1"), "{after}");
+    assert_eq!(login(&app, "rose@example.com", PW).await.0, StatusCode::OK, "the new hash verifies");
+    app.stop().await;
+}

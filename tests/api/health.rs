@@ -49,13 +49,19 @@ async fn metrics_count_routes_by_template_for_loopback_clients() {
     }
     app.client.get(app.url("/no/such/thing/12345")).send().await.unwrap();
     app.client.get(app.url("/readyz")).send().await.unwrap();
+    // A parameterised route is counted under its template, and a wrong method there gets Allow.
+    app.client.get(app.url("/v1/users/98765")).send().await.unwrap();
+    let res = app.client.request(reqwest::Method::PUT, app.url("/v1/users/98765")).send().await.unwrap();
+    assert_eq!(res.status(), StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(res.headers()["allow"], "GET, HEAD, PATCH, DELETE");
     let res = app.client.get(app.url("/metrics")).send().await.unwrap();
     assert_eq!(res.status(), StatusCode::OK);
     assert!(res.headers()["content-type"].to_str().unwrap().starts_with("text/plain"));
     let text = res.text().await.unwrap();
     assert!(text.contains(r#"gatehouse_http_requests_total{method="GET",route="/healthz",status="200"} 3"#), "{text}");
     assert!(text.contains(r#"route="unmatched",status="404""#), "unknown paths share one label: {text}");
-    assert!(!text.contains("12345"), "raw paths never become labels");
+    assert!(!text.contains("12345") && !text.contains("98765"), "raw paths never become labels");
+    assert!(text.contains(r#"route="/v1/users/{id}",status="401""#), "{text}");
     assert!(text.contains("gatehouse_http_request_duration_seconds_bucket"));
     assert!(text.contains(r#"gatehouse_db_operation_duration_seconds_count{op="write"}"#), "{text}");
     assert!(text.contains("gatehouse_build_info{version="));

@@ -76,6 +76,11 @@ pub async fn spawn_app_with(tweak: impl FnOnce(&mut Config)) -> TestApp {
     let dir = tempfile::tempdir().unwrap();
     let mut config = test_config(dir.path());
     tweak(&mut config);
+    spawn_app_in(dir, config).await
+}
+
+/// Start the app on an existing temporary folder (a restart) with `config`.
+pub async fn spawn_app_in(dir: TempDir, config: Config) -> TestApp {
     let clock = Arc::new(ManualClock::new(test_time()));
     let opts = BuildOptions { clock: clock.clone(), credentials_dir: None, bootstrap_admin: true, exclusive: true };
     let mut app = Application::build(config.clone(), opts).await.expect("app builds");

@@ -19,6 +19,10 @@ UNIT_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0}
 TARGET_RATIO = 0.7
 TARGET_RSS_MB = 25.0
 TARGET_READY_MS = 200.0
+TARGET_ME_JWT = 0.6
+TARGET_ME_PAT = 0.5
+TARGET_LOGINS = 0.85
+TARGET_FLOOD_P99 = 3.0
 
 
 def parse_wrk(path):
@@ -71,6 +75,37 @@ def main():
         ("release binary size, gatehouse", "%.1f MiB" % bin_mb, "", ""),
         ("release binary size, ceiling (info)", "%.1f MiB" % ceil_mb, "", ""),
     ]
+
+    # Accounts (issue 3), when run.sh measured them.
+    acc = runs("acc-healthz")
+    if acc:
+        acc_rps = statistics.median(r for r, _ in acc)
+        jwt_rps = statistics.median(r for r, _ in runs("me-jwt"))
+        pat_rps = statistics.median(r for r, _ in runs("me-pat"))
+        logins_rps, logins_p99 = parse_wrk(os.path.join(OUT, "wrk-logins.txt"))
+        argon_ms = float(os.environ["ARGON_MS"])
+        cores = int(os.environ["CORES"])
+        login_ceiling = cores / (argon_ms / 1000.0)
+        _, calm_p99 = parse_wrk(os.path.join(OUT, "wrk-me-calm.txt"))
+        _, flood_p99 = parse_wrk(os.path.join(OUT, "wrk-me-flood.txt"))
+        rows += [
+            ("/healthz req/s, accounts server (median)", "%.0f" % acc_rps, "", ""),
+            ("GET /v1/me req/s, session JWT (median)", "%.0f" % jwt_rps, "", ""),
+            ("ratio /v1/me JWT / healthz", "%.2f" % (jwt_rps / acc_rps), ">= %.1f" % TARGET_ME_JWT,
+             verdict(jwt_rps / acc_rps >= TARGET_ME_JWT)),
+            ("GET /v1/me req/s, personal access token (median)", "%.0f" % pat_rps, "", ""),
+            ("ratio /v1/me PAT / healthz", "%.2f" % (pat_rps / acc_rps), ">= %.1f" % TARGET_ME_PAT,
+             verdict(pat_rps / acc_rps >= TARGET_ME_PAT)),
+            ("one argon2id verification (19 MiB, t=2)", "%.1f ms" % argon_ms, "", ""),
+            ("login ceiling = cores / argon2 time", "%.1f /s" % login_ceiling, "", ""),
+            ("password logins per second", "%.1f /s" % logins_rps, "", ""),
+            ("ratio logins / ceiling", "%.2f" % (logins_rps / login_ceiling), ">= %.2f" % TARGET_LOGINS,
+             verdict(logins_rps / login_ceiling >= TARGET_LOGINS)),
+            ("GET /v1/me p99 alone", "%.2f ms" % calm_p99, "", ""),
+            ("GET /v1/me p99 during a login flood", "%.2f ms" % flood_p99, "", ""),
+            ("ratio p99 flood / alone", "%.2f" % (flood_p99 / calm_p99), "<= %.0f" % TARGET_FLOOD_P99,
+             verdict(flood_p99 / calm_p99 <= TARGET_FLOOD_P99)),
+        ]
 
     width = max(len(r[0]) for r in rows)
     print()

@@ -7,7 +7,13 @@
 #       gatehouse / ceiling (target >= 0.7);
 #   (b) idle RSS of Gatehouse after start and a few requests (target <= 25 MB);
 #   (c) time from process start to sd_notify READY=1 on an existing data folder (target <= 200 ms);
-#   (d) release binary size.
+#   (d) release binary size;
+#   (e) accounts (issue 3), on a second server with the sign-in rate limit lifted: GET /v1/me
+#       with a session JWT and with a personal access token, each as a ratio of /healthz
+#       throughput measured alternately in the same rounds (targets >= 0.6 and >= 0.5); password
+#       logins per second as a ratio of cores / (one argon2 verification, timed here by
+#       bench-argon2) (target >= 0.85); p99 of GET /v1/me during a login flood as a ratio of its
+#       p99 without one (target <= 3).
 # Prints a table and writes tests/bench/out/results.md. Loopback addresses only.
 #
 # Knobs (environment): BENCH_ROUNDS (default 3), BENCH_DURATION (wrk -d, default 10s),
@@ -20,6 +26,7 @@ OUT="$HERE/out"
 TARGET="${CARGO_TARGET_DIR:-$ROOT/target}"
 BIN="$TARGET/release/gatehouse"
 CEIL="$TARGET/release/examples/bench-ceiling"
+ARGON="$TARGET/release/examples/bench-argon2"
 ROUNDS="${BENCH_ROUNDS:-3}"
 DURATION="${BENCH_DURATION:-10s}"
 READY_RUNS="${BENCH_READY_RUNS:-7}"
@@ -37,6 +44,7 @@ WORK="$(mktemp -d /tmp/gatehouse-bench.XXXXXX)"
 DATA="$WORK/data"
 GH_PID=""
 CEIL_PID=""
+ACC_PID=""
 
 stop_pid() { # stop_pid PID: SIGTERM, wait up to 15 s, then SIGKILL. Only our own children.
     local pid="$1"
@@ -50,6 +58,7 @@ stop_pid() { # stop_pid PID: SIGTERM, wait up to 15 s, then SIGKILL. Only our ow
 cleanup() {
     stop_pid "$GH_PID"; GH_PID=""
     stop_pid "$CEIL_PID"; CEIL_PID=""
+    stop_pid "$ACC_PID"; ACC_PID=""
     rm -rf "$WORK"
 }
 trap cleanup EXIT
@@ -96,7 +105,7 @@ fi
 # --- build ---------------------------------------------------------------------------------------
 if [ "${BENCH_SKIP_BUILD:-0}" != 1 ]; then
     log "building release (cargo waits if another build holds the target dir)"
-    (cd "$ROOT" && cargo build --release --locked --bin gatehouse --example bench-ceiling)
+    (cd "$ROOT" && cargo build --release --locked --bin gatehouse --example bench-ceiling --example bench-argon2)
 fi
 [ -x "$BIN" ] || die "$BIN is missing"
 [ -x "$CEIL" ] || die "$CEIL is missing"
@@ -159,6 +168,73 @@ LOG_LINES="$(wc -l <"$OUT/gatehouse.log")"
 # Keep the log small: its head and tail are enough to see what went on.
 { head -n 40 "$OUT/gatehouse.log"; echo "... ($LOG_LINES lines in all) ..."; tail -n 40 "$OUT/gatehouse.log"; } >"$OUT/gatehouse.log.short"
 mv "$OUT/gatehouse.log.short" "$OUT/gatehouse.log"
+
+# --- (e) accounts ------------------------------------------------------------------------------
+# A second server on its own data folder: a bench account made with `users add-admin`, the
+# sign-in rate limit lifted (the per-address limit would otherwise be what is measured).
+ACC_DATA="$WORK/accounts"
+ACC_PORT="$(free_port)"
+ACC_BASE="https://127.0.0.1:$ACC_PORT"
+BENCH_EMAIL="bench@example.com"
+BENCH_PW="bench passphrase for logins 42"
+printf '%s\n' "$BENCH_PW" >"$WORK/pw"
+"$BIN" init --data-dir "$ACC_DATA" >/dev/null 2>&1 || die "gatehouse init failed"
+"$BIN" users add-admin --data-dir "$ACC_DATA" --email "$BENCH_EMAIL" --password-file "$WORK/pw" >/dev/null \
+    || die "users add-admin failed"
+log "starting the accounts server on 127.0.0.1:$ACC_PORT"
+GATEHOUSE_AUTH__RATE_LIMIT__PER_MINUTE=100000000 GATEHOUSE_AUTH__RATE_LIMIT__BURST=100000000 \
+    "$BIN" serve --data-dir "$ACC_DATA" --listen "127.0.0.1:$ACC_PORT" >/dev/null 2>"$OUT/accounts.log" 9>&- &
+ACC_PID=$!
+wait_healthy "$ACC_BASE/healthz" "$ACC_PID" 60 || die "the accounts server did not start (see $OUT/accounts.log)"
+LOGIN_BODY="{\"email\":\"$BENCH_EMAIL\",\"password\":\"$BENCH_PW\"}"
+JWT="$(curl -fsk "$ACC_BASE/v1/auth/login" -H 'content-type: application/json' -d "$LOGIN_BODY" \
+    | python3 -c 'import json,sys; print(json.load(sys.stdin)["access_token"])')" || die "bench login failed"
+PAT_EXP="$(python3 -c 'import datetime; print((datetime.datetime.now(datetime.timezone.utc)+datetime.timedelta(days=1)).strftime("%Y-%m-%dT%H:%M:%SZ"))')"
+PAT="$(curl -fsk "$ACC_BASE/v1/me/tokens" -H "authorization: Bearer $JWT" -H 'content-type: application/json' \
+    -d "{\"name\":\"bench\",\"expires_at\":\"$PAT_EXP\"}" \
+    | python3 -c 'import json,sys; print(json.load(sys.stdin)["token"])')" || die "bench token failed"
+[ "$(curl -fsk -o /dev/null -w '%{http_code}' "$ACC_BASE/v1/me" -H "authorization: Bearer $PAT")" = 200 ] \
+    || die "GET /v1/me with the token failed"
+cat >"$WORK/login.lua" <<LUA
+wrk.method = "POST"
+wrk.body = '$LOGIN_BODY'
+wrk.headers["Content-Type"] = "application/json"
+LUA
+log "warm-up: accounts server"
+wrk -t2 -c32 -d3s "$ACC_BASE/v1/me" -H "authorization: Bearer $JWT" >/dev/null 2>&1 || true
+for i in $(seq "$ROUNDS"); do
+    for name in acc-healthz me-jwt me-pat; do
+        case "$name" in
+            acc-healthz) extra=(); url="$ACC_BASE/healthz" ;;
+            me-jwt) extra=(-H "authorization: Bearer $JWT"); url="$ACC_BASE/v1/me" ;;
+            me-pat) extra=(-H "authorization: Bearer $PAT"); url="$ACC_BASE/v1/me" ;;
+        esac
+        log "round $i/$ROUNDS: $name"
+        wrk "${WRK_ARGS[@]}" "${extra[@]}" "$url" >"$OUT/wrk-$name-$i.txt" 2>&1 || die "wrk failed ($name)"
+        if grep -q 'Non-2xx or 3xx responses' "$OUT/wrk-$name-$i.txt"; then die "$name gave non-2xx answers"; fi
+    done
+done
+# Logins per second against cores / argon2 time, both measured now.
+ARGON_MS="$("$ARGON" 30)"
+log "one argon2 verification: $ARGON_MS ms"
+log "password logins: wrk -t2 -c8 -d$DURATION"
+wrk --latency -t2 -c8 -d"$DURATION" -s "$WORK/login.lua" "$ACC_BASE/v1/auth/login" >"$OUT/wrk-logins.txt" 2>&1 \
+    || die "wrk failed (logins)"
+if grep -q 'Non-2xx or 3xx responses' "$OUT/wrk-logins.txt"; then die "logins gave non-2xx answers (see $OUT/wrk-logins.txt)"; fi
+# p99 of GET /v1/me alone, then during a login flood.
+ME_ARGS=(--latency -t1 -c8 -d10s -H "authorization: Bearer $JWT" "$ACC_BASE/v1/me")
+log "GET /v1/me p99 without a flood"
+wrk "${ME_ARGS[@]}" >"$OUT/wrk-me-calm.txt" 2>&1 || die "wrk failed (calm)"
+log "GET /v1/me p99 during a login flood"
+wrk -t1 -c16 -d14s -s "$WORK/login.lua" "$ACC_BASE/v1/auth/login" >"$OUT/wrk-flood.txt" 2>&1 &
+FLOOD_PID=$!
+sleep 2
+wrk "${ME_ARGS[@]}" >"$OUT/wrk-me-flood.txt" 2>&1 || die "wrk failed (flood)"
+wait "$FLOOD_PID" || true
+stop_pid "$ACC_PID"; ACC_PID=""
+{ head -n 20 "$OUT/accounts.log"; echo "..."; tail -n 20 "$OUT/accounts.log"; } >"$OUT/accounts.log.short"
+mv "$OUT/accounts.log.short" "$OUT/accounts.log"
+export ARGON_MS CORES="$(nproc)"
 
 # --- (c) start to READY=1 on the existing data folder --------------------------------------------
 READY_PORT="$(free_port)"
