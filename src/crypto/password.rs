@@ -3,6 +3,7 @@
 use super::{CryptoError, SecretString};
 use argon2::password_hash::{rand_core::OsRng, PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::{Algorithm, Argon2, Params, Version};
+use zeroize::Zeroize;
 
 /// Argon2id cost parameters. Defaults are OWASP's: 19 MiB, t=2, p=1.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,13 +34,58 @@ pub fn hash(password: &SecretString, policy: PasswordPolicy) -> Result<String, C
         .map_err(|e| CryptoError::PasswordHash(e.to_string()))
 }
 
-/// Verify a password against a PHC string, with the parameters recorded in the string.
-/// A malformed hash verifies as false.
-pub fn verify(password: &SecretString, phc: &str) -> bool {
-    match PasswordHash::new(phc) {
-        Ok(parsed) => Argon2::default().verify_password(password.expose().as_bytes(), &parsed).is_ok(),
-        Err(_) => false,
+/// A PHC string with the policy's parameters, a random salt and a random "hash" that no
+/// password produces. Verifying against it costs exactly what verifying a real hash costs, so
+/// an unknown account answers in the same time; making it costs nothing.
+pub fn dummy(policy: PasswordPolicy) -> String {
+    use argon2::password_hash::Output;
+    let salt = SaltString::generate(&mut OsRng);
+    let out = super::random::bytes::<32>();
+    let mut buf = [0u8; 64];
+    match Output::new(&out).ok().and_then(|o| o.b64_encode(&mut buf).ok().map(str::to_string)) {
+        Some(encoded) => format!(
+            "$argon2id$v=19$m={},t={},p={}${}${encoded}",
+            policy.memory_kib,
+            policy.iterations,
+            policy.parallelism,
+            salt.as_str()
+        ),
+        None => String::new(),
     }
+}
+
+thread_local! {
+    /// argon2 working memory, kept per hashing thread: a fresh 19 MiB allocation for every login
+    /// would be page-faulted in each time, which costs a good share of the hash itself.
+    static BLOCKS: std::cell::RefCell<Vec<argon2::Block>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Verify a password against a PHC string, with the parameters recorded in the string, in
+/// constant time. A malformed hash verifies as false.
+pub fn verify(password: &SecretString, phc: &str) -> bool {
+    let Ok(parsed) = PasswordHash::new(phc) else { return false };
+    if parsed.algorithm.as_str() != "argon2id" {
+        return Argon2::default().verify_password(password.expose().as_bytes(), &parsed).is_ok();
+    }
+    let (Ok(params), Some(salt), Some(expected)) = (Params::try_from(&parsed), parsed.salt, parsed.hash) else {
+        return false;
+    };
+    let version = parsed.version.and_then(|v| Version::try_from(v).ok()).unwrap_or(Version::V0x13);
+    let mut salt_buf = [0u8; 64];
+    let Ok(salt) = salt.decode_b64(&mut salt_buf) else { return false };
+    let need = params.block_count();
+    let argon = Argon2::new(Algorithm::Argon2id, version, params);
+    let mut out = vec![0u8; expected.len()];
+    let computed = BLOCKS.with(|blocks| {
+        let mut blocks = blocks.borrow_mut();
+        if blocks.len() < need {
+            blocks.resize(need, argon2::Block::default());
+        }
+        argon.hash_password_into_with_memory(password.expose().as_bytes(), salt, &mut out, &mut blocks[..need])
+    });
+    let ok = computed.is_ok() && super::ct_eq(&out, expected.as_bytes());
+    out.zeroize();
+    ok
 }
 
 /// Whether a stored hash was made with other parameters than the current policy.
@@ -70,5 +116,9 @@ mod tests {
         assert!(!verify(&pw, "not a phc string"));
         assert!(!needs_rehash(&h, cheap()));
         assert!(needs_rehash(&h, PasswordPolicy::default()));
+        let d = dummy(cheap());
+        assert!(!needs_rehash(&d, cheap()), "{d}");
+        assert!(PasswordHash::new(&d).is_ok(), "{d}");
+        assert!(!verify(&pw, &d));
     }
 }

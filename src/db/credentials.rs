@@ -136,7 +136,8 @@ impl Tx<'_> {
         );
         Ok(self
             .conn()
-            .query_row(&sql, [&hash[..]], |r| Ok(PatAuthRow { pat: pat_from_row(r)?, user_disabled: r.get(9)? }))
+            .prepare_cached(&sql)?
+            .query_row([&hash[..]], |r| Ok(PatAuthRow { pat: pat_from_row(r)?, user_disabled: r.get(9)? }))
             .optional()?)
     }
 

@@ -90,12 +90,12 @@ impl Tx<'_> {
 
     pub fn session_by_id(&self, id: &str) -> Result<Option<SessionRow>, DbError> {
         let sql = format!("SELECT {COLUMNS} FROM sessions WHERE id = ?1");
-        Ok(self.conn().query_row(&sql, [id], from_row).optional()?)
+        Ok(self.conn().prepare_cached(&sql)?.query_row([id], from_row).optional()?)
     }
 
     pub fn session_by_cookie(&self, cookie_hash: &[u8; 32]) -> Result<Option<SessionRow>, DbError> {
         let sql = format!("SELECT {COLUMNS} FROM sessions WHERE cookie_hash = ?1");
-        Ok(self.conn().query_row(&sql, [&cookie_hash[..]], from_row).optional()?)
+        Ok(self.conn().prepare_cached(&sql)?.query_row([&cookie_hash[..]], from_row).optional()?)
     }
 
     /// The user's live sessions, newest first.

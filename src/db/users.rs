@@ -87,12 +87,12 @@ pub struct UserPatch {
 impl Tx<'_> {
     pub fn user_by_email(&self, email: &str) -> Result<Option<UserRow>, DbError> {
         let sql = format!("SELECT {COLUMNS} FROM users WHERE email = ?1");
-        Ok(self.conn().query_row(&sql, [email], from_row).optional()?)
+        Ok(self.conn().prepare_cached(&sql)?.query_row([email], from_row).optional()?)
     }
 
     pub fn user_by_id(&self, id: &str) -> Result<Option<UserRow>, DbError> {
         let sql = format!("SELECT {COLUMNS} FROM users WHERE id = ?1");
-        Ok(self.conn().query_row(&sql, [id], from_row).optional()?)
+        Ok(self.conn().prepare_cached(&sql)?.query_row([id], from_row).optional()?)
     }
 
     pub fn user_insert(&self, u: &UserRow) -> Result<(), DbError> {

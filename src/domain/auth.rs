@@ -112,6 +112,10 @@ pub struct AuthService {
     buckets: Mutex<HashMap<IpAddr, Bucket>>,
     unknown: Mutex<HashMap<String, Failures>>,
     pat_uses: Mutex<HashMap<String, (i64, Option<String>)>>,
+    /// Access tokens whose signature, issuer and audience already checked out, by SHA-256 of
+    /// the token, until their expiry: a signature is verified once per token, not per request.
+    /// Revocation is still looked up on every request.
+    verified: std::sync::RwLock<HashMap<[u8; 32], AccessClaims>>,
 }
 
 /// Entries kept in each throttle table before the oldest are dropped.
@@ -129,8 +133,7 @@ impl AuthService {
         } else {
             max_hashes
         };
-        let dummy = SecretString::new(crate::crypto::random::password(24));
-        let dummy_hash = password::hash(&dummy, settings.password)?;
+        let dummy_hash = password::dummy(settings.password);
         Ok(Self {
             settings,
             keys: KeyRing::default(),
@@ -142,6 +145,7 @@ impl AuthService {
             buckets: Mutex::new(HashMap::new()),
             unknown: Mutex::new(HashMap::new()),
             pat_uses: Mutex::new(HashMap::new()),
+            verified: std::sync::RwLock::new(HashMap::new()),
         })
     }
 
@@ -938,17 +942,25 @@ fn unauthorized(detail: &str) -> AppError {
 /// Check a session access token: signature with the key its `kid` names (algorithm pinned),
 /// issuer, audience, expiry; then the revocation view. No database access.
 pub fn authenticate_jwt(state: &AppState, token: &str) -> Result<Principal, AppError> {
-    let s = &state.auth.settings;
     let now = state.clock.now().unix_timestamp();
-    let claims: AccessClaims = jwt::verify(token, |kid| state.auth.keys.verifier(kid), &s.issuer, &s.audience, now)
-        .map_err(|e| {
-            state.metrics.security_event("auth.token.rejected");
-            tracing::info!(target: "gatehouse::security", reason = %e, "access token rejected");
-            match e {
-                JwtError::Expired => unauthorized("The access token has expired; refresh it."),
-                _ => unauthorized("The access token is invalid."),
+    let digest = token::digest(token);
+    let cached = state.auth.verified.read().ok().and_then(|m| m.get(&digest).cloned()).filter(|c| c.exp > now);
+    let claims = match cached {
+        Some(c) => c,
+        None => {
+            let c = verify_jwt(state, token, now)?;
+            if let Ok(mut m) = state.auth.verified.write() {
+                if m.len() >= TABLE_CAP {
+                    m.retain(|_, c| c.exp > now);
+                    if m.len() >= TABLE_CAP {
+                        m.clear();
+                    }
+                }
+                m.insert(digest, c.clone());
             }
-        })?;
+            c
+        }
+    };
     if state.auth.revocations.session_revoked(&claims.sid) || state.auth.revocations.user_blocked(&claims.sub) {
         state.metrics.security_event("auth.token.revoked");
         return Err(unauthorized("The session has ended."));
@@ -956,6 +968,18 @@ pub fn authenticate_jwt(state: &AppState, token: &str) -> Result<Principal, AppE
     Ok(Principal {
         user_id: claims.sub,
         credential: Credential::Session { session_id: claims.sid, cookie: false, amr: claims.amr },
+    })
+}
+
+fn verify_jwt(state: &AppState, token: &str, now: i64) -> Result<AccessClaims, AppError> {
+    let s = &state.auth.settings;
+    jwt::verify(token, |kid| state.auth.keys.verifier(kid), &s.issuer, &s.audience, now).map_err(|e| {
+        state.metrics.security_event("auth.token.rejected");
+        tracing::info!(target: "gatehouse::security", reason = %e, "access token rejected");
+        match e {
+            JwtError::Expired => unauthorized("The access token has expired; refresh it."),
+            _ => unauthorized("The access token is invalid."),
+        }
     })
 }
 

@@ -871,14 +871,25 @@ async fn sessions_end_one_by_one_or_all_at_once() {
     let (_, c) = login(&app, "olga@example.com", PW).await;
     let other = signup(&app, "pete@example.com").await;
     // Another user's session is invisible: 404, not 403.
-    let (st, _) =
-        call(&app, Method::DELETE, &format!("/v1/me/sessions/{}", other["session_id"].as_str().unwrap()), Some(&at(&a)), None)
-            .await;
+    let (st, _) = call(
+        &app,
+        Method::DELETE,
+        &format!("/v1/me/sessions/{}", other["session_id"].as_str().unwrap()),
+        Some(&at(&a)),
+        None,
+    )
+    .await;
     assert_eq!(st, StatusCode::NOT_FOUND);
     assert_eq!(me_status(&app, &at(&other)).await, StatusCode::OK);
     // End b from a.
-    let (st, _) =
-        call(&app, Method::DELETE, &format!("/v1/me/sessions/{}", b["session_id"].as_str().unwrap()), Some(&at(&a)), None).await;
+    let (st, _) = call(
+        &app,
+        Method::DELETE,
+        &format!("/v1/me/sessions/{}", b["session_id"].as_str().unwrap()),
+        Some(&at(&a)),
+        None,
+    )
+    .await;
     assert_eq!(st, StatusCode::NO_CONTENT);
     assert_eq!(me_status(&app, &at(&b)).await, StatusCode::UNAUTHORIZED);
     assert_eq!(me_status(&app, &at(&c)).await, StatusCode::OK);
