@@ -3,13 +3,14 @@
 //! Data flows one way: `http` (poem, poem-openapi) → `domain` (the rules) → `crypto`, `db`.
 //! - `http/` extracts, calls one domain function, maps the result; it never runs SQL or crypto.
 //! - `domain/` decides; it never imports poem.
-//! - `crypto/` is the only place that touches argon2, hmac, hkdf and rand.
+//! - `crypto/` is the only place that touches argon2, aes-gcm, jsonwebtoken, hmac, hkdf and rand.
 //! - `db/` is the only place that touches rusqlite; all of it runs on the blocking pool.
 //! - `startup.rs` wires the pieces the same way for `gatehouse serve` and for the tests.
 //!
 //! Time comes from [`clock::Clock`]; secrets live in redacting newtypes from [`crypto::secret`].
 
-#![forbid(unsafe_code)]
+// One audited exception: `telemetry::LowPriorityPool` lowers its threads' priority (two syscalls).
+#![deny(unsafe_code)]
 #![cfg_attr(
     not(test),
     deny(

@@ -57,3 +57,70 @@ where
         other => other,
     }
 }
+
+/// A small pool of threads for CPU-heavy work (password hashing) that runs at a lower
+/// scheduling priority (nice 10) than the request workers: a login flood then uses the CPU the
+/// requests leave idle instead of taking it from them. Callers bound what they submit (the
+/// hashing semaphore); a job runs inside the caller's span and its panic is re-raised as an
+/// error.
+pub struct LowPriorityPool {
+    jobs: std::sync::Mutex<std::sync::mpsc::Sender<Box<dyn FnOnce() + Send>>>,
+}
+
+impl std::fmt::Debug for LowPriorityPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LowPriorityPool")
+    }
+}
+
+impl LowPriorityPool {
+    /// Start `threads` worker threads named `name`.
+    pub fn new(name: &str, threads: usize) -> std::io::Result<Self> {
+        let (tx, rx) = std::sync::mpsc::channel::<Box<dyn FnOnce() + Send>>();
+        let rx = std::sync::Arc::new(std::sync::Mutex::new(rx));
+        for _ in 0..threads.max(1) {
+            let rx = rx.clone();
+            std::thread::Builder::new().name(name.to_string()).spawn(move || {
+                // Linux: the nice value is per thread; lowering it needs no privilege.
+                // SAFETY: two system calls that take integers and touch no memory of ours.
+                #[allow(unsafe_code)]
+                unsafe {
+                    let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+                    libc::setpriority(libc::PRIO_PROCESS, tid, 10);
+                }
+                loop {
+                    let job = match rx.lock() {
+                        Ok(r) => r.recv(),
+                        Err(_) => return,
+                    };
+                    match job {
+                        Ok(job) => job(),
+                        Err(_) => return,
+                    }
+                }
+            })?;
+        }
+        Ok(Self { jobs: std::sync::Mutex::new(tx) })
+    }
+
+    /// Run `f` on the pool inside the current span.
+    pub async fn run<F, R>(&self, f: F) -> Result<R, String>
+    where
+        F: FnOnce() -> R + Send + 'static,
+        R: Send + 'static,
+    {
+        let span = tracing::Span::current();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let job = Box::new(move || {
+            let _entered = span.enter();
+            let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+            let _ = tx.send(out);
+        });
+        self.jobs.lock().map_err(|_| "pool poisoned".to_string())?.send(job).map_err(|_| "pool stopped".to_string())?;
+        match rx.await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(_)) => Err("a pool job panicked".into()),
+            Err(_) => Err("a pool job was dropped".into()),
+        }
+    }
+}

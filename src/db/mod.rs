@@ -82,6 +82,55 @@ struct Inner {
     writer: Mutex<Connection>,
     write_gate: Semaphore,
     metrics: Option<Arc<Metrics>>,
+    caches: Caches,
+}
+
+/// Read-through caches of the rows every authenticated request reads (a user, a personal access
+/// token), emptied after every committed write, whatever it touched: simple, and a reader never
+/// keeps a row a write has changed. A reader stores what it read only if no write committed
+/// since it started (the generation is unchanged).
+#[derive(Default)]
+struct Caches {
+    generation: std::sync::atomic::AtomicU64,
+    users: std::sync::RwLock<std::collections::HashMap<String, UserRow>>,
+    pats: std::sync::RwLock<std::collections::HashMap<[u8; 32], PatAuthRow>>,
+}
+
+/// Entries kept per cache before it is emptied.
+const CACHE_CAP: usize = 10_000;
+
+impl Caches {
+    fn invalidate(&self) {
+        self.generation.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        if let Ok(mut m) = self.users.write() {
+            m.clear();
+        }
+        if let Ok(mut m) = self.pats.write() {
+            m.clear();
+        }
+    }
+
+    fn generation(&self) -> u64 {
+        self.generation.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+fn cache_put<K: std::hash::Hash + Eq, V>(
+    map: &std::sync::RwLock<std::collections::HashMap<K, V>>,
+    caches: &Caches,
+    seen: u64,
+    key: K,
+    value: V,
+) {
+    if let Ok(mut m) = map.write() {
+        if caches.generation() != seen {
+            return;
+        }
+        if m.len() >= CACHE_CAP {
+            m.clear();
+        }
+        m.insert(key, value);
+    }
 }
 
 /// The database handle (cheap to clone).
@@ -207,6 +256,7 @@ impl Db {
                 readers: Mutex::new(readers),
                 read_gate: Semaphore::new(n),
                 metrics,
+                caches: Caches::default(),
             }),
         })
     }
@@ -233,7 +283,9 @@ impl Db {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(DbError::from)?;
             let tx = Tx { tx };
             let value = f(&tx)?;
-            tx.tx.commit().map_err(DbError::from)?;
+            let committed = tx.tx.commit().map_err(DbError::from);
+            inner.caches.invalidate();
+            committed?;
             Ok(value)
         })
         .await
@@ -241,6 +293,33 @@ impl Db {
         .and_then(|r| r);
         self.observe("write", started);
         out
+    }
+
+    /// A user by id, from the cache when no write happened since it was read.
+    pub async fn user_cached(&self, id: &str) -> Result<Option<UserRow>, DbError> {
+        if let Some(u) = self.inner.caches.users.read().ok().and_then(|m| m.get(id).cloned()) {
+            return Ok(Some(u));
+        }
+        let seen = self.inner.caches.generation();
+        let key = id.to_string();
+        let row = self.read(move |tx| tx.user_by_id(&key)).await?;
+        if let Some(u) = &row {
+            cache_put(&self.inner.caches.users, &self.inner.caches, seen, id.to_string(), u.clone());
+        }
+        Ok(row)
+    }
+
+    /// A personal access token by hash, from the cache when no write happened since it was read.
+    pub async fn pat_cached(&self, hash: [u8; 32]) -> Result<Option<PatAuthRow>, DbError> {
+        if let Some(p) = self.inner.caches.pats.read().ok().and_then(|m| m.get(&hash).cloned()) {
+            return Ok(Some(p));
+        }
+        let seen = self.inner.caches.generation();
+        let row = self.read(move |tx| tx.pat_by_hash(&hash)).await?;
+        if let Some(p) = &row {
+            cache_put(&self.inner.caches.pats, &self.inner.caches, seen, hash, p.clone());
+        }
+        Ok(row)
     }
 
     /// Run `f` in a read-only snapshot on the blocking pool.

@@ -3,8 +3,9 @@
 //! checks every credential goes through on every request.
 //!
 //! Unknown email, wrong password and disabled account give the same answer after the same
-//! work (a dummy hash is verified when there is no real one). Password hashing runs on the
-//! blocking pool behind a semaphore sized to the cores.
+//! work (a dummy hash is verified when there is no real one). Password hashing runs off the
+//! request workers, on a pool of one thread per core at a lower priority, behind a semaphore of
+//! the same size.
 
 use super::audit::{self, Actor, Event, Origin, Outcome};
 use super::keys::{KeyPolicy, KeyRing};
@@ -18,7 +19,6 @@ use crate::crypto::{ct_eq, PseudonymKey, SealingKey, SecretString};
 use crate::db::{SessionRow, UserRow};
 use crate::error::AppError;
 use crate::state::AppState;
-use crate::telemetry::spawn_blocking_in_span;
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Mutex;
@@ -108,6 +108,8 @@ pub struct AuthService {
     pub sealing: SealingKey,
     pub pseudonyms: PseudonymKey,
     hashing: Semaphore,
+    /// Where hashes are computed: threads at a lower priority than the request workers.
+    hash_pool: crate::telemetry::LowPriorityPool,
     dummy_hash: String,
     buckets: Mutex<HashMap<IpAddr, Bucket>>,
     unknown: Mutex<HashMap<String, Failures>>,
@@ -134,6 +136,8 @@ impl AuthService {
             max_hashes
         };
         let dummy_hash = password::dummy(settings.password);
+        let hash_pool =
+            crate::telemetry::LowPriorityPool::new("gatehouse-hash", permits).map_err(AppError::internal)?;
         Ok(Self {
             settings,
             keys: KeyRing::default(),
@@ -141,6 +145,7 @@ impl AuthService {
             sealing,
             pseudonyms,
             hashing: Semaphore::new(permits),
+            hash_pool,
             dummy_hash,
             buckets: Mutex::new(HashMap::new()),
             unknown: Mutex::new(HashMap::new()),
@@ -153,7 +158,8 @@ impl AuthService {
     pub async fn hash_password(&self, pw: SecretString) -> Result<String, AppError> {
         let _permit = self.hashing.acquire().await.map_err(|_| AppError::internal("hashing gate closed"))?;
         let policy = self.settings.password;
-        spawn_blocking_in_span(move || password::hash(&pw, policy))
+        self.hash_pool
+            .run(move || password::hash(&pw, policy))
             .await
             .map_err(AppError::internal)?
             .map_err(AppError::from)
@@ -166,12 +172,14 @@ impl AuthService {
         let real = phc.is_some();
         let phc = phc.unwrap_or_else(|| self.dummy_hash.clone());
         let policy = self.settings.password;
-        let (ok, rehash) = spawn_blocking_in_span(move || {
-            let ok = password::verify(&pw, &phc);
-            (ok, password::needs_rehash(&phc, policy))
-        })
-        .await
-        .map_err(AppError::internal)?;
+        let (ok, rehash) = self
+            .hash_pool
+            .run(move || {
+                let ok = password::verify(&pw, &phc);
+                (ok, password::needs_rehash(&phc, policy))
+            })
+            .await
+            .map_err(AppError::internal)?;
         Ok((ok && real, rehash && real))
     }
 
@@ -995,7 +1003,7 @@ pub async fn authenticate_pat(
         return Err(unauthorized("The personal access token is invalid."));
     }
     let hash = token::digest(token.expose());
-    let found = state.db.read(move |tx| tx.pat_by_hash(&hash).map_err(AppError::from)).await?;
+    let found = state.db.pat_cached(hash).await?;
     let now_ms = unix_ms(state.clock.now());
     match found {
         Some(f)

@@ -13,8 +13,7 @@ use crate::error::AppError;
 use crate::state::AppState;
 
 pub async fn get(state: &AppState, id: &str) -> Result<UserRow, AppError> {
-    let id = id.to_string();
-    state.db.read(move |tx| tx.user_by_id(&id).map_err(AppError::from)).await?.ok_or(AppError::NotFound)
+    state.db.user_cached(id).await?.ok_or(AppError::NotFound)
 }
 
 /// The caller must be a platform admin (read fresh: a revoked admin flag counts at once).
