@@ -954,3 +954,43 @@ async fn other_signature_algorithms_and_rehash_on_login() {
     assert_eq!(login(&app, "rose@example.com", PW).await.0, StatusCode::OK, "the new hash verifies");
     app.stop().await;
 }
+
+#[tokio::test]
+async fn signing_keys_rotate_on_their_own_schedule() {
+    let app = spawn_app_with(|c| {
+        c.auth.signing_key_rotation_days = 2;
+        c.auth.session_max_lifetime_seconds = 10 * 86_400;
+        c.auth.refresh_token_ttl_seconds = 10 * 86_400;
+    })
+    .await;
+    let kids = |app: &TestApp| {
+        let keys = app.state.auth.keys.jwks();
+        keys.iter().map(|k| k["kid"].as_str().unwrap().to_string()).collect::<Vec<_>>()
+    };
+    let first = kids(&app);
+    assert_eq!(first.len(), 1);
+    // Just before the publication window (2 days minus 2 × 300 s): nothing new.
+    app.clock.advance(time::Duration::days(2) - time::Duration::seconds(700));
+    gatehouse::startup::housekeeping_round(&app.state).await;
+    assert_eq!(kids(&app), first);
+    // Inside it: the next key is published but the first still signs.
+    app.clock.advance(time::Duration::seconds(200));
+    gatehouse::startup::housekeeping_round(&app.state).await;
+    let both = kids(&app);
+    assert_eq!(both.len(), 2, "{both:?}");
+    assert_eq!(app.state.auth.keys.signer().unwrap().kid, first[0]);
+    // At the rotation time the new key signs; the old one stays until its tokens expired.
+    app.clock.advance(time::Duration::seconds(600));
+    gatehouse::startup::housekeeping_round(&app.state).await;
+    let next = both.iter().find(|k| **k != first[0]).unwrap().clone();
+    assert_eq!(app.state.auth.keys.signer().unwrap().kid, next);
+    assert_eq!(kids(&app).len(), 2);
+    app.clock.advance(time::Duration::minutes(17));
+    gatehouse::startup::housekeeping_round(&app.state).await;
+    assert_eq!(kids(&app), vec![next]);
+    let acts = audit_actions(&app).await;
+    for a in ["key.signing.created", "key.signing.retired", "key.signing.removed"] {
+        assert!(acts.iter().any(|x| x == a), "{a}: {acts:?}");
+    }
+    app.stop().await;
+}
