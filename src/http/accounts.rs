@@ -471,7 +471,8 @@ impl AccountsApi {
     /// Anonymous session
     ///
     /// Creates an anonymous user (purged after `auth.anonymous_lifetime_seconds`) and signs it
-    /// in. Signing up later with this session keeps the same user id.
+    /// in. Send `{}` (bearer tokens) or `{"mode": "cookie"}`. Signing up later with this session
+    /// keeps the same user id.
     #[oai(path = "/v1/auth/anonymous", method = "post", tag = "ApiTags::Auth", operation_id = "anonymous")]
     async fn anonymous(
         &self,
