@@ -215,9 +215,12 @@ impl Tx<'_> {
             .optional()?)
     }
 
-    pub fn challenge_attempt(&self, hash: &[u8; 32]) -> Result<(), DbError> {
-        self.conn().execute("UPDATE login_challenges SET attempts = attempts + 1 WHERE hash = ?1", [&hash[..]])?;
-        Ok(())
+    /// Count one try at a challenge; false when it is used up, expired or gone.
+    pub fn challenge_attempt(&self, hash: &[u8; 32], max: i64, now_ms: i64) -> Result<bool, DbError> {
+        Ok(self.conn().execute(
+            "UPDATE login_challenges SET attempts = attempts + 1 WHERE hash = ?1 AND attempts < ?2 AND expires_at > ?3",
+            params![&hash[..], max, now_ms],
+        )? == 1)
     }
 
     pub fn challenge_delete(&self, hash: &[u8; 32]) -> Result<(), DbError> {

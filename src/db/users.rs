@@ -161,18 +161,36 @@ impl Tx<'_> {
         Ok(())
     }
 
-    pub fn user_record_failure(
-        &self,
-        id: &str,
-        failures: i64,
-        now_ms: i64,
-        locked_until_ms: Option<i64>,
-    ) -> Result<(), DbError> {
-        self.conn().execute(
-            "UPDATE users SET failed_logins = ?2, last_failed_at = ?3, locked_until = ?4 WHERE id = ?1",
-            params![id, failures, now_ms, locked_until_ms],
-        )?;
+    /// Count one failed sign-in; returns the new count.
+    pub fn user_count_failure(&self, id: &str, now_ms: i64) -> Result<i64, DbError> {
+        Ok(self.conn().query_row(
+            "UPDATE users SET failed_logins = failed_logins + 1, last_failed_at = ?2 WHERE id = ?1 RETURNING failed_logins",
+            params![id, now_ms],
+            |r| r.get(0),
+        )?)
+    }
+
+    pub fn user_lock(&self, id: &str, until_ms: i64) -> Result<(), DbError> {
+        self.conn().execute("UPDATE users SET locked_until = ?2 WHERE id = ?1", params![id, until_ms])?;
         Ok(())
+    }
+
+    /// Remember a deleted user, so that a restart keeps refusing its unexpired access tokens.
+    pub fn user_tombstone(&self, id: &str, now_ms: i64) -> Result<(), DbError> {
+        self.conn()
+            .execute("INSERT OR REPLACE INTO deleted_users (id, deleted_at) VALUES (?1, ?2)", params![id, now_ms])?;
+        Ok(())
+    }
+
+    /// Users deleted since `since_ms`.
+    pub fn users_deleted_since(&self, since_ms: i64) -> Result<Vec<String>, DbError> {
+        let mut stmt = self.conn().prepare("SELECT id FROM deleted_users WHERE deleted_at >= ?1")?;
+        let rows = stmt.query_map([since_ms], |r| r.get(0))?;
+        Ok(rows.collect::<Result<Vec<_>, _>>()?)
+    }
+
+    pub fn tombstones_purge(&self, before_ms: i64) -> Result<usize, DbError> {
+        Ok(self.conn().execute("DELETE FROM deleted_users WHERE deleted_at < ?1", [before_ms])?)
     }
 
     pub fn user_clear_failures(&self, id: &str) -> Result<(), DbError> {

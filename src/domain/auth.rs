@@ -185,7 +185,8 @@ impl AuthService {
 
     /// Take one token from the client address's bucket; `Err(retry_after)` when empty.
     pub fn rate_limit(&self, ip: Option<IpAddr>, now_ms: i64) -> Result<(), u64> {
-        let Some(ip) = ip else { return Ok(()) };
+        // Clients whose address is unknown (a malformed X-Forwarded-For chain) share one bucket.
+        let ip = ip.unwrap_or(IpAddr::from([0u8, 0, 0, 0]));
         let rate = f64::from(self.settings.rate.per_minute) / 60_000.0;
         let burst = f64::from(self.settings.rate.burst);
         let mut map = match self.buckets.lock() {
@@ -195,6 +196,9 @@ impl AuthService {
         if map.len() >= TABLE_CAP {
             // Full buckets carry no information: drop them first.
             map.retain(|_, b| b.tokens + (now_ms - b.at_ms) as f64 * rate < burst);
+            if map.len() >= TABLE_CAP {
+                map.clear();
+            }
         }
         let b = map.entry(ip).or_insert(Bucket { tokens: burst, at_ms: now_ms });
         b.tokens = (b.tokens + (now_ms - b.at_ms).max(0) as f64 * rate).min(burst);
@@ -246,6 +250,28 @@ fn next_failure(l: &LockoutConfig, failures: i64, now_ms: i64) -> (i64, Option<i
 
 fn retry_after(until_ms: i64, now_ms: i64) -> u64 {
     u64::try_from((until_ms - now_ms + 999) / 1000).unwrap_or(1).max(1)
+}
+
+/// Refuse while the account is backing off or locked (any check of its password or codes).
+pub fn check_account_throttle(state: &AppState, user: &UserRow) -> Result<(), AppError> {
+    let now_ms = unix_ms(state.clock.now());
+    let lock = &state.auth.settings.lockout;
+    match throttled_until(lock, user.failed_logins, user.last_failed_at_ms, user.locked_until_ms) {
+        Some(until) if until > now_ms => Err(AppError::RateLimited { retry_after: retry_after(until, now_ms) }),
+        _ => Ok(()),
+    }
+}
+
+/// Count a wrong password given to re-authenticate (password change, disabling TOTP) like a
+/// failed login: it feeds the same back-off and lock.
+pub async fn record_password_failure(
+    state: &AppState,
+    user: &UserRow,
+    reason: &'static str,
+    origin: &Origin,
+) -> Result<(), AppError> {
+    let pseudonym = state.auth.pseudonyms.of(user.email.as_deref().unwrap_or_default());
+    record_failure(state, Some(user), &pseudonym, reason, origin, state.clock.now()).await
 }
 
 /// Tokens for a new or refreshed session.
@@ -437,7 +463,8 @@ pub async fn login(state: &AppState, input: LoginInput, origin: Origin) -> Resul
                 if let Some(h) = &new_hash {
                     tx.user_set_password(&uid, h, now_ms)?;
                 }
-                tx.user_clear_failures(&uid)?;
+                // Failures are cleared only once the second factor passes, so that guessing
+                // codes keeps counting towards the lock.
                 tx.challenge_insert(&hash, &uid, mode, expires)?;
                 audit::record(
                     tx,
@@ -473,12 +500,16 @@ async fn record_failure(
     let p = pseudonym.to_string();
     match user {
         Some(u) => {
-            let (count, locked) = next_failure(&lock, u.failed_logins, now_ms);
             let uid = u.id.clone();
             state
                 .db
                 .write(move |tx| {
-                    tx.user_record_failure(&uid, count, now_ms, locked)?;
+                    // Counted in SQL: concurrent failures each count.
+                    let previous = tx.user_count_failure(&uid, now_ms)? - 1;
+                    let (count, locked) = next_failure(&lock, previous, now_ms);
+                    if let Some(until) = locked {
+                        tx.user_lock(&uid, until)?;
+                    }
                     audit::record(
                         tx,
                         &key,
@@ -660,7 +691,23 @@ async fn complete_challenge(
         })
         .await?;
     let Some((c, user)) = found else { return Err(invalid()) };
-    if c.expires_at_ms <= now_ms || c.attempts >= CHALLENGE_ATTEMPTS || user.disabled {
+    if c.expires_at_ms <= now_ms || user.disabled {
+        return Err(invalid());
+    }
+    // The account's throttle applies to codes as it does to passwords.
+    let lock = &state.auth.settings.lockout;
+    if let Some(until) =
+        throttled_until(lock, user.failed_logins, user.last_failed_at_ms, user.locked_until_ms).filter(|u| *u > now_ms)
+    {
+        return Err(AppError::RateLimited { retry_after: retry_after(until, now_ms) });
+    }
+    // Each try is counted before the code is looked at, atomically: parallel guesses cannot
+    // share one attempt.
+    let counted = state
+        .db
+        .write(move |tx| tx.challenge_attempt(&hash, CHALLENGE_ATTEMPTS, now_ms).map_err(AppError::from))
+        .await?;
+    if !counted {
         return Err(invalid());
     }
     let cookie_mode = c.mode == "cookie";
@@ -669,7 +716,6 @@ async fn complete_challenge(
             open_session(state, &user, Method::Password, amr, true, cookie_mode, origin, None, Some(hash)).await
         }
         None => {
-            state.db.write(move |tx| tx.challenge_attempt(&hash).map_err(AppError::from)).await?;
             let pseudonym = state.auth.pseudonyms.of(user.email.as_deref().unwrap_or_default());
             record_failure(state, Some(&user), &pseudonym, "wrong_second_factor", &origin, state.clock.now()).await?;
             Err(AppError::Unauthorized("The one-time code is incorrect or was already used.".into()))
@@ -747,6 +793,7 @@ pub async fn signup(state: &AppState, input: SignupInput, origin: Origin) -> Res
     let life = settings.life;
     let anonymous = input.anonymous_user.clone();
     let name = input.name.clone();
+    let st = state.clone();
     let cookie_mode = input.cookie_mode;
     let new = state
         .db
@@ -762,6 +809,10 @@ pub async fn signup(state: &AppState, input: SignupInput, origin: Origin) -> Res
             let (uid, upgraded) = match anonymous.as_deref().map(|id| tx.user_by_id(id)).transpose()?.flatten() {
                 Some(anon) if anon.kind == "anonymous" && !anon.disabled => {
                     tx.user_upgrade_anonymous(&anon.id, &email, &hash, now_ms)?;
+                    // The anonymous sessions end: the account continues with the session
+                    // sign-up opens (and under auth.require_mfa it must not keep an "anon" one).
+                    let ended = tx.sessions_revoke_user(&anon.id, None, now_ms, "signed up")?;
+                    st.auth.revocations.revoke_sessions(ended.iter().map(String::as_str), now_ms);
                     (anon.id, true)
                 }
                 _ => {

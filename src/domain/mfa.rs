@@ -153,7 +153,11 @@ pub async fn disable(
     if !user.totp_enabled {
         return Err(AppError::Conflict("TOTP is not active.".into()));
     }
+    super::auth::check_account_throttle(state, &user)?;
     let (ok, _) = state.auth.verify_password(password, user.password_hash.clone()).await?;
+    if !ok {
+        super::auth::record_password_failure(state, &user, "wrong_password_disabling_totp", origin).await?;
+    }
     let now = state.clock.now();
     let seed = match &user.totp_seed {
         Some(s) => Some(state.auth.sealing.open(s, &seed_aad(&uid))?),

@@ -253,10 +253,12 @@ impl Revocations {
         (self.sessions.read().map(|m| m.len()).unwrap_or(0), self.users.read().map(|s| s.len()).unwrap_or(0))
     }
 
-    /// Load from the database: sessions revoked within the access-token lifetime, disabled users.
+    /// Load from the database: sessions revoked within the access-token lifetime, disabled users,
+    /// users deleted within the access-token lifetime.
     pub fn load(&self, tx: &Tx<'_>, since_ms: i64) -> Result<(), AppError> {
         let revoked = tx.sessions_revoked_since(since_ms)?;
-        let disabled = tx.disabled_user_ids()?;
+        let mut disabled = tx.disabled_user_ids()?;
+        disabled.extend(tx.users_deleted_since(since_ms)?);
         for (id, at) in revoked {
             self.revoke_sessions([id.as_str()], at);
         }

@@ -65,8 +65,10 @@ pub async fn change_password(
 ) -> Result<usize, AppError> {
     let me = get(state, &who.user_id).await?;
     let email = me.email.clone().unwrap_or_default();
+    super::auth::check_account_throttle(state, &me)?;
     let (ok, _) = state.auth.verify_password(current, me.password_hash.clone()).await?;
     if !ok {
+        super::auth::record_password_failure(state, &me, "wrong_current_password", origin).await?;
         let key = state.audit_key.clone();
         let actor = who.actor();
         let uid = who.user_id.clone();
@@ -245,7 +247,10 @@ pub async fn update(
                 (false, Some(true)) => {
                     // Blocked in the view before commit: every credential fails from now on.
                     st.auth.revocations.block_user(&id);
-                    revoked = tx.sessions_revoke_user(&id, None, now_ms, "user disabled")?.len();
+                    // The sessions go into the view too: re-enabling must not revive them.
+                    let ended = tx.sessions_revoke_user(&id, None, now_ms, "user disabled")?;
+                    st.auth.revocations.revoke_sessions(ended.iter().map(String::as_str), now_ms);
+                    revoked = ended.len();
                     tx.pats_revoke_user(&id, now_ms)?;
                     audit::record(
                         tx,
@@ -313,6 +318,7 @@ pub async fn delete(state: &AppState, who: &Principal, id: &str, origin: &Origin
         .write(move |tx| {
             let user = tx.user_by_id(&id)?.ok_or(AppError::NotFound)?;
             st.auth.revocations.block_user(&id);
+            tx.user_tombstone(&id, unix_ms(now))?;
             tx.user_delete(&id)?;
             audit::record(
                 tx,
@@ -373,10 +379,12 @@ pub async fn purge_anonymous(state: &AppState) -> Result<usize, AppError> {
             let ids = tx.expired_anonymous_ids(now_ms, 1000)?;
             for id in &ids {
                 st.auth.revocations.block_user(id);
+                tx.user_tombstone(id, now_ms)?;
                 tx.user_delete(id)?;
             }
             tx.challenges_purge(now_ms)?;
             tx.sessions_purge(now_ms - 7 * 86_400_000)?;
+            tx.tombstones_purge(now_ms - st.auth.settings.life.access_ms - 3_600_000)?;
             if !ids.is_empty() {
                 audit::record(
                     tx,

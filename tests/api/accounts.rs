@@ -357,6 +357,7 @@ async fn anonymous_users_upgrade_in_place_and_expire() {
     .await;
     assert_eq!(st, StatusCode::OK, "{s}");
     assert_eq!(s["user_id"], a["user_id"], "signing up keeps the anonymous user's id");
+    assert_eq!(me_status(&app, &at(&a)).await, StatusCode::UNAUTHORIZED, "the anonymous session ended");
     let (_, me) = call(&app, Method::GET, "/v1/me", Some(&at(&s)), None).await;
     assert_eq!(me["kind"], "local");
 
@@ -499,6 +500,7 @@ async fn a_disabled_user_loses_every_credential_at_once() {
     assert_eq!(st, StatusCode::OK);
     assert_eq!(me_status(&app, &at(&l)).await, StatusCode::OK);
     assert_eq!(me_status(&app, &pat).await, StatusCode::UNAUTHORIZED);
+    assert_eq!(me_status(&app, &at(&s)).await, StatusCode::UNAUTHORIZED, "re-enabling does not revive old sessions");
     app.stop().await;
 }
 
@@ -992,5 +994,46 @@ async fn signing_keys_rotate_on_their_own_schedule() {
     for a in ["key.signing.created", "key.signing.retired", "key.signing.removed"] {
         assert!(acts.iter().any(|x| x == a), "{a}: {acts:?}");
     }
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn guessing_codes_or_the_current_password_feeds_the_lock() {
+    let app = open_app().await;
+    let s = signup(&app, "sam@example.com").await;
+    let (_, e) = call(&app, Method::POST, "/v1/auth/mfa/totp/enroll", Some(&at(&s)), None).await;
+    let seed = base32_decode(e["secret"].as_str().unwrap());
+    let code =
+        gatehouse::crypto::totp::code_at(&seed, gatehouse::crypto::totp::step_of(app.clock.now().unix_timestamp()));
+    let (st, _) =
+        call(&app, Method::POST, "/v1/auth/mfa/totp/verify", Some(&at(&s)), Some(json!({"code": code}))).await;
+    assert_eq!(st, StatusCode::OK);
+    // Wrong codes after a right password count as failures; a right password does not reset them.
+    for _ in 0..3 {
+        let (st, ch) = login(&app, "sam@example.com", PW).await;
+        assert_eq!(st, StatusCode::ACCEPTED, "{ch}");
+        let (st, _) = call(
+            &app,
+            Method::POST,
+            "/v1/auth/login",
+            None,
+            Some(json!({"challenge": ch["challenge"], "totp": "000000"})),
+        )
+        .await;
+        assert_eq!(st, StatusCode::UNAUTHORIZED);
+    }
+    let (st, _) = login(&app, "sam@example.com", PW).await;
+    assert_eq!(st, StatusCode::TOO_MANY_REQUESTS, "the account backs off");
+
+    // A wrong current password counts too.
+    let t = signup(&app, "tess@example.com").await;
+    for _ in 0..3 {
+        let body = json!({"current_password": "not my password", "new_password": "another long passphrase"});
+        let (st, _) = call(&app, Method::POST, "/v1/me/password", Some(&at(&t)), Some(body)).await;
+        assert_eq!(st, StatusCode::FORBIDDEN);
+    }
+    let body = json!({"current_password": PW, "new_password": "another long passphrase"});
+    let (st, _) = call(&app, Method::POST, "/v1/me/password", Some(&at(&t)), Some(body)).await;
+    assert_eq!(st, StatusCode::TOO_MANY_REQUESTS);
     app.stop().await;
 }

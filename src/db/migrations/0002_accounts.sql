@@ -116,3 +116,10 @@ CREATE TABLE invites (
     expires_at INTEGER NOT NULL,
     used_at    INTEGER
 ) STRICT;
+
+-- Deleted users, kept for the access-token lifetime so that a restart still refuses their
+-- unexpired access tokens.
+CREATE TABLE deleted_users (
+    id         TEXT PRIMARY KEY,
+    deleted_at INTEGER NOT NULL
+) STRICT;
