@@ -1037,3 +1037,22 @@ async fn guessing_codes_or_the_current_password_feeds_the_lock() {
     assert_eq!(st, StatusCode::TOO_MANY_REQUESTS);
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_deleted_users_tokens_stay_dead_across_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = crate::helpers::test_config(dir.path());
+    config.auth.signup = SignupMode::Open;
+    let app = crate::helpers::spawn_app_in(dir, config.clone()).await;
+    let admin = admin_token(&app).await;
+    let s = signup(&app, "uma@example.com").await;
+    let (st, _) =
+        call(&app, Method::DELETE, &format!("/v1/users/{}", s["user_id"].as_str().unwrap()), Some(&admin), None).await;
+    assert_eq!(st, StatusCode::NO_CONTENT);
+    assert_eq!(me_status(&app, &at(&s)).await, StatusCode::UNAUTHORIZED);
+    let dir = app.stop().await;
+    // Same clock instant after the restart: the token has not expired, the tombstone refuses it.
+    let app = crate::helpers::spawn_app_in(dir, config).await;
+    assert_eq!(me_status(&app, &at(&s)).await, StatusCode::UNAUTHORIZED);
+    app.stop().await;
+}
