@@ -150,6 +150,15 @@ impl Tx<'_> {
         Ok(())
     }
 
+    /// Record a session's last use, never moving it backwards.
+    pub fn session_seen(&self, id: &str, at_ms: i64, ip: Option<&str>) -> Result<(), DbError> {
+        self.conn().execute(
+            "UPDATE sessions SET last_seen_at = ?2, ip = coalesce(?3, ip) WHERE id = ?1 AND last_seen_at < ?2",
+            params![id, at_ms, ip],
+        )?;
+        Ok(())
+    }
+
     /// Record that a session passed a second factor.
     pub fn session_set_mfa(&self, id: &str, amr: &str) -> Result<(), DbError> {
         self.conn().execute("UPDATE sessions SET mfa = 1, amr = ?2 WHERE id = ?1", params![id, amr])?;

@@ -114,6 +114,8 @@ pub struct AuthService {
     buckets: Mutex<HashMap<IpAddr, Bucket>>,
     unknown: Mutex<HashMap<String, Failures>>,
     pat_uses: Mutex<HashMap<String, (i64, Option<String>)>>,
+    /// Sessions seen since the last flush: last-seen time and address, written in batches.
+    session_uses: Mutex<HashMap<String, (i64, Option<String>)>>,
     /// Access tokens whose signature, issuer and audience already checked out, by SHA-256 of
     /// the token, until their expiry: a signature is verified once per token, not per request.
     /// Revocation is still looked up on every request.
@@ -150,6 +152,7 @@ impl AuthService {
             buckets: Mutex::new(HashMap::new()),
             unknown: Mutex::new(HashMap::new()),
             pat_uses: Mutex::new(HashMap::new()),
+            session_uses: Mutex::new(HashMap::new()),
             verified: std::sync::RwLock::new(HashMap::new()),
         })
     }
@@ -215,6 +218,27 @@ impl AuthService {
     pub fn note_pat_use(&self, token_id: &str, at_ms: i64, ip: Option<String>) {
         if let Ok(mut m) = self.pat_uses.lock() {
             m.insert(token_id.to_string(), (at_ms, ip));
+        }
+    }
+
+    /// Remember that a session was used (at most one update a minute per session is kept).
+    pub fn note_session_use(&self, sid: &str, at_ms: i64, ip: impl FnOnce() -> Option<String>) {
+        let Ok(mut m) = self.session_uses.lock() else { return };
+        let full = m.len() >= TABLE_CAP;
+        match m.get_mut(sid) {
+            Some(e) if at_ms - e.0 < 60_000 => {}
+            Some(e) => *e = (at_ms, ip()),
+            None if !full => {
+                m.insert(sid.to_string(), (at_ms, ip()));
+            }
+            None => {}
+        }
+    }
+
+    fn take_session_uses(&self) -> Vec<(String, (i64, Option<String>))> {
+        match self.session_uses.lock() {
+            Ok(mut m) => m.drain().collect(),
+            Err(_) => Vec::new(),
         }
     }
 
@@ -1000,7 +1024,7 @@ fn unauthorized(detail: &str) -> AppError {
 
 /// Check a session access token: signature with the key its `kid` names (algorithm pinned),
 /// issuer, audience, expiry; then the revocation view. No database access.
-pub fn authenticate_jwt(state: &AppState, token: &str) -> Result<Principal, AppError> {
+pub fn authenticate_jwt(state: &AppState, token: &str, ip: Option<IpAddr>) -> Result<Principal, AppError> {
     let now = state.clock.now().unix_timestamp();
     let digest = token::digest(token);
     let cached = state.auth.verified.read().ok().and_then(|m| m.get(&digest).cloned()).filter(|c| c.exp > now);
@@ -1024,6 +1048,7 @@ pub fn authenticate_jwt(state: &AppState, token: &str) -> Result<Principal, AppE
         state.metrics.security_event("auth.token.revoked");
         return Err(unauthorized("The session has ended."));
     }
+    state.auth.note_session_use(&claims.sid, unix_ms(state.clock.now()), || ip.map(|i| i.to_string()));
     Ok(Principal {
         user_id: claims.sub,
         credential: Credential::Session { session_id: claims.sid, cookie: false, amr: claims.amr },
@@ -1080,6 +1105,7 @@ pub async fn authenticate_cookie(
     cookie: SecretString,
     csrf: Option<SecretString>,
     changes_state: bool,
+    ip: Option<IpAddr>,
 ) -> Result<Principal, AppError> {
     if !token::well_formed(cookie.expose(), Kind::SessionCookie) {
         return Err(unauthorized("The session cookie is invalid."));
@@ -1106,6 +1132,7 @@ pub async fn authenticate_cookie(
             return Err(AppError::Forbidden("This request needs the session's CSRF token in X-CSRF-Token.".into()));
         }
     }
+    state.auth.note_session_use(&s.id, now_ms, || ip.map(|i| i.to_string()));
     Ok(Principal {
         user_id: s.user_id,
         credential: Credential::Session {
@@ -1116,17 +1143,21 @@ pub async fn authenticate_cookie(
     })
 }
 
-/// Write the batched PAT last-use times.
+/// Write the batched last-use times of personal access tokens and sessions.
 pub async fn flush_token_uses(state: &AppState) -> Result<(), AppError> {
-    let uses = state.auth.take_pat_uses();
-    if uses.is_empty() {
+    let pats = state.auth.take_pat_uses();
+    let sessions = state.auth.take_session_uses();
+    if pats.is_empty() && sessions.is_empty() {
         return Ok(());
     }
     state
         .db
         .write(move |tx| {
-            for (id, (at, ip)) in &uses {
+            for (id, (at, ip)) in &pats {
                 tx.pat_touch(id, *at, ip.as_deref())?;
+            }
+            for (id, (at, ip)) in &sessions {
+                tx.session_seen(id, *at, ip.as_deref())?;
             }
             Ok::<_, AppError>(())
         })

@@ -62,13 +62,13 @@ pub async fn authenticate(state: &AppState, req: &Request, info: &RequestInfo) -
         if token.expose().starts_with("gthp_") {
             auth::authenticate_pat(state, token, info.client_ip.map(|ip| ip.to_string())).await
         } else {
-            auth::authenticate_jwt(state, token.expose())
+            auth::authenticate_jwt(state, token.expose(), info.client_ip)
         }
     } else if let Some(cookie) = cookie_value(req) {
         let csrf =
             req.headers().get(CSRF_HEADER).and_then(|v| v.to_str().ok()).map(|s| SecretString::new(s.to_string()));
         let changes = !matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS);
-        auth::authenticate_cookie(state, SecretString::new(cookie), csrf, changes).await
+        auth::authenticate_cookie(state, SecretString::new(cookie), csrf, changes, info.client_ip).await
     } else {
         return None;
     };

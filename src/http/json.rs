@@ -14,15 +14,31 @@ use serde_json::Value;
 #[derive(Debug, Clone)]
 pub struct JsonBody<T>(pub T);
 
-/// The property names of `T`'s object schema (empty when `T` is not an object).
-fn known_fields<T: Type>() -> Vec<&'static str> {
+/// The property names of `T`'s object schema (empty when `T` is not an object), worked out once
+/// per type.
+fn known_fields<T: Type + 'static>() -> std::sync::Arc<Vec<&'static str>> {
+    use std::any::TypeId;
+    use std::collections::HashMap;
+    use std::sync::{Arc, Mutex, OnceLock};
+    type Fields = Arc<Vec<&'static str>>;
+    static CACHE: OnceLock<Mutex<HashMap<TypeId, Fields>>> = OnceLock::new();
+    let cache = CACHE.get_or_init(|| Mutex::new(HashMap::new()));
+    let id = TypeId::of::<T>();
+    if let Some(found) = cache.lock().ok().and_then(|m| m.get(&id).cloned()) {
+        return found;
+    }
     let mut registry = Registry::new();
     T::register(&mut registry);
     let schema = match T::schema_ref() {
         MetaSchemaRef::Reference(name) => registry.schemas.get(&name).cloned(),
         MetaSchemaRef::Inline(s) => Some(*s),
     };
-    schema.map(|s| s.properties.iter().map(|(name, _)| *name).collect()).unwrap_or_default()
+    let fields: Fields =
+        Arc::new(schema.map(|s| s.properties.iter().map(|(name, _)| *name).collect()).unwrap_or_default());
+    if let Ok(mut m) = cache.lock() {
+        m.insert(id, fields.clone());
+    }
+    fields
 }
 
 impl<T: Type> Payload for JsonBody<T> {
@@ -42,7 +58,7 @@ impl<T: Type> Payload for JsonBody<T> {
     }
 }
 
-impl<T: ParseFromJSON> ParsePayload for JsonBody<T> {
+impl<T: ParseFromJSON + 'static> ParsePayload for JsonBody<T> {
     const IS_REQUIRED: bool = T::IS_REQUIRED;
 
     async fn from_request(request: &Request, body: &mut RequestBody) -> Result<Self> {
@@ -76,7 +92,7 @@ impl<T: ParseFromJSON> ParsePayload for JsonBody<T> {
     }
 }
 
-impl<'a, T: ParseFromJSON> ApiExtractor<'a> for JsonBody<T> {
+impl<'a, T: ParseFromJSON + 'static> ApiExtractor<'a> for JsonBody<T> {
     const TYPES: &'static [ApiExtractorType] = &[ApiExtractorType::RequestObject];
     type ParamType = ();
     type ParamRawType = ();

@@ -1056,3 +1056,25 @@ async fn a_deleted_users_tokens_stay_dead_across_a_restart() {
     assert_eq!(me_status(&app, &at(&s)).await, StatusCode::UNAUTHORIZED);
     app.stop().await;
 }
+
+#[tokio::test]
+async fn sessions_record_when_they_were_last_used() {
+    let app = open_app().await;
+    let s = signup(&app, "vera@example.com").await;
+    let listed = |app: &TestApp, t: String| {
+        let c = app.client.clone();
+        let u = app.url("/v1/me/sessions");
+        async move {
+            let v: Value = c.get(u).bearer_auth(t).send().await.unwrap().json().await.unwrap();
+            v[0]["last_seen_at"].as_str().unwrap().to_string()
+        }
+    };
+    let before = listed(&app, at(&s)).await;
+    app.clock.advance(time::Duration::minutes(5));
+    assert_eq!(me_status(&app, &at(&s)).await, StatusCode::OK);
+    gatehouse::startup::housekeeping_round(&app.state).await;
+    let after = listed(&app, at(&s)).await;
+    assert_ne!(before, after, "a request moves last_seen_at once the batch is written");
+    assert!(after.starts_with("2026-11-29T12:05"), "{after}");
+    app.stop().await;
+}
