@@ -354,10 +354,7 @@ impl Application {
         let bootstrap_password = if opts.bootstrap_admin { bootstrap_admin(&p, &opts.clock).await? } else { None };
         let settings = AuthSettings::from_config(&config.auth);
         let hashes = config.auth.password.max_concurrent_hashes;
-        let (sealing, pseudonyms) = (p.sealing.clone(), p.pseudonyms.clone());
-        let auth =
-            crate::telemetry::spawn_blocking_in_span(move || AuthService::new(settings, sealing, pseudonyms, hashes))
-                .await??;
+        let auth = AuthService::new(settings, p.sealing.clone(), p.pseudonyms.clone(), hashes)?;
         let state = AppState::new(Inner {
             db: p.db,
             clock: opts.clock.clone(),
@@ -551,9 +548,10 @@ pub async fn rotate_signing_key(p: &Prepared, clock: &SharedClock) -> Result<(St
 
 /// Write one system event in its own transaction.
 pub async fn record_system_event(state: &AppState, event: Event) -> Result<(), FatalError> {
-    let key = state.audit_key.clone();
-    let now = state.clock.now();
-    state.db.write(move |tx| audit::record(tx, &key, now, &event).map(|_| ())).await.map_err(FatalError::from)
+    audit::record_alone(&state.db, &state.audit_key, state.clock.now(), event)
+        .await
+        .map(|_| ())
+        .map_err(FatalError::from)
 }
 
 /// Re-reads the TLS certificate and key and swaps them into the running listener; existing

@@ -154,6 +154,12 @@ fn canonical(row: &AuditRow) -> Result<Vec<u8>, AppError> {
     .map_err(AppError::internal)
 }
 
+/// Append `event` in a write transaction of its own (an event that goes with no other change).
+pub async fn record_alone(db: &Db, key: &AuditKey, now: OffsetDateTime, event: Event) -> Result<i64, AppError> {
+    let key = key.clone();
+    db.write(move |tx| record(tx, &key, now, &event)).await
+}
+
 /// Append `event` to the chain inside `tx`. Returns its sequence number.
 pub fn record(tx: &Tx<'_>, key: &AuditKey, now: OffsetDateTime, event: &Event) -> Result<i64, AppError> {
     let (seq, prev) = match tx.audit_head()? {

@@ -367,24 +367,11 @@ fn rate_limited(state: &AppState, origin: &Origin, action_ip: Option<IpAddr>, no
 /// Record a rate-limit hit in the audit trail (best effort: the answer does not wait on it
 /// failing).
 async fn audit_rate_limited(state: &AppState, origin: &Origin, endpoint: &'static str) {
-    let key = state.audit_key.clone();
-    let now = state.clock.now();
-    let origin = origin.clone();
-    let r = state
-        .db
-        .write(move |tx| {
-            audit::record(
-                tx,
-                &key,
-                now,
-                &Event::new("auth.rate_limited", Actor::Anonymous)
-                    .outcome(Outcome::Denied)
-                    .origin(&origin)
-                    .details(serde_json::json!({ "endpoint": endpoint })),
-            )
-            .map(|_| ())
-        })
-        .await;
+    let event = Event::new("auth.rate_limited", Actor::Anonymous)
+        .outcome(Outcome::Denied)
+        .origin(origin)
+        .details(serde_json::json!({ "endpoint": endpoint }));
+    let r = audit::record_alone(&state.db, &state.audit_key, state.clock.now(), event).await;
     if let Err(e) = r {
         tracing::error!(error = %e, "could not audit a rate-limit hit");
     }
@@ -432,23 +419,14 @@ pub async fn login(state: &AppState, input: LoginInput, origin: Origin) -> Resul
         }
     };
     if let Some(until) = throttle.filter(|u| *u > now_ms) {
-        let key = state.audit_key.clone();
-        let target = user.as_ref().map(|u| u.id.clone());
-        let o = origin.clone();
-        let p = pseudonym.clone();
-        state
-            .db
-            .write(move |tx| {
-                let mut e = Event::new("auth.login.throttled", Actor::Anonymous)
-                    .outcome(Outcome::Denied)
-                    .origin(&o)
-                    .details(serde_json::json!({ "email_pseudonym": p, "retry_after_s": retry_after(until, now_ms) }));
-                if let Some(t) = target {
-                    e = e.target(t);
-                }
-                audit::record(tx, &key, now, &e).map(|_| ())
-            })
-            .await?;
+        let mut event = Event::new("auth.login.throttled", Actor::Anonymous)
+            .outcome(Outcome::Denied)
+            .origin(&origin)
+            .details(serde_json::json!({ "email_pseudonym": pseudonym, "retry_after_s": retry_after(until, now_ms) }));
+        if let Some(u) = &user {
+            event = event.target(u.id.clone());
+        }
+        audit::record_alone(&state.db, &state.audit_key, now, event).await?;
         state.metrics.security_event("auth.login.throttled");
         return Err(AppError::RateLimited { retry_after: retry_after(until, now_ms) });
     }
@@ -571,20 +549,10 @@ async fn record_failure(
                 *f = Failures { count, last_ms: now_ms, locked_until_ms: locked };
                 (count, locked)
             };
-            state
-                .db
-                .write(move |tx| {
-                    audit::record(
-                        tx,
-                        &key,
-                        now,
-                        &Event::new("auth.login.failed", Actor::Anonymous).outcome(Outcome::Failure).origin(&o).details(
-                            serde_json::json!({ "reason": reason, "email_pseudonym": p, "failures": count, "locked": locked.is_some() }),
-                        ),
-                    )
-                    .map(|_| ())
-                })
-                .await
+            let event = Event::new("auth.login.failed", Actor::Anonymous).outcome(Outcome::Failure).origin(&o).details(
+                serde_json::json!({ "reason": reason, "email_pseudonym": p, "failures": count, "locked": locked.is_some() }),
+            );
+            audit::record_alone(&state.db, &key, now, event).await.map(|_| ())
         }
     }
 }
@@ -719,12 +687,7 @@ async fn complete_challenge(
         return Err(invalid());
     }
     // The account's throttle applies to codes as it does to passwords.
-    let lock = &state.auth.settings.lockout;
-    if let Some(until) =
-        throttled_until(lock, user.failed_logins, user.last_failed_at_ms, user.locked_until_ms).filter(|u| *u > now_ms)
-    {
-        return Err(AppError::RateLimited { retry_after: retry_after(until, now_ms) });
-    }
+    check_account_throttle(state, &user)?;
     // Each try is counted before the code is looked at, atomically: parallel guesses cannot
     // share one attempt.
     let counted = state
@@ -835,8 +798,7 @@ pub async fn signup(state: &AppState, input: SignupInput, origin: Origin) -> Res
                     tx.user_upgrade_anonymous(&anon.id, &email, &hash, now_ms)?;
                     // The anonymous sessions end: the account continues with the session
                     // sign-up opens (and under auth.require_mfa it must not keep an "anon" one).
-                    let ended = tx.sessions_revoke_user(&anon.id, None, now_ms, "signed up")?;
-                    st.auth.revocations.revoke_sessions(ended.iter().map(String::as_str), now_ms);
+                    sessions::end_all(tx, &st.auth.revocations, &anon.id, None, now_ms, "signed up")?;
                     (anon.id, true)
                 }
                 _ => {
@@ -920,7 +882,6 @@ pub async fn revoke_sessions(
     actor: Actor,
     user_id: &str,
     only: Option<String>,
-    keep: Option<String>,
     action: &'static str,
     origin: &Origin,
 ) -> Result<usize, AppError> {
@@ -935,20 +896,15 @@ pub async fn revoke_sessions(
         .write(move |tx| {
             let ids: Vec<String> = match &only {
                 Some(id) => match tx.session_by_id(id)? {
-                    Some(s) if s.user_id == uid && s.revoked_at_ms.is_none() => vec![s.id],
+                    Some(s) if s.user_id == uid && s.revoked_at_ms.is_none() => {
+                        st.auth.revocations.revoke_sessions([s.id.as_str()], now_ms);
+                        tx.session_revoke(&s.id, now_ms, action)?;
+                        vec![s.id]
+                    }
                     _ => return Err(AppError::NotFound),
                 },
-                None => tx
-                    .sessions_of_user(&uid, i64::MIN)?
-                    .into_iter()
-                    .map(|s| s.id)
-                    .filter(|id| Some(id) != keep.as_ref())
-                    .collect(),
+                None => sessions::end_all(tx, &st.auth.revocations, &uid, None, now_ms, action)?,
             };
-            st.auth.revocations.revoke_sessions(ids.iter().map(String::as_str), now_ms);
-            for id in &ids {
-                tx.session_revoke(id, now_ms, action)?;
-            }
             audit::record(
                 tx,
                 &key,

@@ -200,6 +200,21 @@ pub fn refresh(
     Ok(Refreshed::Rotated { row: Box::new(row), refresh_token })
 }
 
+/// End every live session of `user_id` except `keep` (in `tx`). Their ids enter the revocation
+/// view before the transaction commits. Returns them.
+pub fn end_all(
+    tx: &Tx<'_>,
+    view: &Revocations,
+    user_id: &str,
+    keep: Option<&str>,
+    now_ms: i64,
+    reason: &str,
+) -> Result<Vec<String>, AppError> {
+    let ended = tx.sessions_revoke_user(user_id, keep, now_ms, reason)?;
+    view.revoke_sessions(ended.iter().map(String::as_str), now_ms);
+    Ok(ended)
+}
+
 /// The revocation view. See the module documentation.
 #[derive(Debug, Default)]
 pub struct Revocations {

@@ -69,26 +69,11 @@ pub async fn change_password(
     let (ok, _) = state.auth.verify_password(current, me.password_hash.clone()).await?;
     if !ok {
         super::auth::record_password_failure(state, &me, "wrong_current_password", origin).await?;
-        let key = state.audit_key.clone();
-        let actor = who.actor();
-        let uid = who.user_id.clone();
-        let o = origin.clone();
-        let now = state.clock.now();
-        state
-            .db
-            .write(move |tx| {
-                audit::record(
-                    tx,
-                    &key,
-                    now,
-                    &Event::new("user.password.change_failed", actor)
-                        .target(uid)
-                        .outcome(audit::Outcome::Failure)
-                        .origin(&o),
-                )
-                .map(|_| ())
-            })
-            .await?;
+        let event = Event::new("user.password.change_failed", who.actor())
+            .target(who.user_id.clone())
+            .outcome(audit::Outcome::Failure)
+            .origin(origin);
+        audit::record_alone(&state.db, &state.audit_key, state.clock.now(), event).await?;
         return Err(AppError::Forbidden("The current password is incorrect.".into()));
     }
     accounts::check_new_password(new.expose(), &email)?;
@@ -105,16 +90,8 @@ pub async fn change_password(
         .db
         .write(move |tx| {
             tx.user_set_password(&uid, &hash, now_ms)?;
-            let others: Vec<String> = tx
-                .sessions_of_user(&uid, i64::MIN)?
-                .into_iter()
-                .map(|s| s.id)
-                .filter(|id| Some(id) != keep.as_ref())
-                .collect();
-            st.auth.revocations.revoke_sessions(others.iter().map(String::as_str), now_ms);
-            for id in &others {
-                tx.session_revoke(id, now_ms, "password changed")?;
-            }
+            let others =
+                super::sessions::end_all(tx, &st.auth.revocations, &uid, keep.as_deref(), now_ms, "password changed")?;
             audit::record(
                 tx,
                 &key,
@@ -248,9 +225,8 @@ pub async fn update(
                     // Blocked in the view before commit: every credential fails from now on.
                     st.auth.revocations.block_user(&id);
                     // The sessions go into the view too: re-enabling must not revive them.
-                    let ended = tx.sessions_revoke_user(&id, None, now_ms, "user disabled")?;
-                    st.auth.revocations.revoke_sessions(ended.iter().map(String::as_str), now_ms);
-                    revoked = ended.len();
+                    revoked =
+                        super::sessions::end_all(tx, &st.auth.revocations, &id, None, now_ms, "user disabled")?.len();
                     tx.pats_revoke_user(&id, now_ms)?;
                     audit::record(
                         tx,

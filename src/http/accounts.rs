@@ -517,7 +517,7 @@ impl AccountsApi {
     ) -> Result<Done, ApiError> {
         let p = auth.principal();
         let sid = p.session_id().map(str::to_string);
-        auth::revoke_sessions(&state, p.actor(), &p.user_id, sid, None, "session.logout", &origin(&info))
+        auth::revoke_sessions(&state, p.actor(), &p.user_id, sid, "session.logout", &origin(&info))
             .await
             .map_err(fail(&info))?;
         Ok(Done::NoContent(Some(session_cookie(None, 0))))
@@ -534,7 +534,7 @@ impl AccountsApi {
         auth: SessionAuth,
     ) -> Result<Done, ApiError> {
         let p = auth.principal();
-        auth::revoke_sessions(&state, p.actor(), &p.user_id, None, None, "session.logout_all", &origin(&info))
+        auth::revoke_sessions(&state, p.actor(), &p.user_id, None, "session.logout_all", &origin(&info))
             .await
             .map_err(fail(&info))?;
         Ok(Done::NoContent(Some(session_cookie(None, 0))))
@@ -671,7 +671,7 @@ impl AccountsApi {
         id: Path<String>,
     ) -> Result<Done, ApiError> {
         let p = auth.principal();
-        auth::revoke_sessions(&state, p.actor(), &p.user_id, Some(id.0), None, "session.revoked", &origin(&info))
+        auth::revoke_sessions(&state, p.actor(), &p.user_id, Some(id.0), "session.revoked", &origin(&info))
             .await
             .map_err(fail(&info))?;
         Ok(Done::NoContent(None))

@@ -29,12 +29,10 @@ fn known_fields<T: Type + 'static>() -> std::sync::Arc<Vec<&'static str>> {
     }
     let mut registry = Registry::new();
     T::register(&mut registry);
-    let schema = match T::schema_ref() {
-        MetaSchemaRef::Reference(name) => registry.schemas.get(&name).cloned(),
-        MetaSchemaRef::Inline(s) => Some(*s),
-    };
-    let fields: Fields =
-        Arc::new(schema.map(|s| s.properties.iter().map(|(name, _)| *name).collect()).unwrap_or_default());
+    let root = T::schema_ref();
+    let fields: Fields = Arc::new(
+        resolve(&registry, &root).map(|s| s.properties.iter().map(|(name, _)| *name).collect()).unwrap_or_default(),
+    );
     if let Ok(mut m) = cache.lock() {
         m.insert(id, fields.clone());
     }
