@@ -52,6 +52,11 @@ async fn login(app: &TestApp, email: &str, pw: &str) -> (StatusCode, Value) {
     call(app, Method::POST, "/v1/auth/login", None, Some(json!({"email": email, "password": pw}))).await
 }
 
+/// An RFC 3339 instant `d` after the tests' start time (token expiries).
+fn expires_in(d: time::Duration) -> String {
+    (crate::helpers::test_time() + d).format(&time::format_description::well_known::Rfc3339).unwrap()
+}
+
 fn at(v: &Value) -> String {
     v["access_token"].as_str().unwrap().to_string()
 }
@@ -382,9 +387,7 @@ async fn personal_access_tokens_work_and_stay_in_their_lane() {
     let app = open_app().await;
     let s = signup(&app, "gina@example.com").await;
     let session = at(&s);
-    let expires = (crate::helpers::test_time() + time::Duration::days(30))
-        .format(&time::format_description::well_known::Rfc3339)
-        .unwrap();
+    let expires = expires_in(time::Duration::days(30));
     let (st, t) =
         call(&app, Method::POST, "/v1/me/tokens", Some(&session), Some(json!({"name": "ci", "expires_at": expires})))
             .await;
@@ -410,9 +413,7 @@ async fn personal_access_tokens_work_and_stay_in_their_lane() {
     let (st, _) = call(&app, Method::POST, "/v1/auth/mfa/totp/enroll", Some(&pat), None).await;
     assert_eq!(st, StatusCode::FORBIDDEN);
     // Expiry beyond the cap, or in the past.
-    let far = (crate::helpers::test_time() + time::Duration::days(400))
-        .format(&time::format_description::well_known::Rfc3339)
-        .unwrap();
+    let far = expires_in(time::Duration::days(400));
     let (st, _) =
         call(&app, Method::POST, "/v1/me/tokens", Some(&session), Some(json!({"name": "x", "expires_at": far}))).await;
     assert_eq!(st, StatusCode::BAD_REQUEST);
@@ -435,7 +436,14 @@ async fn personal_access_tokens_work_and_stay_in_their_lane() {
     assert_eq!(me_status(&app, &pat).await, StatusCode::UNAUTHORIZED);
 
     // Expired.
-    let (_, t2) = call(&app, Method::POST, "/v1/me/tokens", Some(&session), Some(json!({"name": "short", "expires_at": (crate::helpers::test_time() + time::Duration::hours(1)).format(&time::format_description::well_known::Rfc3339).unwrap()}))).await;
+    let (_, t2) = call(
+        &app,
+        Method::POST,
+        "/v1/me/tokens",
+        Some(&session),
+        Some(json!({"name": "short", "expires_at": expires_in(time::Duration::hours(1))})),
+    )
+    .await;
     let pat2 = t2["token"].as_str().unwrap().to_string();
     assert_eq!(me_status(&app, &pat2).await, StatusCode::OK);
     app.clock.advance(time::Duration::hours(2));
@@ -455,9 +463,7 @@ async fn a_disabled_user_loses_every_credential_at_once() {
     let app = open_app().await;
     let admin = admin_token(&app).await;
     let s = signup(&app, "hank@example.com").await;
-    let expires = (crate::helpers::test_time() + time::Duration::days(1))
-        .format(&time::format_description::well_known::Rfc3339)
-        .unwrap();
+    let expires = expires_in(time::Duration::days(1));
     let (_, t) =
         call(&app, Method::POST, "/v1/me/tokens", Some(&at(&s)), Some(json!({"name": "ci", "expires_at": expires})))
             .await;
@@ -801,9 +807,7 @@ fn header_kid(token: &str) -> String {
 async fn no_password_token_or_seed_is_stored_in_clear() {
     let app = open_app().await;
     let s = signup(&app, "mia@example.com").await;
-    let expires = (crate::helpers::test_time() + time::Duration::days(1))
-        .format(&time::format_description::well_known::Rfc3339)
-        .unwrap();
+    let expires = expires_in(time::Duration::days(1));
     let (_, t) =
         call(&app, Method::POST, "/v1/me/tokens", Some(&at(&s)), Some(json!({"name": "ci", "expires_at": expires})))
             .await;
