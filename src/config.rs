@@ -161,6 +161,9 @@ pub struct AuthConfig {
     pub mfa_challenge_ttl_seconds: u64,
     pub pat_max_lifetime_days: u64,
     pub invite_ttl_hours: u64,
+    /// Header names accepted as well as `X-Api-Key` for workspace API keys (lower-case), for
+    /// platforms that already send keys under a name of their own.
+    pub api_key_headers: Vec<String>,
     pub password: PasswordConfig,
     pub lockout: LockoutConfig,
     pub rate_limit: RateLimitConfig,
@@ -217,6 +220,7 @@ impl Default for AuthConfig {
             mfa_challenge_ttl_seconds: 300,
             pat_max_lifetime_days: 365,
             invite_ttl_hours: 72,
+            api_key_headers: Vec::new(),
             password: PasswordConfig::default(),
             lockout: LockoutConfig::default(),
             rate_limit: RateLimitConfig::default(),
@@ -383,6 +387,18 @@ impl Config {
         }
         if a.pat_max_lifetime_days == 0 || a.invite_ttl_hours == 0 {
             return bad("auth.pat_max_lifetime_days and auth.invite_ttl_hours must be at least 1".into());
+        }
+        for h in &a.api_key_headers {
+            let reserved = ["authorization", "cookie", "host", "content-type", "content-length", "x-forwarded-for"];
+            let ok = (1..=64).contains(&h.len())
+                && h.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && !reserved.contains(&h.as_str());
+            if !ok {
+                return bad(format!(
+                    "auth.api_key_headers: '{h}' is not a usable header name (lower-case letters, digits and -, \
+                     not a standard header)"
+                ));
+            }
         }
         let p = &a.password;
         if p.memory_kib < 8 * 1024 || p.iterations == 0 || p.parallelism == 0 || p.parallelism > 16 {

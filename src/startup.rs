@@ -360,6 +360,7 @@ impl Application {
             clock: opts.clock.clone(),
             audit_key: p.audit_key,
             auth,
+            workspaces: crate::domain::workspaces::WorkspaceService::default(),
             metrics: p.metrics,
             metrics_token: p.metrics_token,
             http: HttpSettings {
@@ -368,6 +369,12 @@ impl Application {
                 trusted_proxies: config.server.trusted_proxies.clone(),
                 cors_allowed_origins: config.server.cors_allowed_origins.clone(),
                 access_log: config.log.access,
+                api_key_headers: config
+                    .auth
+                    .api_key_headers
+                    .iter()
+                    .filter_map(|h| poem::http::HeaderName::from_bytes(h.as_bytes()).ok())
+                    .collect(),
             },
         });
         // Signing keys ready and the revocation view loaded before the first request.
@@ -438,6 +445,9 @@ impl Application {
         let _ = housekeeping.await;
         if let Err(e) = crate::domain::auth::flush_token_uses(&state).await {
             tracing::error!(error = %e, "could not record the last use of tokens");
+        }
+        if let Err(e) = crate::domain::workspaces::flush_key_uses(&state).await {
+            tracing::error!(error = %e, "could not record the last use of API keys");
         }
         record_system_event(&state, Event::new("server.stopped", Actor::System)).await?;
         result.map_err(|e| FatalError::new(format!("server error: {e}")))
@@ -514,6 +524,9 @@ pub async fn housekeeping_round(state: &AppState) {
     }
     if let Err(e) = crate::domain::auth::flush_token_uses(state).await {
         tracing::error!(error = %e, "recording token use failed");
+    }
+    if let Err(e) = crate::domain::workspaces::flush_key_uses(state).await {
+        tracing::error!(error = %e, "recording API key use failed");
     }
     let horizon = crate::domain::unix_ms(state.clock.now()) - state.auth.settings.life.access_ms - 60_000;
     state.auth.revocations.prune(horizon);

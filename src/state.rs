@@ -16,6 +16,8 @@ pub struct HttpSettings {
     pub cors_allowed_origins: Vec<String>,
     /// Write one access line per request.
     pub access_log: bool,
+    /// Extra header names that carry a workspace API key (`auth.api_key_headers`).
+    pub api_key_headers: Vec<poem::http::HeaderName>,
 }
 
 #[derive(Debug)]
@@ -25,6 +27,8 @@ pub struct Inner {
     pub audit_key: AuditKey,
     /// Sign-in settings, signing keys, the revocation view and the throttles.
     pub auth: crate::domain::auth::AuthService,
+    /// Workspace, role and API key caches; batched API key use.
+    pub workspaces: crate::domain::workspaces::WorkspaceService,
     pub metrics: Arc<Metrics>,
     /// Bearer token that opens `/metrics` to non-loopback clients.
     pub metrics_token: Option<SecretString>,

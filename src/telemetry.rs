@@ -4,7 +4,11 @@
 //! What reaches a log: request id, method, route template, status, latency, principal, and the
 //! messages written by Gatehouse. Never headers, bodies, query strings or secret values.
 
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+use tracing::{Level, Metadata};
+use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::{fmt, layer::SubscriberExt, util::SubscriberInitExt, EnvFilter};
 
 /// Log line format.
@@ -18,20 +22,152 @@ pub enum LogFormat {
     Json,
 }
 
-/// Keeps the background log writer alive; dropping it flushes what is queued.
-pub type LogGuard = tracing_appender::non_blocking::WorkerGuard;
+/// Keeps the background log writer alive; dropping it writes out what is queued.
+pub struct LogGuard {
+    sink: Arc<Sink>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for LogGuard {
+    fn drop(&mut self) {
+        self.sink.close();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// How long a line may wait for the lines after it, so that a burst goes out in one write.
+const GATHER: Duration = Duration::from_millis(10);
+/// Past this many queued bytes the writer goes at once; past `BACKPRESSURE` the caller itself
+/// writes (and so waits) rather than letting the queue grow or dropping lines.
+const FLUSH_BYTES: usize = 64 * 1024;
+const BACKPRESSURE: usize = 4 * 1024 * 1024;
+
+#[derive(Default)]
+struct Queue {
+    lines: Vec<u8>,
+    urgent: bool,
+    closed: bool,
+}
+
+/// Log lines on their way to stderr. Appending a line takes a lock and copies it; the writer
+/// thread is woken only when the queue goes from empty to not empty (then it waits `GATHER` for
+/// the rest of the burst), for a warning or an error (written at once), and at shutdown. Under
+/// load that is one wake-up and one write per `GATHER` instead of one per line.
+#[derive(Default)]
+struct Sink {
+    queue: Mutex<Queue>,
+    wake: Condvar,
+    /// Held while queued bytes are written, so that lines reach stderr in the order queued.
+    output: Mutex<()>,
+}
+
+impl Sink {
+    fn lock(&self) -> MutexGuard<'_, Queue> {
+        self.queue.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn push(&self, line: &[u8], urgent: bool) {
+        let mut q = self.lock();
+        let was_empty = q.lines.is_empty();
+        q.lines.extend_from_slice(line);
+        let full = q.lines.len() >= FLUSH_BYTES;
+        let overflowing = q.lines.len() >= BACKPRESSURE;
+        if urgent || full {
+            q.urgent = true;
+        }
+        drop(q);
+        if overflowing {
+            self.write_out();
+        } else if was_empty || urgent || full {
+            self.wake.notify_one();
+        }
+    }
+
+    /// Write everything queued so far.
+    fn write_out(&self) {
+        let _order = self.output.lock().unwrap_or_else(PoisonError::into_inner);
+        let lines = std::mem::take(&mut self.lock().lines);
+        if !lines.is_empty() {
+            let mut err = std::io::stderr().lock();
+            // Nowhere to report a failed log write; the next line tries again.
+            let _ = err.write_all(&lines);
+            let _ = err.flush();
+        }
+    }
+
+    fn close(&self) {
+        self.lock().closed = true;
+        self.wake.notify_one();
+    }
+
+    fn run(&self) {
+        loop {
+            let mut q = self.lock();
+            while q.lines.is_empty() && !q.closed {
+                q = self.wake.wait(q).unwrap_or_else(PoisonError::into_inner);
+            }
+            if !q.urgent && !q.closed {
+                q = self.wake.wait_timeout(q, GATHER).unwrap_or_else(PoisonError::into_inner).0;
+            }
+            q.urgent = false;
+            let closed = q.closed;
+            drop(q);
+            self.write_out();
+            if closed {
+                return;
+            }
+        }
+    }
+}
+
+/// The `MakeWriter` the fmt layer formats each event into; each event arrives as one write.
+#[derive(Clone)]
+struct SinkWriter {
+    sink: Arc<Sink>,
+    urgent: bool,
+}
+
+impl Write for SinkWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.sink.push(buf, self.urgent);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[derive(Clone)]
+struct MakeSinkWriter(Arc<Sink>);
+
+impl<'a> MakeWriter<'a> for MakeSinkWriter {
+    type Writer = SinkWriter;
+
+    fn make_writer(&'a self) -> SinkWriter {
+        SinkWriter { sink: self.0.clone(), urgent: false }
+    }
+
+    fn make_writer_for(&'a self, meta: &Metadata<'_>) -> SinkWriter {
+        SinkWriter { sink: self.0.clone(), urgent: *meta.level() <= Level::WARN }
+    }
+}
 
 /// Install the global subscriber. `level` is an `EnvFilter` directive (`info`,
 /// `gatehouse=debug,info`, …); `RUST_LOG` wins when set. Logs go to stderr through a background
-/// writer thread, so a request never waits on a write to the terminal or the journal; when its
-/// queue is full the writer applies back-pressure rather than dropping lines. The thread writes
-/// the lines queued during a burst in one system call.
+/// writer thread (see `Sink`), so a request never waits on a write to the terminal or the
+/// journal; a line waits at most `GATHER` (10 ms), warnings and errors not at all.
 pub fn init(format: LogFormat, level: &str) -> Option<LogGuard> {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
-    // The writer thread flushes whenever its queue runs empty, so buffering only batches the
-    // lines of a burst into one write; no line waits for a later one.
-    let sink = std::io::BufWriter::with_capacity(64 * 1024, std::io::stderr());
-    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default().lossy(false).finish(sink);
+    let sink = Arc::new(Sink::default());
+    let thread = {
+        let sink = sink.clone();
+        std::thread::Builder::new().name("gatehouse-log".into()).spawn(move || sink.run()).ok()?
+    };
+    let guard = LogGuard { sink: sink.clone(), thread: Some(thread) };
+    let writer = MakeSinkWriter(sink);
     let registry = tracing_subscriber::registry().with(filter);
     let installed = match format {
         LogFormat::Json => registry

@@ -13,6 +13,7 @@ struct Migration {
 const MIGRATIONS: &[Migration] = &[
     Migration { version: 1, name: "init", sql: include_str!("migrations/0001_init.sql") },
     Migration { version: 2, name: "accounts", sql: include_str!("migrations/0002_accounts.sql") },
+    Migration { version: 3, name: "workspaces", sql: include_str!("migrations/0003_workspaces.sql") },
 ];
 
 /// The schema version this binary writes.

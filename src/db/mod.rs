@@ -9,11 +9,13 @@ mod meta;
 pub mod migrate;
 mod sessions;
 mod users;
+mod workspaces;
 
 pub use audit::AuditRow;
 pub use credentials::{PatAuthRow, PatRow, SigningKeyRow};
 pub use sessions::{ChallengeRow, RefreshRow, SessionRow};
 pub use users::{UserPatch, UserRow};
+pub use workspaces::{ApiKeyPatch, ApiKeyRow, MemberRow, RoleRow, WorkspaceRow};
 
 use crate::metrics::Metrics;
 use crate::telemetry::spawn_blocking_in_span;
@@ -370,6 +372,12 @@ impl Db {
         })
         .await
         .map_err(|_| DbError::Worker)?
+    }
+
+    /// A number that changes after every committed write: a value read when it had one value is
+    /// current for as long as it keeps it (the domain's own caches use it).
+    pub fn generation(&self) -> u64 {
+        self.inner.caches.generation()
     }
 
     pub fn path(&self) -> &str {

@@ -26,6 +26,8 @@ pub enum Actor {
     User(String),
     /// A user acting through a personal access token (user id, token id).
     Token(String, String),
+    /// A workspace API key (its id).
+    ApiKey(String),
     /// Someone not (yet) signed in: a failed login, a sign-up.
     Anonymous,
 }
@@ -37,6 +39,7 @@ impl Actor {
             Actor::Operator => ("operator", None),
             Actor::User(id) => ("user", Some(id.clone())),
             Actor::Token(user, token) => ("token", Some(format!("{user}/{token}"))),
+            Actor::ApiKey(id) => ("api_key", Some(id.clone())),
             Actor::Anonymous => ("anonymous", None),
         }
     }
@@ -108,6 +111,11 @@ impl Event {
 
     pub fn outcome(mut self, outcome: Outcome) -> Self {
         self.outcome = outcome;
+        self
+    }
+
+    pub fn workspace(mut self, workspace_id: impl Into<String>) -> Self {
+        self.workspace_id = Some(workspace_id.into());
         self
     }
 

@@ -932,6 +932,9 @@ pub enum Credential {
     Session { session_id: String, cookie: bool, amr: Vec<String> },
     /// A personal access token.
     PersonalAccessToken { token_id: String },
+    /// A workspace API key; `Principal::user_id` is the key's creator, whose current rights
+    /// bound the key's.
+    ApiKey { key_id: String, workspace_id: String },
 }
 
 impl Principal {
@@ -941,14 +944,14 @@ impl Principal {
             Credential::Session { amr, .. } => {
                 require_mfa && !amr.iter().any(|m| m == "otp") && !amr.iter().any(|m| m == "anon")
             }
-            Credential::PersonalAccessToken { .. } => false,
+            Credential::PersonalAccessToken { .. } | Credential::ApiKey { .. } => false,
         }
     }
 
     pub fn session_id(&self) -> Option<&str> {
         match &self.credential {
             Credential::Session { session_id, .. } => Some(session_id),
-            Credential::PersonalAccessToken { .. } => None,
+            Credential::PersonalAccessToken { .. } | Credential::ApiKey { .. } => None,
         }
     }
 
@@ -957,6 +960,7 @@ impl Principal {
         match &self.credential {
             Credential::PersonalAccessToken { token_id } => Actor::Token(self.user_id.clone(), token_id.clone()),
             Credential::Session { .. } => Actor::User(self.user_id.clone()),
+            Credential::ApiKey { key_id, .. } => Actor::ApiKey(key_id.clone()),
         }
     }
 
@@ -970,6 +974,7 @@ impl Principal {
                 format!("user:{} cookie:{session_id}", self.user_id)
             }
             Credential::PersonalAccessToken { token_id } => format!("user:{} pat:{token_id}", self.user_id),
+            Credential::ApiKey { key_id, .. } => format!("api_key:{key_id}"),
         }
     }
 }

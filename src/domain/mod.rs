@@ -5,11 +5,13 @@
 pub mod accounts;
 pub mod audit;
 pub mod auth;
+pub mod authz;
 pub mod keys;
 pub mod mfa;
 pub mod sessions;
 pub mod tokens;
 pub mod users;
+pub mod workspaces;
 
 use time::OffsetDateTime;
 

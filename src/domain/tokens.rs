@@ -25,6 +25,9 @@ pub fn require_session(who: &Principal) -> Result<(), AppError> {
         Credential::PersonalAccessToken { .. } => Err(AppError::Forbidden(
             "This operation needs a signed-in session; personal access tokens cannot do it.".into(),
         )),
+        Credential::ApiKey { .. } => {
+            Err(AppError::Forbidden("This operation needs a signed-in session; API keys cannot do it.".into()))
+        }
     }
 }
 

@@ -18,6 +18,8 @@ use poem_openapi::SecurityScheme;
 pub const SESSION_COOKIE: &str = "__Host-gatehouse_session";
 /// The header a cookie-authenticated request that changes state must carry.
 pub const CSRF_HEADER: &str = "x-csrf-token";
+/// The header of workspace API keys (`auth.api_key_headers` adds aliases).
+pub const API_KEY_HEADER: &str = "x-api-key";
 
 /// What authentication concluded for this request.
 #[derive(Debug, Clone)]
@@ -49,9 +51,25 @@ fn status_of(e: &AppError) -> (StatusCode, String) {
     }
 }
 
-/// Check the request's credential, if it has one. The `Authorization` header wins over the
-/// cookie.
-pub async fn authenticate(state: &AppState, req: &Request, info: &RequestInfo) -> Option<AuthOutcome> {
+/// The API key of a request: `X-Api-Key`, else the first configured alias header. An alias is
+/// copied into `X-Api-Key` so that the `apiKey` security scheme finds it.
+fn api_key_value(state: &AppState, req: &mut Request) -> Option<SecretString> {
+    let value = |req: &Request, name: &str| req.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
+    if let Some(v) = value(req, API_KEY_HEADER) {
+        return Some(SecretString::new(v.trim().to_string()));
+    }
+    for alias in &state.http.api_key_headers {
+        if let Some(raw) = req.headers().get(alias).cloned() {
+            req.headers_mut().insert(API_KEY_HEADER, raw.clone());
+            return raw.to_str().ok().map(|v| SecretString::new(v.trim().to_string()));
+        }
+    }
+    None
+}
+
+/// Check the request's credential, if it has one. The `Authorization` header wins over an API
+/// key, and an API key over the cookie.
+pub async fn authenticate(state: &AppState, req: &mut Request, info: &RequestInfo) -> Option<AuthOutcome> {
     let bearer = req
         .headers()
         .get(header::AUTHORIZATION)
@@ -64,6 +82,9 @@ pub async fn authenticate(state: &AppState, req: &Request, info: &RequestInfo) -
         } else {
             auth::authenticate_jwt(state, token.expose(), info.client_ip)
         }
+    } else if let Some(key) = api_key_value(state, req) {
+        let ip = info.client_ip.map(|ip| ip.to_string());
+        crate::domain::workspaces::authenticate_api_key(state, key, ip, &origin(info)).await
     } else if let Some(cookie) = cookie_value(req) {
         let csrf =
             req.headers().get(CSRF_HEADER).and_then(|v| v.to_str().ok()).map(|s| SecretString::new(s.to_string()));
@@ -93,6 +114,7 @@ enum Accept {
     SessionToken,
     Pat,
     Cookie,
+    ApiKey,
 }
 
 fn accept(req: &Request, want: Accept) -> poem::Result<Principal> {
@@ -104,6 +126,7 @@ fn accept(req: &Request, want: Accept) -> poem::Result<Principal> {
         Credential::Session { cookie: false, .. } => Accept::SessionToken,
         Credential::Session { cookie: true, .. } => Accept::Cookie,
         Credential::PersonalAccessToken { .. } => Accept::Pat,
+        Credential::ApiKey { .. } => Accept::ApiKey,
     };
     if kind == want {
         if let Some(state) = req.data::<AppState>() {
@@ -116,6 +139,12 @@ fn accept(req: &Request, want: Accept) -> poem::Result<Principal> {
             }
         }
         return Ok(p);
+    }
+    if kind == Accept::ApiKey {
+        return Err(poem::Error::from_string(
+            "API keys act only on their workspace's endpoints (/v1/workspaces/{ws}/...).",
+            StatusCode::FORBIDDEN,
+        ));
     }
     if kind == Accept::Pat {
         return Err(poem::Error::from_string(
@@ -157,6 +186,36 @@ pub struct SessionCookie(pub Principal);
 
 async fn check_cookie(req: &Request, _: ApiKey) -> poem::Result<Principal> {
     accept(req, Accept::Cookie)
+}
+
+/// Workspace API key in `X-Api-Key` (or a configured alias header).
+#[derive(SecurityScheme)]
+#[oai(rename = "apiKey", ty = "api_key", key_name = "X-Api-Key", key_in = "header", checker = "check_api_key")]
+pub struct ApiKeyAuth(pub Principal);
+
+async fn check_api_key(req: &Request, _: ApiKey) -> poem::Result<Principal> {
+    accept(req, Accept::ApiKey)
+}
+
+/// Operations inside a workspace: every signed-in caller and the workspace's API keys.
+#[derive(SecurityScheme)]
+pub enum WorkspaceAuth {
+    // As for `AnyAuth`: the bearer schemes, whose checkers report the real reason, come last.
+    SessionCookie(SessionCookie),
+    ApiKey(ApiKeyAuth),
+    PersonalAccessToken(PersonalAccessToken),
+    SessionToken(SessionToken),
+}
+
+impl WorkspaceAuth {
+    pub fn principal(&self) -> &Principal {
+        match self {
+            WorkspaceAuth::SessionToken(SessionToken(p))
+            | WorkspaceAuth::PersonalAccessToken(PersonalAccessToken(p))
+            | WorkspaceAuth::SessionCookie(SessionCookie(p))
+            | WorkspaceAuth::ApiKey(ApiKeyAuth(p)) => p,
+        }
+    }
 }
 
 /// Operations open to every signed-in caller: session token, personal access token or cookie.

@@ -323,7 +323,7 @@ impl Endpoint for Edge {
         async move {
             // One credential check per request; the security schemes read its outcome.
             let mut refused = None;
-            if let Some(outcome) = super::auth::authenticate(&self.state, &req, &info).await {
+            if let Some(outcome) = super::auth::authenticate(&self.state, &mut req, &info).await {
                 match &outcome.0 {
                     Ok(p) => {
                         tracing::Span::current().record("principal", p.describe());
