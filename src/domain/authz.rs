@@ -579,7 +579,7 @@ mod tests {
         let more = rule(json!({"effect": "allow", "actions": ["reveal"], "subjects": ["secret"]}));
         assert!(check_within(&editor, &editor_rules, &[more]).is_err());
         let all = rule(json!({"effect": "allow", "actions": ["*"], "subjects": ["*"]}));
-        assert!(check_within(&editor, &editor_rules, &[all.clone()]).is_err());
+        assert!(check_within(&editor, &editor_rules, std::slice::from_ref(&all)).is_err());
         let owner_rules = builtin_rules("owner");
         assert!(check_within(&member(owner_rules.clone()), &owner_rules, &[all]).is_ok());
         // A conditional grant is covered only by the same condition or none.

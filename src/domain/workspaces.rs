@@ -793,10 +793,14 @@ pub async fn roles(state: &AppState, who: &Principal, reference: &str) -> Result
         .filter(|r| a.allows("read", &role_resource(&r.row)))
         .map(|r| RoleView { row: r.row.clone(), rules: r.rules.clone() })
         .collect();
+    // Built-in roles first, in their fixed order; then custom roles by age.
+    let rank = |r: &RoleRow| match authz::BUILTIN_ROLES.iter().position(|b| r.builtin && *b == r.name) {
+        Some(i) => i as i64 - 10,
+        None => 0,
+    };
     out.sort_by(|x, y| {
-        y.row
-            .builtin
-            .cmp(&x.row.builtin)
+        rank(&x.row)
+            .cmp(&rank(&y.row))
             .then(x.row.created_at_ms.cmp(&y.row.created_at_ms))
             .then(x.row.name.cmp(&y.row.name))
     });

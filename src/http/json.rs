@@ -125,28 +125,53 @@ impl<'a, T: ParseFromJSON + 'static> ApiExtractor<'a> for JsonBody<T> {
     }
 }
 
-/// Name the first field of `value` that does not fit `T`'s schema.
+/// Name the first field of `value` that does not fit `T`'s schema, with its path
+/// (`rules[2].effect`).
 fn explain<T: Type>(value: &Value) -> Option<String> {
     let mut registry = Registry::new();
     T::register(&mut registry);
     let root = T::schema_ref();
     let schema = resolve(&registry, &root)?;
-    let Value::Object(obj) = value else {
+    if !value.is_object() {
         return Some(format!("expected a JSON object, found {}", kind(value)));
-    };
+    }
+    explain_object(&registry, schema, value, "")
+}
+
+fn explain_object(registry: &Registry, schema: &MetaSchema, value: &Value, path: &str) -> Option<String> {
+    let Value::Object(obj) = value else { return None };
     for name in &schema.required {
         if obj.get(*name).is_none_or(Value::is_null) {
-            return Some(format!("missing field `{name}`"));
+            return Some(format!("missing field `{path}{name}`"));
         }
     }
     for (name, field_ref) in &schema.properties {
         let Some(v) = obj.get(*name) else { continue };
-        let field = resolve(&registry, field_ref)?;
-        if let Some(problem) = mismatch(field, v) {
-            return Some(format!("field `{name}`: {problem}"));
+        let field = resolve(registry, field_ref)?;
+        let at = format!("{path}{name}");
+        if let Some(problem) = explain_value(registry, field, v, &at) {
+            return Some(problem);
         }
     }
     None
+}
+
+/// Why `v` (at `at`) does not fit `schema`, looking into lists and objects.
+fn explain_value(registry: &Registry, schema: &MetaSchema, v: &Value, at: &str) -> Option<String> {
+    if let Some(problem) = mismatch(schema, v) {
+        return Some(format!("field `{at}`: {problem}"));
+    }
+    match v {
+        Value::Array(items) => {
+            if schema.max_items.is_some_and(|m| items.len() > m) || schema.min_items.is_some_and(|m| items.len() < m) {
+                return Some(format!("field `{at}`: {} items is outside the allowed range", items.len()));
+            }
+            let item_schema = schema.items.as_deref().and_then(|r| resolve(registry, r))?;
+            items.iter().enumerate().find_map(|(i, x)| explain_value(registry, item_schema, x, &format!("{at}[{i}]")))
+        }
+        Value::Object(_) if !schema.properties.is_empty() => explain_object(registry, schema, v, &format!("{at}.")),
+        _ => None,
+    }
 }
 
 fn resolve<'r>(registry: &'r Registry, r: &'r MetaSchemaRef) -> Option<&'r MetaSchema> {

@@ -10,6 +10,7 @@ pub mod error;
 pub mod health;
 pub mod json;
 pub mod metrics;
+pub mod workspaces;
 
 use crate::state::AppState;
 use poem::{Endpoint, EndpointExt, Route};
@@ -27,6 +28,8 @@ pub enum ApiTags {
     Me,
     /// Platform administration of user accounts.
     Users,
+    /// Workspaces, members, roles and rules, API keys, and decisions for backend services.
+    Workspaces,
 }
 
 const DESCRIPTION: &str = "Gatehouse is the single public entrance of a multi-tenant platform: it signs people and \
@@ -35,9 +38,10 @@ Every error is `application/problem+json` (RFC 9457) with `type`, `title`, `stat
 Every response carries `X-Request-Id`; send your own (1 to 64 characters of `A-Z a-z 0-9 . _ -`) to correlate logs.";
 
 /// The API description shared by the server and `gatehouse openapi`.
-pub fn api_service() -> OpenApiService<(health::HealthApi, metrics::MetricsApi, accounts::AccountsApi), ()> {
+pub fn api_service(
+) -> OpenApiService<(health::HealthApi, metrics::MetricsApi, accounts::AccountsApi, workspaces::WorkspacesApi), ()> {
     OpenApiService::new(
-        (health::HealthApi, metrics::MetricsApi, accounts::AccountsApi),
+        (health::HealthApi, metrics::MetricsApi, accounts::AccountsApi, workspaces::WorkspacesApi),
         "Gatehouse",
         env!("CARGO_PKG_VERSION"),
     )

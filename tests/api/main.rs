@@ -15,3 +15,4 @@ mod health;
 mod logs;
 mod openapi;
 mod tls;
+mod workspaces;
