@@ -591,10 +591,13 @@ pub async fn members(state: &AppState, who: &Principal, reference: &str) -> Resu
         .collect())
 }
 
+/// The most roles one member may hold.
+pub const MAX_MEMBER_ROLES: usize = 64;
+
 /// Resolve role names or ids of this workspace; unknown ones are a 400 naming the entry.
 fn resolve_roles(book: &HashMap<String, Arc<CachedRole>>, wanted: &[String]) -> Result<Vec<Arc<CachedRole>>, AppError> {
-    if wanted.is_empty() || wanted.len() > 20 {
-        return Err(AppError::Invalid("roles: give 1 to 20 roles".into()));
+    if wanted.is_empty() || wanted.len() > MAX_MEMBER_ROLES {
+        return Err(AppError::Invalid(format!("roles: give 1 to {MAX_MEMBER_ROLES} roles")));
     }
     let mut out: Vec<Arc<CachedRole>> = Vec::new();
     for (i, r) in wanted.iter().enumerate() {

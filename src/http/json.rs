@@ -80,12 +80,14 @@ impl<T: ParseFromJSON + 'static> ParsePayload for JsonBody<T> {
             }
             .into());
         }
-        match T::parse_from_json(Some(value.clone())) {
+        // Checked against the schema first: poem-openapi reads `false` or `3` into a string
+        // field as "false" or "3", and a client that sends the wrong type should hear about it.
+        if let Some(reason) = explain::<T>(&value) {
+            return Err(ParseRequestPayloadError { reason }.into());
+        }
+        match T::parse_from_json(Some(value)) {
             Ok(v) => Ok(Self(v)),
-            Err(err) => {
-                let reason = explain::<T>(&value).unwrap_or_else(|| err.into_message());
-                Err(ParseRequestPayloadError { reason }.into())
-            }
+            Err(err) => Err(ParseRequestPayloadError { reason: err.into_message() }.into()),
         }
     }
 }
@@ -127,15 +129,31 @@ impl<'a, T: ParseFromJSON + 'static> ApiExtractor<'a> for JsonBody<T> {
 
 /// Name the first field of `value` that does not fit `T`'s schema, with its path
 /// (`rules[2].effect`).
-fn explain<T: Type>(value: &Value) -> Option<String> {
-    let mut registry = Registry::new();
-    T::register(&mut registry);
-    let root = T::schema_ref();
-    let schema = resolve(&registry, &root)?;
+fn explain<T: Type + 'static>(value: &Value) -> Option<String> {
+    let (registry, root) = schema_of::<T>();
+    let schema = resolve(registry, root)?;
     if !value.is_object() {
         return Some(format!("expected a JSON object, found {}", kind(value)));
     }
-    explain_object(&registry, schema, value, "")
+    explain_object(registry, schema, value, "")
+}
+
+/// `T`'s schemas, registered once per type and kept for the life of the process (one entry per
+/// request body type).
+fn schema_of<T: Type + 'static>() -> &'static (Registry, MetaSchemaRef) {
+    use std::any::TypeId;
+    use std::collections::HashMap;
+    use std::sync::{Mutex, OnceLock};
+    type Entry = &'static (Registry, MetaSchemaRef);
+    static CACHE: OnceLock<Mutex<HashMap<TypeId, Entry>>> = OnceLock::new();
+    let cache = CACHE.get_or_init(|| Mutex::new(HashMap::new()));
+    let id = TypeId::of::<T>();
+    let mut map = cache.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    *map.entry(id).or_insert_with(|| {
+        let mut registry = Registry::new();
+        T::register(&mut registry);
+        Box::leak(Box::new((registry, T::schema_ref())))
+    })
 }
 
 fn explain_object(registry: &Registry, schema: &MetaSchema, value: &Value, path: &str) -> Option<String> {

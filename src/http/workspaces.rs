@@ -113,7 +113,7 @@ impl From<Member> for MemberView {
 #[derive(Debug, Object)]
 pub struct MemberRoles {
     /// Role names (or ids) of this workspace: `owner`, `editor`, `viewer` or custom roles.
-    #[oai(validator(min_items = 1, max_items = 20))]
+    #[oai(validator(min_items = 1, max_items = 64))]
     pub roles: Vec<String>,
 }
 

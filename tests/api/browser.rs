@@ -87,7 +87,14 @@ async fn schemathesis_finds_no_server_errors() {
         .args(["--exclude-checks", "positive_data_acceptance"])
         .args(["--tls-verify", "false"])
         .args(["--max-examples", "100"])
-        .args(["--workers", "2"])
+        // Ending the fuzzing session (logout, logout-all, or deleting it by the id that
+        // GET /v1/me/sessions lists) would leave every later operation answering 401; those three
+        // are left to the integration tests.
+        .args(["--exclude-operation-id", "logout", "--exclude-operation-id", "logoutAll"])
+        .args(["--exclude-operation-id", "revokeMySession"])
+        // One worker: hypothesis describing filtered strategies from two threads at once trips a
+        // CPython 3.11 parser bug ("AST constructor recursion depth mismatch").
+        .args(["--workers", "1"])
         .args(["--request-timeout", "10"])
         .args(["--generation-database", "none"])
         .arg("--no-color")

@@ -819,3 +819,46 @@ async fn every_operation_with_every_role() {
     }
     app.stop().await;
 }
+
+/// Platform admins manage every workspace; what their own memberships would not allow is
+/// audited as an admin action.
+#[tokio::test]
+async fn platform_admins_act_in_any_workspace_as_admins() {
+    let app = open_app().await;
+    let (alice, _) = user(&app, "alice@example.com").await;
+    let ws = workspace(&app, &alice, "acme").await;
+    let pw = app.bootstrap_password.clone().unwrap();
+    let (s, b) = call(
+        &app,
+        Method::POST,
+        "/v1/auth/login",
+        Cred::None,
+        Some(json!({"email": "admin@localhost", "password": pw})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let admin = b["access_token"].as_str().unwrap().to_string();
+    let (_, list) = call(&app, Method::GET, "/v1/workspaces", Cred::Bearer(&admin), None).await;
+    assert_eq!(list["items"].as_array().unwrap().len(), 1, "{list}");
+    let (s, _) = call(
+        &app,
+        Method::PATCH,
+        &format!("/v1/workspaces/{ws}"),
+        Cred::Bearer(&admin),
+        Some(json!({"name": "Fixed"})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, b) = call(&app, Method::GET, &format!("/v1/workspaces/{ws}/api-keys"), Cred::Bearer(&admin), None).await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let rows = audit_rows(&app, "workspace.updated").await;
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0]["details"]["as_admin"], true, "{rows:?}");
+    assert_eq!(rows[0]["workspace_id"], ws.as_str());
+    // Alice's own change is not an admin action.
+    call(&app, Method::PATCH, &format!("/v1/workspaces/{ws}"), Cred::Bearer(&alice), Some(json!({"name": "Mine"})))
+        .await;
+    let rows = audit_rows(&app, "workspace.updated").await;
+    assert_eq!(rows[1]["details"].get("as_admin"), None, "{rows:?}");
+    app.stop().await;
+}

@@ -23,6 +23,8 @@ TARGET_ME_JWT = 0.6
 TARGET_ME_PAT = 0.5
 TARGET_LOGINS = 0.85
 TARGET_FLOOD_P99 = 3.0
+TARGET_DECISIONS = 20000.0
+TARGET_KEY_VS_JWT = 0.9
 
 
 def parse_wrk(path):
@@ -105,6 +107,26 @@ def main():
             ("GET /v1/me p99 during a login flood", "%.2f ms" % flood_p99, "", ""),
             ("ratio p99 flood / alone", "%.2f" % (flood_p99 / calm_p99), "<= %.0f" % TARGET_FLOOD_P99,
              verdict(flood_p99 / calm_p99 <= TARGET_FLOOD_P99)),
+        ]
+
+    # Authorization (issue 4), when run.sh measured it.
+    decide = runs("decide")
+    if decide:
+        checks = int(os.environ["AUTHZ_CHECKS"])
+        decide_rps = statistics.median(r for r, _ in decide)
+        decide_p99 = statistics.median(p for _, p in decide)
+        decisions = decide_rps * checks
+        wj = statistics.median(r for r, _ in runs("ws-jwt"))
+        wk = statistics.median(r for r, _ in runs("ws-key"))
+        rows += [
+            ("authorize batches/s (%d checks each, median)" % checks, "%.0f" % decide_rps, "", ""),
+            ("authorize batch p99 (median)", "%.2f ms" % decide_p99, "", ""),
+            ("decisions per second (50 roles x 20 rules)", "%.0f" % decisions, ">= %.0f" % TARGET_DECISIONS,
+             verdict(decisions >= TARGET_DECISIONS)),
+            ("GET /v1/workspaces/{ws} req/s, session JWT (median)", "%.0f" % wj, "", ""),
+            ("GET /v1/workspaces/{ws} req/s, API key (median)", "%.0f" % wk, "", ""),
+            ("ratio API key / session JWT", "%.2f" % (wk / wj), ">= %.1f" % TARGET_KEY_VS_JWT,
+             verdict(wk / wj >= TARGET_KEY_VS_JWT)),
         ]
 
     width = max(len(r[0]) for r in rows)

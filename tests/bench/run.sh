@@ -14,6 +14,10 @@
 #       logins per second as a ratio of cores / (one argon2 verification, timed here by
 #       bench-argon2) (target >= 0.85); p99 of GET /v1/me during a login flood as a ratio of its
 #       p99 without one (target <= 3).
+#   (f) authorization (issue 4), on the accounts server: decisions per second from the batch form
+#       of POST /v1/workspaces/{ws}/authorize about a member holding 50 custom roles of 20 rules
+#       (target >= 20,000), and GET /v1/workspaces/{ws} with an API key as a ratio of the same
+#       with a session JWT, alternating in the same rounds (target >= 0.9).
 # Prints a table and writes tests/bench/out/results.md. Loopback addresses only.
 #
 # Knobs (environment): BENCH_ROUNDS (default 3), BENCH_DURATION (wrk -d, default 10s),
@@ -231,6 +235,30 @@ FLOOD_PID=$!
 sleep 2
 wrk "${ME_ARGS[@]}" >"$OUT/wrk-me-flood.txt" 2>&1 || die "wrk failed (flood)"
 wait "$FLOOD_PID" || true
+# --- (f) authorization (issue 4), on the same server --------------------------------------------
+log "authorization: 50 custom roles of 20 rules, a member holding them all, an API key"
+python3 "$HERE/authz_setup.py" "$ACC_BASE" "$JWT" "$WORK" >"$OUT/authz-setup.json" || die "authz setup failed"
+WS_ID="$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["ws"])' "$WORK/setup.json")"
+API_KEY="$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["key"])' "$WORK/setup.json")"
+[ "$(curl -fsk -o /dev/null -w '%{http_code}' "$ACC_BASE/v1/workspaces/$WS_ID" -H "x-api-key: $API_KEY")" = 200 ] \
+    || die "GET the workspace with the API key failed"
+wrk -t2 -c8 -d3s -s "$WORK/authorize.lua" "$ACC_BASE/v1/workspaces/$WS_ID/authorize" \
+    -H "authorization: Bearer $JWT" >/dev/null 2>&1 || true
+for i in $(seq "$ROUNDS"); do
+    for name in ws-jwt ws-key decide; do
+        case "$name" in
+            ws-jwt) args=("${WRK_ARGS[@]}" -H "authorization: Bearer $JWT" "$ACC_BASE/v1/workspaces/$WS_ID") ;;
+            ws-key) args=("${WRK_ARGS[@]}" -H "x-api-key: $API_KEY" "$ACC_BASE/v1/workspaces/$WS_ID") ;;
+            decide) args=(--latency -t2 -c8 -d"$DURATION" -s "$WORK/authorize.lua" -H "authorization: Bearer $JWT"
+                "$ACC_BASE/v1/workspaces/$WS_ID/authorize") ;;
+        esac
+        log "round $i/$ROUNDS: $name"
+        wrk "${args[@]}" >"$OUT/wrk-$name-$i.txt" 2>&1 || die "wrk failed ($name)"
+        if grep -q 'Non-2xx or 3xx responses' "$OUT/wrk-$name-$i.txt"; then die "$name gave non-2xx answers"; fi
+    done
+done
+export AUTHZ_CHECKS="$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["checks"])' "$WORK/setup.json")"
+
 stop_pid "$ACC_PID"; ACC_PID=""
 { head -n 20 "$OUT/accounts.log"; echo "..."; tail -n 20 "$OUT/accounts.log"; } >"$OUT/accounts.log.short"
 mv "$OUT/accounts.log.short" "$OUT/accounts.log"
