@@ -149,11 +149,14 @@ fn schema_of<T: Type + 'static>() -> &'static (Registry, MetaSchemaRef) {
     let cache = CACHE.get_or_init(|| Mutex::new(HashMap::new()));
     let id = TypeId::of::<T>();
     let mut map = cache.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-    *map.entry(id).or_insert_with(|| {
-        let mut registry = Registry::new();
-        T::register(&mut registry);
-        Box::leak(Box::new((registry, T::schema_ref())))
-    })
+    if let Some(found) = map.get(&id) {
+        return found;
+    }
+    let mut registry = Registry::new();
+    T::register(&mut registry);
+    let entry: Entry = Box::leak(Box::new((registry, T::schema_ref())));
+    map.insert(id, entry);
+    entry
 }
 
 fn explain_object(registry: &Registry, schema: &MetaSchema, value: &Value, path: &str) -> Option<String> {
