@@ -567,6 +567,16 @@ pub struct Member {
     pub roles: Vec<String>,
 }
 
+/// The rules of the roles with these ids.
+fn rules_of_roles(book: &HashMap<String, Arc<CachedRole>>, ids: &[String]) -> Vec<Rule> {
+    ids.iter().filter_map(|id| book.get(id)).flat_map(|r| r.rules.iter().cloned()).collect()
+}
+
+/// The id of the workspace's built-in `owner` role.
+fn owner_role_id(book: &HashMap<String, Arc<CachedRole>>) -> Option<String> {
+    book.values().find(|r| r.row.builtin && r.row.name == "owner").map(|r| r.row.id.clone())
+}
+
 fn role_names(book: &HashMap<String, Arc<CachedRole>>, ids: &[String]) -> Vec<String> {
     let mut names: Vec<String> = ids.iter().filter_map(|id| book.get(id).map(|r| r.row.name.clone())).collect();
     names.sort();
@@ -652,7 +662,7 @@ pub async fn set_member(
     a.within(&granted_rules)?;
     if let Some(ids) = &current {
         if user.id != a.user_id {
-            let held: Vec<Rule> = ids.iter().filter_map(|id| book.get(id)).flat_map(|r| r.rules.clone()).collect();
+            let held = rules_of_roles(&book, ids);
             a.within(&held).map_err(|_| {
                 AppError::Forbidden("This member has rights you do not have; you may not change its roles.".into())
             })?;
@@ -664,7 +674,7 @@ pub async fn set_member(
     let before = current.as_ref().map(|ids| role_names(&book, ids));
     let after_ids: Vec<String> = granted.iter().map(|r| r.row.id.clone()).collect();
     let after = role_names(&book, &after_ids);
-    let owner_id = book.values().find(|r| r.row.builtin && r.row.name == "owner").map(|r| r.row.id.clone());
+    let owner_id = owner_role_id(&book);
     let event = a.event(
         if current.is_some() { "member.updated" } else { "member.added" },
         &checked,
@@ -717,13 +727,13 @@ pub async fn remove_member(
         Checked { decision: Decision::allow("a member may leave", None), as_admin: false }
     } else {
         let c = a.check("delete", &member_resource(&user.id))?;
-        let held: Vec<Rule> = current.iter().filter_map(|id| book.get(id)).flat_map(|r| r.rules.clone()).collect();
+        let held = rules_of_roles(&book, &current);
         a.within(&held).map_err(|_| {
             AppError::Forbidden("This member has rights you do not have; you may not remove it.".into())
         })?;
         c
     };
-    let owner_id = book.values().find(|r| r.row.builtin && r.row.name == "owner").map(|r| r.row.id.clone());
+    let owner_id = owner_role_id(&book);
     let event =
         a.event("member.removed", &checked, origin, json!({ "before": role_names(&book, &current), "after": null }));
     let now = state.clock.now();
