@@ -63,6 +63,7 @@ impl Edge {
                 .allow_origins(state.http.cors_allowed_origins.iter().map(String::as_str))
                 .allow_methods([Method::GET, Method::POST, Method::PUT, Method::PATCH, Method::DELETE])
                 .allow_headers(["authorization", "content-type", "x-api-key", "x-csrf-token", REQUEST_ID])
+                .allow_headers(state.http.api_key_headers.iter().map(|h| h.as_str()))
                 .expose_headers([REQUEST_ID])
                 .allow_credentials(true)
                 .max_age(600);
