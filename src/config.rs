@@ -58,10 +58,23 @@ pub struct DatabaseConfig {
     pub read_connections: usize,
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize, Default)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct VaultConfig {
     pub master_key_file: Option<PathBuf>,
+    /// Largest secret value, in bytes.
+    pub max_secret_bytes: usize,
+    /// Seals a workspace data key makes before it is replaced (AES-GCM with random 96-bit
+    /// nonces must stay far below 2^32).
+    pub data_key_max_seals: i64,
+    /// Data keys re-wrapped per transaction by `keys rotate-master`.
+    pub rewrap_batch_size: i64,
+}
+
+impl Default for VaultConfig {
+    fn default() -> Self {
+        Self { master_key_file: None, max_secret_bytes: 65_536, data_key_max_seals: 1 << 30, rewrap_batch_size: 500 }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, Default)]
@@ -293,6 +306,16 @@ impl Config {
 
     /// Check what types cannot: relations between keys, paths that must exist.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        let v = &self.vault;
+        if !(1..=1_048_576).contains(&v.max_secret_bytes) {
+            return Err(ConfigError("vault.max_secret_bytes must be between 1 and 1048576".into()));
+        }
+        if !(1..=(1i64 << 31)).contains(&v.data_key_max_seals) {
+            return Err(ConfigError("vault.data_key_max_seals must be between 1 and 2147483648 (2^31)".into()));
+        }
+        if !(1..=10_000).contains(&v.rewrap_batch_size) {
+            return Err(ConfigError("vault.rewrap_batch_size must be between 1 and 10000".into()));
+        }
         if self.server.max_body_bytes < 1024 {
             return Err(ConfigError(
                 "server.max_body_bytes must be at least 1024 (GATEHOUSE_SERVER__MAX_BODY_BYTES)".into(),

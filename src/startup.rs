@@ -59,6 +59,8 @@ pub struct Prepared {
     pub audit_key: AuditKey,
     pub sealing: SealingKey,
     pub pseudonyms: PseudonymKey,
+    /// The master keyring and the data keys.
+    pub vault: Arc<crate::domain::vault::Vault>,
     pub metrics: Arc<Metrics>,
     pub metrics_token: Option<SecretString>,
     /// The one-time password of the admin created at this start, if any.
@@ -218,22 +220,38 @@ pub async fn prepare(config: Config, opts: &BuildOptions) -> Result<Prepared, Fa
 
     // 3. A new database records which master key it belongs to (checked at every later start).
     let check = master_key.check_value()?;
+    let check_id = format!("{KEY_CHECK}:{}", master_key.id()?);
     db.write(move |tx| -> Result<(), crate::db::DbError> {
         if tx.meta_get(KEY_CHECK)?.is_none() {
             tx.meta_set(KEY_CHECK, &check)?;
+            tx.meta_set(&check_id, &check)?;
         }
         Ok(())
     })
     .await?;
-    let audit_key = master_key.audit_key()?;
-    let sealing = master_key.sealing_key()?;
-    let pseudonyms = master_key.pseudonym_key()?;
+    // 4. The vault: the master keyring (the active key and older ones kept for data keys that a
+    // rotation has not re-wrapped yet) and the system data keys.
+    drop(master_key);
+    let source = crate::domain::vault::KeySource {
+        active: key_source.path().to_path_buf(),
+        check_mode: !matches!(key_source, MasterKeySource::Credential(_)),
+        previous_dir: crate::domain::vault::previous_dir(&config.data_dir),
+    };
+    let vault = Arc::new(crate::domain::vault::Vault::load(
+        source,
+        config.vault.data_key_max_seals,
+        config.vault.max_secret_bytes,
+    )?);
+    let now_ms = crate::domain::unix_ms(opts.clock.now());
+    let v = vault.clone();
+    let (sealing, audit_key, pseudonyms) = db.write(move |tx| v.system_keys(tx, now_ms)).await?;
     let mut prepared = Prepared {
         config,
         db,
         audit_key,
         sealing,
         pseudonyms,
+        vault,
         metrics,
         metrics_token,
         bootstrap_password: None,
@@ -252,6 +270,14 @@ pub const KEY_CHECK: &str = "master_key_check";
 /// Refuse a master key that is not the one `db_path` was created with (read-only check).
 pub fn check_key_belongs(key: &MasterKey, key_path: &Path, db_path: &Path) -> Result<(), FatalError> {
     let stored = crate::db::read_meta(db_path, KEY_CHECK)?;
+    // A key a rotation has started moving to (`keys rotate-master` records its check value
+    // before it swaps the key files) belongs too.
+    let by_id = crate::db::read_meta(db_path, &format!("{KEY_CHECK}:{}", key.id()?))?;
+    if let Some(v) = by_id {
+        if key.matches_check_value(&v)? {
+            return Ok(());
+        }
+    }
     match stored {
         Some(stored) if !key.matches_check_value(&stored)? => Err(FatalError::new(format!(
             "master key {} does not belong to database {}; use the key file created with this database",
@@ -361,6 +387,7 @@ impl Application {
             audit_key: p.audit_key,
             auth,
             workspaces: crate::domain::workspaces::WorkspaceService::default(),
+            vault: p.vault.clone(),
             metrics: p.metrics,
             metrics_token: p.metrics_token,
             http: HttpSettings {
@@ -527,6 +554,16 @@ pub async fn housekeeping_round(state: &AppState) {
     }
     if let Err(e) = crate::domain::workspaces::flush_key_uses(state).await {
         tracing::error!(error = %e, "recording API key use failed");
+    }
+    // Master keys added or retired by the CLI; secrets of a replaced data key re-sealed.
+    if let Err(e) = state.vault.refresh() {
+        tracing::error!(error = %e, "re-reading the master keys failed");
+    }
+    let now_ms = crate::domain::unix_ms(state.clock.now());
+    match crate::domain::vault::reseal_batch(&state.db, &state.vault, 500, now_ms).await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(resealed = n, "re-sealed secrets under their workspace's new data key"),
+        Err(e) => tracing::error!(error = %e, "re-sealing secrets failed"),
     }
     let horizon = crate::domain::unix_ms(state.clock.now()) - state.auth.settings.life.access_ms - 60_000;
     state.auth.revocations.prune(horizon);

@@ -29,6 +29,8 @@ pub struct Inner {
     pub auth: crate::domain::auth::AuthService,
     /// Workspace, role and API key caches; batched API key use.
     pub workspaces: crate::domain::workspaces::WorkspaceService,
+    /// The master keyring and the data keys (workspace secrets).
+    pub vault: Arc<crate::domain::vault::Vault>,
     pub metrics: Arc<Metrics>,
     /// Bearer token that opens `/metrics` to non-loopback clients.
     pub metrics_token: Option<SecretString>,

@@ -79,6 +79,55 @@ impl MasterKey {
         Ok(out)
     }
 
+    /// A new random key, in memory only (see [`MasterKey::write_new`]).
+    pub fn generate_in_memory() -> Self {
+        Self(random::bytes::<32>())
+    }
+
+    /// Write this key to a new file `path` (mode 0600, synced; never overwrites).
+    pub fn write_new(&self, path: &Path) -> Result<(), MasterKeyError> {
+        let shown = path.display().to_string();
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)
+            .map_err(|source| MasterKeyError::Create { path: shown.clone(), source })?;
+        let mut text = hex::encode(self.0);
+        text.push('\n');
+        let written = file.write_all(text.as_bytes()).and_then(|_| file.sync_all());
+        text.zeroize();
+        written.map_err(|source| MasterKeyError::Create { path: shown, source })
+    }
+
+    /// The key's id (`mk-` and 16 hex digits of a keyed fingerprint): names it in envelopes,
+    /// file names and the CLI without revealing anything about it.
+    pub fn id(&self) -> Result<String, CryptoError> {
+        let k = self.derive(b"gatehouse key id v1")?;
+        let mut mac = <HmacSha256 as Mac>::new_from_slice(&k).map_err(|_| CryptoError::Kdf)?;
+        mac.update(b"gatehouse master key id");
+        Ok(format!("mk-{}", &hex::encode(mac.finalize().into_bytes())[..16]))
+    }
+
+    /// The key-encryption key that wraps data keys, under this key's id.
+    pub fn wrapping_key(&self) -> Result<super::vault::SealingKey, CryptoError> {
+        let k = self.derive(b"gatehouse kek v1")?;
+        Ok(super::vault::SealingKey::new(self.id()?, k))
+    }
+
+    /// The bytes the system keys had when they were derived from the master key (databases
+    /// created before the vault): the vault stores them once, wrapped, so that later master
+    /// keys keep opening what was sealed before.
+    pub fn legacy_system_key(&self, purpose: &str) -> Result<zeroize::Zeroizing<[u8; 32]>, CryptoError> {
+        let info: &[u8] = match purpose {
+            "audit" => b"gatehouse audit mac v1",
+            "system" => b"gatehouse system seal v1",
+            "pseudonym" => b"gatehouse pseudonym v1",
+            _ => return Err(CryptoError::Kdf),
+        };
+        self.derive(info).map(zeroize::Zeroizing::new)
+    }
+
     /// The key that chains audit records.
     pub fn audit_key(&self) -> Result<AuditKey, CryptoError> {
         self.derive(b"gatehouse audit mac v1").map(AuditKey)
@@ -113,6 +162,20 @@ impl MasterKey {
 /// The id envelopes sealed under (a key derived from) the master key carry. Master-key rotation
 /// (issue "vault") introduces further ids.
 pub const MASTER_KEY_ID: &str = "mk1";
+
+impl AuditKey {
+    /// The audit MAC key from its bytes (as unwrapped from the vault).
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, CryptoError> {
+        bytes.try_into().map(Self).map_err(|_| CryptoError::Open)
+    }
+}
+
+impl PseudonymKey {
+    /// The pseudonym key from its bytes (as unwrapped from the vault).
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, CryptoError> {
+        bytes.try_into().map(Self).map_err(|_| CryptoError::Open)
+    }
+}
 
 /// Keyed pseudonyms: `HMAC-SHA256(key, value)`, hex.
 #[derive(Clone, Zeroize, ZeroizeOnDrop)]

@@ -18,7 +18,7 @@ const FORMAT: &str = "gh1";
 #[derive(Clone, Zeroize, ZeroizeOnDrop)]
 pub struct SealingKey {
     #[zeroize(skip)]
-    id: &'static str,
+    id: String,
     key: [u8; 32],
 }
 
@@ -29,8 +29,37 @@ impl std::fmt::Debug for SealingKey {
 }
 
 impl SealingKey {
-    pub(crate) fn new(id: &'static str, key: [u8; 32]) -> Self {
-        Self { id, key }
+    pub(crate) fn new(id: impl Into<String>, key: [u8; 32]) -> Self {
+        Self { id: id.into(), key }
+    }
+
+    /// A data key from its bytes (as unwrapped from the vault); exactly 32 bytes.
+    pub fn from_bytes(id: impl Into<String>, bytes: &[u8]) -> Result<Self, CryptoError> {
+        let key: [u8; 32] = bytes.try_into().map_err(|_| CryptoError::Open)?;
+        Ok(Self { id: id.into(), key })
+    }
+
+    /// A fresh random data key.
+    pub fn generate(id: impl Into<String>) -> Self {
+        Self { id: id.into(), key: random::bytes::<32>() }
+    }
+
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The raw key, to be wrapped by a master key (never stored or logged as is).
+    pub fn expose_bytes(&self) -> &[u8; 32] {
+        &self.key
+    }
+
+    /// The key id an envelope was sealed under, without opening it.
+    pub fn envelope_key_id(envelope: &str) -> Option<&str> {
+        let mut parts = envelope.splitn(3, '.');
+        match (parts.next(), parts.next()) {
+            (Some(FORMAT), Some(id)) => Some(id),
+            _ => None,
+        }
     }
 
     /// Seal `plaintext`, bound to `aad` (the place it is stored, e.g. `signing_key:<kid>`).

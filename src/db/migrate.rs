@@ -14,6 +14,7 @@ const MIGRATIONS: &[Migration] = &[
     Migration { version: 1, name: "init", sql: include_str!("migrations/0001_init.sql") },
     Migration { version: 2, name: "accounts", sql: include_str!("migrations/0002_accounts.sql") },
     Migration { version: 3, name: "workspaces", sql: include_str!("migrations/0003_workspaces.sql") },
+    Migration { version: 4, name: "vault", sql: include_str!("migrations/0004_vault.sql") },
 ];
 
 /// The schema version this binary writes.

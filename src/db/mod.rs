@@ -9,12 +9,14 @@ mod meta;
 pub mod migrate;
 mod sessions;
 mod users;
+mod vault;
 mod workspaces;
 
 pub use audit::AuditRow;
 pub use credentials::{PatAuthRow, PatRow, SigningKeyRow};
 pub use sessions::{ChallengeRow, RefreshRow, SessionRow};
 pub use users::{UserPatch, UserRow};
+pub use vault::{SecretRow, SecretVersionRow, VaultKeyRow};
 pub use workspaces::{ApiKeyPatch, ApiKeyRow, MemberRow, RoleRow, WorkspaceRow};
 
 use crate::metrics::Metrics;
@@ -151,6 +153,9 @@ fn configure(conn: &Connection, busy: Duration) -> Result<(), rusqlite::Error> {
     conn.busy_timeout(busy)?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
     conn.pragma_update(None, "synchronous", "FULL")?;
+    // Deleted rows (a destroyed secret, a deleted workspace's data key) are overwritten with
+    // zeros in the file, not left in free pages.
+    conn.pragma_update(None, "secure_delete", "ON")?;
     Ok(())
 }
 
@@ -369,6 +374,19 @@ impl Db {
         spawn_blocking_in_span(move || {
             let conn = inner.writer.lock().map_err(|_| DbError::Worker)?;
             backup_connection(&conn, &dest)
+        })
+        .await
+        .map_err(|_| DbError::Worker)?
+    }
+
+    /// Fold the WAL back into the database file and truncate it (after a secret is destroyed,
+    /// so that no old copy of its pages stays in the WAL). Best effort while readers are busy.
+    pub async fn checkpoint(&self) -> Result<(), DbError> {
+        let _permit = self.inner.write_gate.acquire().await.map_err(|_| DbError::Worker)?;
+        let inner = self.inner.clone();
+        spawn_blocking_in_span(move || {
+            let conn = inner.writer.lock().map_err(|_| DbError::Worker)?;
+            conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(())).map_err(DbError::from)
         })
         .await
         .map_err(|_| DbError::Worker)?

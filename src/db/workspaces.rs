@@ -166,6 +166,7 @@ impl Tx<'_> {
         c.execute("DELETE FROM member_roles WHERE workspace_id = ?1", [id])?;
         c.execute("DELETE FROM members WHERE workspace_id = ?1", [id])?;
         c.execute("DELETE FROM api_keys WHERE workspace_id = ?1", [id])?;
+        self.vault_delete_workspace(id)?;
         c.execute("DELETE FROM roles WHERE workspace_id = ?1", [id])?;
         c.execute("DELETE FROM workspaces WHERE id = ?1", [id])?;
         Ok(())

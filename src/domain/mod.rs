@@ -8,9 +8,11 @@ pub mod auth;
 pub mod authz;
 pub mod keys;
 pub mod mfa;
+pub mod secrets;
 pub mod sessions;
 pub mod tokens;
 pub mod users;
+pub mod vault;
 pub mod workspaces;
 
 use time::OffsetDateTime;

@@ -256,6 +256,16 @@ impl Access {
         Ok(())
     }
 
+    /// The audit actor of this caller.
+    pub fn actor(&self) -> Actor {
+        self.actor.clone()
+    }
+
+    /// An audit event in this workspace by this caller (marked `as_admin` when so).
+    pub fn event_for(&self, action: &'static str, checked: &Checked, origin: &Origin, details: Value) -> Event {
+        self.event(action, checked, origin, details)
+    }
+
     /// An audit event in this workspace by this caller.
     fn event(&self, action: &'static str, checked: &Checked, origin: &Origin, details: Value) -> Event {
         let mut details = match details {
@@ -388,6 +398,7 @@ pub async fn create(
     let actor = who.actor();
     let o = origin.clone();
     let row = ws.clone();
+    let vault = state.vault.clone();
     state
         .db
         .write(move |tx| {
@@ -418,6 +429,7 @@ pub async fn create(
                 })?;
             }
             tx.member_set(&row.id, &me.id, &[owner_id], now_ms)?;
+            vault.create_workspace_key(tx, &row.id, now_ms)?;
             audit::record(
                 tx,
                 &key,
@@ -545,6 +557,7 @@ pub async fn delete(state: &AppState, who: &Principal, reference: &str, origin: 
         .db
         .write(move |tx| {
             let (members, keys) = tx.workspace_counts(&ws.id)?;
+            let data_keys = tx.vault_key_ids_of(&ws.id)?;
             tx.workspace_delete(&ws.id)?;
             let mut event = event.target(ws.id.clone());
             if let Value::Object(m) = &mut event.details {
@@ -552,9 +565,15 @@ pub async fn delete(state: &AppState, who: &Principal, reference: &str, origin: 
                 m.insert("api_keys_deleted".into(), json!(keys));
             }
             audit::record(tx, &key, now, &event)?;
-            Ok(())
+            Ok(data_keys)
         })
         .await
+        .map(|data_keys| {
+            // Its secrets are gone with their data keys: none stays in memory either.
+            for id in data_keys {
+                state.vault.forget(&id);
+            }
+        })
 }
 
 // ---------------------------------------------------------------------------------------------
