@@ -60,11 +60,22 @@ pub enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
-    /// JWT signing keys
+    /// JWT signing keys and master keys
     Keys {
         #[command(subcommand)]
         command: KeysCommand,
     },
+    /// The vault of sealed values
+    Vault {
+        #[command(subcommand)]
+        command: VaultCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum VaultCommand {
+    /// Open every data key and every sealed value; report what fails (never a value)
+    Verify,
 }
 
 #[derive(Debug, Subcommand)]
@@ -74,6 +85,15 @@ pub enum KeysCommand {
     /// (2 × auth.jwks_max_age_seconds); the old key stays until its tokens have expired.
     /// Safe while the server runs: it picks the key up within 15 seconds.
     Rotate,
+    /// Add a new master key and re-wrap every data key under it, in batches
+    /// (vault.rewrap_batch_size per transaction). Safe while the server runs; after a crash, run
+    /// it again to finish. The old key moves to <data_dir>/master-keys/ until `keys retire`.
+    RotateMaster,
+    /// Delete an older master key's file; refused while any data key is still wrapped by it
+    Retire {
+        /// The key id (`mk-…`), as `rotate-master` printed it
+        id: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -3,15 +3,16 @@
 //! 0 success, 1 failure, 2 configuration error. Failures print one line naming the file and
 //! the fix.
 
-use crate::cli::{AuditCommand, Cli, Command, KeysCommand, UsersCommand};
+use crate::cli::{AuditCommand, Cli, Command, KeysCommand, UsersCommand, VaultCommand};
 use crate::config::{Config, ConfigError, Sources};
 use crate::crypto::SecretString;
 use crate::domain::accounts::{self, AdminChange};
-use crate::domain::audit::{self, Actor};
+use crate::domain::audit::{self, Actor, Event};
 use crate::error::FatalError;
 use crate::startup::{self, Application, BuildOptions};
 use crate::telemetry;
 use std::io::{IsTerminal, Read, Write};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::Path;
 
 /// Run a parsed command line; returns the process exit code.
@@ -73,6 +74,9 @@ async fn dispatch(cli: Cli, config: Config) -> Result<(), FatalError> {
         }
         Command::Audit { command: AuditCommand::Verify } => audit_verify(config).await,
         Command::Keys { command: KeysCommand::Rotate } => keys_rotate(config).await,
+        Command::Keys { command: KeysCommand::RotateMaster } => keys_rotate_master(config).await,
+        Command::Keys { command: KeysCommand::Retire { id } } => keys_retire(config, &id).await,
+        Command::Vault { command: VaultCommand::Verify } => vault_verify(config).await,
     }
 }
 
@@ -291,4 +295,193 @@ async fn audit_verify(config: Config) -> Result<(), FatalError> {
             report.records
         ))),
     }
+}
+
+/// Open the database for an operator command that works beside a running server.
+async fn prepare_shared(config: Config) -> Result<(startup::Prepared, BuildOptions), FatalError> {
+    require_database(&config)?;
+    let opts = BuildOptions { bootstrap_admin: false, exclusive: false, ..BuildOptions::default() };
+    let prepared = startup::prepare(config, &opts).await?;
+    Ok((prepared, opts))
+}
+
+/// Write `key` over `path` atomically: a new file beside it, synced, renamed over it, and the
+/// folder synced, so a crash leaves either the old key or the new one, never a torn file.
+fn replace_key_file(key: &crate::crypto::MasterKey, path: &Path) -> Result<(), FatalError> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".new");
+    let tmp = std::path::PathBuf::from(tmp);
+    let _ = std::fs::remove_file(&tmp);
+    key.write_new(&tmp)?;
+    std::fs::rename(&tmp, path)
+        .map_err(|e| FatalError::new(format!("cannot replace master key file {}: {e}", path.display())))?;
+    if let Some(dir) = path.parent() {
+        if let Ok(d) = std::fs::File::open(dir) {
+            let _ = d.sync_all();
+        }
+    }
+    Ok(())
+}
+
+async fn keys_rotate_master(config: Config) -> Result<(), FatalError> {
+    use crate::crypto::MasterKey;
+    use crate::domain::vault::{self, ROTATION_TARGET};
+    let creds = crate::config::credentials_dir();
+    if let crate::config::MasterKeySource::Credential(p) = config.master_key_source(creds.as_deref()) {
+        return Err(FatalError::new(format!(
+            "the active master key is the systemd credential {}, which Gatehouse cannot replace; \
+             rotate it by hand: install the new key as vault.master_key_file and the old one in \
+             {}/<id>.key, then run this command again",
+            p.display(),
+            vault::previous_dir(&config.data_dir).display()
+        )));
+    }
+    let batch = config.vault.rewrap_batch_size;
+    let (prepared, opts) = prepare_shared(config).await?;
+    let (db, v) = (&prepared.db, prepared.vault.clone());
+    let source = v.source().clone();
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&source.previous_dir)
+        .map_err(|e| FatalError::new(format!("cannot create {}: {e}", source.previous_dir.display())))?;
+    let old_id = v.active_id();
+    let target = db.read(|tx| tx.meta_get(ROTATION_TARGET)).await?;
+    let new_id = match target {
+        Some(id) => {
+            println!("resuming the rotation to master key {id}");
+            id
+        }
+        None => {
+            // 1. The new key is on disk (beside the older ones) before anything refers to it.
+            let new = MasterKey::generate_in_memory();
+            let id = new.id()?;
+            new.write_new(&source.previous_path(&id))?;
+            // 2. The database learns the new key's check value and that a rotation runs.
+            let (check_key, check) = (format!("{}:{id}", startup::KEY_CHECK), new.check_value()?);
+            let (audit_key, now, nid, from) =
+                (prepared.audit_key.clone(), opts.clock.now(), id.clone(), old_id.clone());
+            db.write(move |tx| {
+                tx.meta_set(&check_key, &check)?;
+                tx.meta_set(ROTATION_TARGET, &nid)?;
+                let event = Event::new("vault.master_key.rotation_started", Actor::Operator)
+                    .target(nid.clone())
+                    .details(serde_json::json!({ "from": from, "to": nid }));
+                audit::record(tx, &audit_key, now, &event)
+            })
+            .await?;
+            id
+        }
+    };
+    // 3. The new key becomes the active file; the old one stays among the older keys.
+    let active = MasterKey::load(&source.active, source.check_mode)?;
+    if active.id()? != new_id {
+        let old_path = source.previous_path(&active.id()?);
+        if !old_path.exists() {
+            active.write_new(&old_path)?;
+        }
+        let new = MasterKey::load(&source.previous_path(&new_id), true)?;
+        replace_key_file(&new, &source.active)?;
+    }
+    v.refresh()?;
+    // 4. Every data key re-wrapped, a batch per transaction (a crash loses nothing: each row is
+    // wrapped by one key or the other, and both are on disk).
+    let mut total = 0;
+    loop {
+        let n = vault::rewrap_batch(db, &v, batch).await?;
+        if n == 0 {
+            break;
+        }
+        total += n;
+    }
+    // 5. Done: the new key is the database's key.
+    let check = v.active_master().ok_or_else(|| FatalError::new("the new master key is not loaded"))?.check_value()?;
+    let (audit_key, now, nid) = (prepared.audit_key.clone(), opts.clock.now(), new_id.clone());
+    db.write(move |tx| {
+        tx.meta_set(startup::KEY_CHECK, &check)?;
+        tx.meta_delete(ROTATION_TARGET)?;
+        let event = Event::new("vault.master_key.rotated", Actor::Operator)
+            .target(nid.clone())
+            .details(serde_json::json!({ "to": nid, "data_keys_rewrapped": total }));
+        audit::record(tx, &audit_key, now, &event)
+    })
+    .await?;
+    let _ = std::fs::remove_file(source.previous_path(&new_id));
+    let older: Vec<String> = v.loaded_ids().into_iter().filter(|i| *i != new_id).collect();
+    println!(
+        "master key rotated to {new_id}: {total} data keys re-wrapped. Older keys kept in {}: {}. \
+         Running servers pick the new key up within 15 seconds; once they have, remove an old key with \
+         `gatehouse keys retire ID`. Back up {} now.",
+        source.previous_dir.display(),
+        if older.is_empty() { "none".to_string() } else { older.join(", ") },
+        source.active.display()
+    );
+    Ok(())
+}
+
+async fn keys_retire(config: Config, id: &str) -> Result<(), FatalError> {
+    use crate::domain::vault::ROTATION_TARGET;
+    let (prepared, opts) = prepare_shared(config).await?;
+    let (db, v) = (&prepared.db, prepared.vault.clone());
+    if v.active_id() == id {
+        return Err(FatalError::new(format!(
+            "{id} is the active master key; rotate first (`gatehouse keys rotate-master`)"
+        )));
+    }
+    if let Some(target) = db.read(|tx| tx.meta_get(ROTATION_TARGET)).await? {
+        return Err(FatalError::new(format!(
+            "a rotation to {target} has not finished; run `gatehouse keys rotate-master` to finish it first"
+        )));
+    }
+    let key_id = id.to_string();
+    let used = db.read(move |tx| tx.vault_keys_using(&key_id)).await?;
+    if used > 0 {
+        return Err(FatalError::new(format!(
+            "{used} data keys are still wrapped by {id}; run `gatehouse keys rotate-master` to move them first"
+        )));
+    }
+    let path = v.source().previous_path(id);
+    if !path.exists() {
+        return Err(FatalError::new(format!("no master key {id}: {} does not exist", path.display())));
+    }
+    std::fs::remove_file(&path).map_err(|e| FatalError::new(format!("cannot remove {}: {e}", path.display())))?;
+    let (audit_key, now, kid) = (prepared.audit_key.clone(), opts.clock.now(), id.to_string());
+    db.write(move |tx| {
+        audit::record(tx, &audit_key, now, &Event::new("vault.master_key.retired", Actor::Operator).target(kid))
+    })
+    .await?;
+    println!("retired master key {id}: {} removed", path.display());
+    Ok(())
+}
+
+async fn vault_verify(config: Config) -> Result<(), FatalError> {
+    let (prepared, opts) = prepare_shared(config).await?;
+    let report = crate::domain::vault::verify(&prepared.db, &prepared.vault).await?;
+    if report.failures.is_empty() {
+        println!(
+            "vault OK: {} data keys, {} secret versions and {} system values opened",
+            report.data_keys, report.secret_versions, report.system_values
+        );
+        return Ok(());
+    }
+    for f in &report.failures {
+        eprintln!("  {f}");
+    }
+    let (audit_key, now, failures) = (prepared.audit_key.clone(), opts.clock.now(), report.failures.clone());
+    prepared
+        .db
+        .write(move |tx| {
+            let event = Event::new("vault.integrity_failure", Actor::Operator)
+                .outcome(crate::domain::audit::Outcome::Failure)
+                .details(serde_json::json!({ "found_by": "vault verify", "places": failures }));
+            audit::record(tx, &audit_key, now, &event)
+        })
+        .await?;
+    Err(FatalError::new(format!(
+        "vault verify: {} failures ({} data keys, {} secret versions and {} system values opened)",
+        report.failures.len(),
+        report.data_keys,
+        report.secret_versions,
+        report.system_values
+    )))
 }

@@ -15,4 +15,9 @@ impl Tx<'_> {
         )?;
         Ok(())
     }
+
+    pub fn meta_delete(&self, key: &str) -> Result<(), DbError> {
+        self.conn().execute("DELETE FROM meta WHERE key = ?1", [key])?;
+        Ok(())
+    }
 }

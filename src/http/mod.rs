@@ -10,6 +10,7 @@ pub mod error;
 pub mod health;
 pub mod json;
 pub mod metrics;
+pub mod secrets;
 pub mod workspaces;
 
 use crate::state::AppState;
@@ -30,6 +31,8 @@ pub enum ApiTags {
     Users,
     /// Workspaces, members, roles and rules, API keys, and decisions for backend services.
     Workspaces,
+    /// Workspace secrets: sealed by the vault, versioned, revealed only with `reveal`.
+    Secrets,
 }
 
 const DESCRIPTION: &str = "Gatehouse is the single public entrance of a multi-tenant platform: it signs people and \
@@ -38,10 +41,12 @@ Every error is `application/problem+json` (RFC 9457) with `type`, `title`, `stat
 Every response carries `X-Request-Id`; send your own (1 to 64 characters of `A-Z a-z 0-9 . _ -`) to correlate logs.";
 
 /// The API description shared by the server and `gatehouse openapi`.
-pub fn api_service(
-) -> OpenApiService<(health::HealthApi, metrics::MetricsApi, accounts::AccountsApi, workspaces::WorkspacesApi), ()> {
+type Apis =
+    (health::HealthApi, metrics::MetricsApi, accounts::AccountsApi, workspaces::WorkspacesApi, secrets::SecretsApi);
+
+pub fn api_service() -> OpenApiService<Apis, ()> {
     OpenApiService::new(
-        (health::HealthApi, metrics::MetricsApi, accounts::AccountsApi, workspaces::WorkspacesApi),
+        (health::HealthApi, metrics::MetricsApi, accounts::AccountsApi, workspaces::WorkspacesApi, secrets::SecretsApi),
         "Gatehouse",
         env!("CARGO_PKG_VERSION"),
     )
