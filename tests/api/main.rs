@@ -15,4 +15,5 @@ mod health;
 mod logs;
 mod openapi;
 mod tls;
+mod vault;
 mod workspaces;

@@ -626,7 +626,17 @@ async fn another_workspaces_ids_are_not_found() {
     .await;
     let key_b = key["id"].as_str().unwrap().to_string();
     let bravo_secret = key["key"].as_str().unwrap().to_string();
-    let secret_words: HashSet<&str> = [b.as_str(), role_b.as_str(), key_b.as_str(), bob_id.as_str(), "bravo"].into();
+    let (s, _) = call(
+        &app,
+        Method::PUT,
+        &format!("/v1/workspaces/{b}/secrets/bravo_token"),
+        Cred::Bearer(&bob),
+        Some(json!({"value": "bravo secret value"})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::CREATED);
+    let secret_words: HashSet<&str> =
+        [b.as_str(), role_b.as_str(), key_b.as_str(), bob_id.as_str(), "bravo", "bravo secret value"].into();
 
     let role_body = json!({"name": "x", "rules": []});
     let attempts: Vec<(Method, String, Option<Value>)> = vec![
@@ -651,6 +661,18 @@ async fn another_workspaces_ids_are_not_found() {
         (Method::DELETE, format!("/v1/workspaces/{a}/api-keys/{key_b}"), None),
         (Method::POST, format!("/v1/workspaces/{a}/api-keys/{key_b}/rotate"), None),
         (Method::GET, format!("/v1/workspaces/{b}/api-keys/{key_b}"), None),
+        (Method::GET, format!("/v1/workspaces/{b}/secrets"), None),
+        (Method::PUT, format!("/v1/workspaces/{b}/secrets/bravo_token"), Some(json!({"value": "overwritten"}))),
+        (Method::GET, format!("/v1/workspaces/{b}/secrets/bravo_token"), None),
+        (Method::GET, format!("/v1/workspaces/{a}/secrets/bravo_token"), None),
+        (Method::DELETE, format!("/v1/workspaces/{a}/secrets/bravo_token"), None),
+        (Method::DELETE, format!("/v1/workspaces/{b}/secrets/bravo_token"), None),
+        (Method::GET, format!("/v1/workspaces/{a}/secrets/bravo_token/versions"), None),
+        (Method::GET, format!("/v1/workspaces/{b}/secrets/bravo_token/versions"), None),
+        (Method::POST, format!("/v1/workspaces/{a}/secrets/bravo_token/reveal"), Some(json!({}))),
+        (Method::POST, format!("/v1/workspaces/{b}/secrets/bravo_token/reveal"), Some(json!({}))),
+        (Method::POST, format!("/v1/workspaces/{a}/secrets/bravo_token/versions/1/restore"), None),
+        (Method::POST, format!("/v1/workspaces/{b}/secrets/bravo_token/versions/1/restore"), None),
     ];
     // Every workspace operation of the spec is in the matrix.
     let spec: Value = serde_json::from_str(&gatehouse::http::openapi_json()).unwrap();
@@ -685,6 +707,7 @@ async fn another_workspaces_ids_are_not_found() {
         format!("/v1/workspaces/{a}/members"),
         format!("/v1/workspaces/{a}/roles"),
         format!("/v1/workspaces/{a}/api-keys"),
+        format!("/v1/workspaces/{a}/secrets"),
     ] {
         let (s, resp) = call(&app, Method::GET, &path, Cred::Bearer(&alice), None).await;
         assert_eq!(s, StatusCode::OK, "{path}");
@@ -748,6 +771,11 @@ fn need(method: &str, path: &str) -> Option<Need> {
         (_, "/v1/workspaces/{ws}/members/{user}") => Role(0),
         ("post", "/v1/workspaces/{ws}/roles") | ("put" | "delete", "/v1/workspaces/{ws}/roles/{role}") => Role(0),
         (_, p) if p.starts_with("/v1/workspaces/{ws}/api-keys") => Role(0),
+        ("get", "/v1/workspaces/{ws}/secrets" | "/v1/workspaces/{ws}/secrets/{name}") => Role(2),
+        ("get", "/v1/workspaces/{ws}/secrets/{name}/versions") => Role(2),
+        ("put" | "delete", "/v1/workspaces/{ws}/secrets/{name}") => Role(1),
+        ("post", "/v1/workspaces/{ws}/secrets/{name}/versions/{version}/restore") => Role(1),
+        ("post", "/v1/workspaces/{ws}/secrets/{name}/reveal") => Role(0),
         _ => return None,
     })
 }
@@ -818,7 +846,17 @@ async fn every_operation_with_every_role() {
                             Some(json!({"name": "k", "rules": []})),
                         )
                         .await;
+                        call(
+                            &app,
+                            Method::PUT,
+                            &format!("/v1/workspaces/{ws}/secrets/spare"),
+                            Cred::Bearer(&owner),
+                            Some(json!({"value": "spare value"})),
+                        )
+                        .await;
                         let concrete = path
+                            .replace("{name}", "spare")
+                            .replace("{version}", "1")
                             .replace("{ws}", &ws)
                             .replace("{user}", &victim)
                             .replace("{role}", role["id"].as_str().unwrap())
@@ -831,6 +869,8 @@ async fn every_operation_with_every_role() {
                             }
                             ("post", "/v1/workspaces/{ws}/authorize") => json!({"action": "read", "subject": "pages"}),
                             ("post", "/v1/workspaces/{ws}/api-keys") => json!({"name": "n", "rules": []}),
+                            ("put", "/v1/workspaces/{ws}/secrets/{name}") => json!({"value": "new value"}),
+                            ("post", "/v1/workspaces/{ws}/secrets/{name}/reveal") => json!({"reason": "test"}),
                             ("patch", _) => json!({"name": "renamed"}),
                             _ => json!({}),
                         };
