@@ -310,8 +310,8 @@ impl Config {
         if !(1..=1_048_576).contains(&v.max_secret_bytes) {
             return Err(ConfigError("vault.max_secret_bytes must be between 1 and 1048576".into()));
         }
-        if !(1..=(1i64 << 31)).contains(&v.data_key_max_seals) {
-            return Err(ConfigError("vault.data_key_max_seals must be between 1 and 2147483648 (2^31)".into()));
+        if !(1..=(1i64 << 30)).contains(&v.data_key_max_seals) {
+            return Err(ConfigError("vault.data_key_max_seals must be between 1 and 1073741824 (2^30)".into()));
         }
         if !(1..=10_000).contains(&v.rewrap_batch_size) {
             return Err(ConfigError("vault.rewrap_batch_size must be between 1 and 10000".into()));

@@ -265,6 +265,17 @@ impl Vault {
     /// The workspace's data key for one more seal, counted; a key that reached `max_seals` is
     /// retired and replaced (housekeeping re-seals what it sealed).
     pub fn key_for_seal(&self, tx: &Tx<'_>, workspace_id: &str, now_ms: i64) -> Result<SealingKey, AppError> {
+        self.key_for(tx, workspace_id, now_ms, self.max_seals)
+    }
+
+    /// The same for re-sealing a retired key's values: up to twice `max_seals` (still far
+    /// below the AES-GCM bound, which `vault.data_key_max_seals` ≤ 2^30 guarantees), so that
+    /// re-sealing into a fresh key does not itself fill that key up.
+    fn key_for_reseal(&self, tx: &Tx<'_>, workspace_id: &str, now_ms: i64) -> Result<SealingKey, AppError> {
+        self.key_for(tx, workspace_id, now_ms, self.max_seals.saturating_mul(2))
+    }
+
+    fn key_for(&self, tx: &Tx<'_>, workspace_id: &str, now_ms: i64, limit: i64) -> Result<SealingKey, AppError> {
         let row = match tx.vault_key_active(workspace_id)? {
             Some(row) => row,
             None => {
@@ -274,7 +285,7 @@ impl Vault {
                 })
             }
         };
-        if row.seals >= self.max_seals {
+        if row.seals >= limit {
             tx.vault_key_retire(&row.id, now_ms)?;
             let k = self.create_workspace_key(tx, workspace_id, now_ms)?;
             tx.vault_key_count_seals(k.id(), 1)?;
@@ -334,7 +345,7 @@ pub async fn reseal_batch(db: &Db, vault: &Arc<Vault>, batch: i64, now_ms: i64) 
             let plain = old.open(&ver.envelope, &aad).map_err(|_| OpenError::Integrity {
                 place: format!("secret {} version {} of workspace {}", ver.name, ver.version, ver.workspace_id),
             })?;
-            let new = v.key_for_seal(tx, &ver.workspace_id, now_ms)?;
+            let new = v.key_for_reseal(tx, &ver.workspace_id, now_ms)?;
             let envelope = new.seal(&plain, &aad)?;
             if tx.secret_version_reseal(ver, new.id(), &envelope)? {
                 n += 1;

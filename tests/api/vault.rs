@@ -482,3 +482,57 @@ async fn a_wrong_master_key_refuses_start_and_modifies_nothing() {
     assert_eq!(listing(&data), files_before);
     drop(dir);
 }
+
+/// A workspace data key that reached `vault.data_key_max_seals` is replaced; the background
+/// re-seals what it sealed and drops it. Deleting the workspace deletes its data keys.
+#[tokio::test]
+async fn data_keys_rotate_by_seal_count_and_die_with_their_workspace() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = test_config(dir.path());
+    c.auth.signup = SignupMode::Open;
+    c.vault.data_key_max_seals = 3;
+    let app = spawn_app_in(dir, c).await;
+    let (alice, _) = user(&app, "alice@example.com").await;
+    let ws = workspace(&app, &alice, "acme").await;
+    for i in 1..=4 {
+        let (s, _, _) = call(
+            &app,
+            Method::PUT,
+            &format!("/v1/workspaces/{ws}/secrets/K"),
+            Some(&alice),
+            Some(json!({"value": format!("v{i}")})),
+        )
+        .await;
+        assert!(s.is_success());
+    }
+    let db = app.config.database_path();
+    let keys_of_ws = format!("SELECT count(*) FROM vault_keys WHERE workspace_id = '{ws}'");
+    assert_eq!(db_count(&db, &keys_of_ws), 2, "4 seals at 3 per key");
+    assert_eq!(db_count(&db, "SELECT count(DISTINCT data_key_id) FROM secret_versions"), 2);
+    gatehouse::startup::housekeeping_round(&app.state).await;
+    assert_eq!(
+        db_count(&db, "SELECT count(*) FROM vault_keys WHERE retired_at IS NOT NULL AND purpose = 'workspace'"),
+        0
+    );
+    assert_eq!(
+        db_count(&db, &format!("SELECT count(*) FROM secret_versions v JOIN vault_keys k ON k.id = v.data_key_id WHERE k.workspace_id = '{ws}' AND k.retired_at IS NULL")),
+        4,
+        "every version under a live key"
+    );
+    for v in 1..=4 {
+        let (s, b, _) = call(
+            &app,
+            Method::POST,
+            &format!("/v1/workspaces/{ws}/secrets/K/reveal"),
+            Some(&alice),
+            Some(json!({"version": v})),
+        )
+        .await;
+        assert_eq!((s, b["value"].clone()), (StatusCode::OK, json!(format!("v{v}"))), "{b}");
+    }
+    let (s, _, _) = call(&app, Method::DELETE, &format!("/v1/workspaces/{ws}"), Some(&alice), None).await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    assert_eq!(db_count(&db, &keys_of_ws), 0, "the key material went with the workspace");
+    assert_eq!(db_count(&db, "SELECT count(*) FROM secret_versions"), 0);
+    app.stop().await;
+}
