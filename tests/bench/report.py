@@ -129,6 +129,23 @@ def main():
              verdict(wk / wj >= TARGET_KEY_VS_JWT)),
         ]
 
+    # Vault (issue 5), when run.sh measured it.
+    vh = runs("vault-healthz")
+    if vh:
+        vh_rps = statistics.median(r for r, _ in vh)
+        put_rps = statistics.median(r for r, _ in runs("secret-put"))
+        rev_rps = statistics.median(r for r, _ in runs("secret-reveal"))
+        rows += [
+            ("/healthz req/s, vault rounds (median)", "%.0f" % vh_rps, "", ""),
+            ("PUT secret req/s (a new version each, median)", "%.0f" % put_rps, "", ""),
+            ("ratio PUT secret / healthz", "%.3f" % (put_rps / vh_rps), "", "recorded"),
+            ("reveal secret req/s (audited, median)", "%.0f" % rev_rps, "", ""),
+            ("ratio reveal / healthz", "%.3f" % (rev_rps / vh_rps), "", "recorded"),
+            ("keys rotate-master, %s workspaces (%s data keys)" % (os.environ.get("VAULT_WORKSPACES"),
+                                                                   os.environ.get("ROTATE_KEYS")),
+             "%s s" % os.environ.get("ROTATE_SECONDS"), "", "recorded"),
+        ]
+
     width = max(len(r[0]) for r in rows)
     print()
     print("%-*s  %12s  %10s  %s" % (width, "figure", "value", "target", "verdict"))

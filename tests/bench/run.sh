@@ -18,6 +18,9 @@
 #       of POST /v1/workspaces/{ws}/authorize about a member holding 50 custom roles of 20 rules
 #       (target >= 20,000), and GET /v1/workspaces/{ws} with an API key as a ratio of the same
 #       with a session JWT, alternating in the same rounds (target >= 0.9).
+#   (g) vault (issue 5), on the accounts server: PUT of a secret (a new version each time) and its
+#       reveal, each as a ratio of /healthz in the same rounds; `keys rotate-master` over the data
+#       keys of BENCH_VAULT_WORKSPACES (10000) workspaces, in seconds, the server running.
 # Prints a table and writes tests/bench/out/results.md. Loopback addresses only.
 #
 # Knobs (environment): BENCH_ROUNDS (default 3), BENCH_DURATION (wrk -d, default 10s),
@@ -258,6 +261,33 @@ for i in $(seq "$ROUNDS"); do
     done
 done
 export AUTHZ_CHECKS="$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["checks"])' "$WORK/setup.json")"
+
+# --- (g) vault (issue 5), on the same server -------------------------------------------------------
+VAULT_WORKSPACES="${BENCH_VAULT_WORKSPACES:-10000}"
+log "vault: a secret to write and reveal; $VAULT_WORKSPACES more workspaces (a data key each)"
+VWS="$(python3 "$HERE/vault_setup.py" "$ACC_BASE" "$JWT" "$WORK" "$VAULT_WORKSPACES")" || die "vault setup failed"
+VSECRET="$ACC_BASE/v1/workspaces/$VWS/secrets/BENCH_SECRET"
+for i in $(seq "$ROUNDS"); do
+    for name in vault-healthz secret-put secret-reveal; do
+        case "$name" in
+            vault-healthz) args=("${WRK_ARGS[@]}" "$ACC_BASE/healthz") ;;
+            secret-put) args=("${WRK_ARGS[@]}" -s "$WORK/put.lua" -H "authorization: Bearer $JWT" "$VSECRET") ;;
+            secret-reveal) args=("${WRK_ARGS[@]}" -s "$WORK/reveal.lua" -H "authorization: Bearer $JWT" "$VSECRET/reveal") ;;
+        esac
+        log "round $i/$ROUNDS: $name"
+        wrk "${args[@]}" >"$OUT/wrk-$name-$i.txt" 2>&1 || die "wrk failed ($name)"
+        if grep -q 'Non-2xx or 3xx responses' "$OUT/wrk-$name-$i.txt"; then die "$name gave non-2xx answers"; fi
+    done
+done
+log "keys rotate-master over every data key, the server running"
+ROT_START="$(date +%s.%N)"
+"$BIN" keys rotate-master --data-dir "$ACC_DATA" >"$OUT/rotate-master.txt" 2>&1 9>&- || die "rotate-master failed (see $OUT/rotate-master.txt)"
+ROT_END="$(date +%s.%N)"
+export ROTATE_SECONDS="$(python3 -c "print(round($ROT_END - $ROT_START, 2))")"
+export ROTATE_KEYS="$(grep -o '[0-9]* data keys re-wrapped' "$OUT/rotate-master.txt" | cut -d' ' -f1)"
+export VAULT_WORKSPACES
+[ "$(curl -fsk -o /dev/null -w '%{http_code}' -X POST "$VSECRET/reveal" -H "authorization: Bearer $JWT" \
+    -H 'content-type: application/json' -d '{}')" = 200 ] || die "reveal after the rotation failed"
 
 stop_pid "$ACC_PID"; ACC_PID=""
 { head -n 20 "$OUT/accounts.log"; echo "..."; tail -n 20 "$OUT/accounts.log"; } >"$OUT/accounts.log.short"
