@@ -62,6 +62,8 @@ pub struct DatabaseConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct VaultConfig {
     pub master_key_file: Option<PathBuf>,
+    /// The name of an environment variable holding the master key (64 hex digits).
+    pub master_key_env: Option<String>,
     /// Largest secret value, in bytes.
     pub max_secret_bytes: usize,
     /// Seals a workspace data key makes before it is replaced (AES-GCM with random 96-bit
@@ -73,7 +75,13 @@ pub struct VaultConfig {
 
 impl Default for VaultConfig {
     fn default() -> Self {
-        Self { master_key_file: None, max_secret_bytes: 65_536, data_key_max_seals: 1 << 30, rewrap_batch_size: 500 }
+        Self {
+            master_key_file: None,
+            master_key_env: None,
+            max_secret_bytes: 65_536,
+            data_key_max_seals: 1 << 30,
+            rewrap_batch_size: 500,
+        }
     }
 }
 
@@ -307,6 +315,15 @@ impl Config {
     /// Check what types cannot: relations between keys, paths that must exist.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let v = &self.vault;
+        if let Some(name) = &v.master_key_env {
+            let ok = !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+            if !ok || name.starts_with("GATEHOUSE_") {
+                return Err(ConfigError(format!(
+                    "vault.master_key_env: {name:?} is not usable: an environment variable name of letters, digits \
+                     and _, not starting with GATEHOUSE_ (those are configuration)"
+                )));
+            }
+        }
         if !(1..=1_048_576).contains(&v.max_secret_bytes) {
             return Err(ConfigError("vault.max_secret_bytes must be between 1 and 1048576".into()));
         }
@@ -461,11 +478,14 @@ impl Config {
     }
 
     /// Where the master key is read from, and whether it is the file Gatehouse may generate.
-    /// Order: `vault.master_key_file`, then `$CREDENTIALS_DIRECTORY/master_key`, then the data
-    /// folder's `master.key`.
+    /// Order: `vault.master_key_file`, then the variable `vault.master_key_env` names, then
+    /// `$CREDENTIALS_DIRECTORY/master_key`, then the data folder's `master.key`.
     pub fn master_key_source(&self, credentials_dir: Option<&Path>) -> MasterKeySource {
         if let Some(p) = &self.vault.master_key_file {
             return MasterKeySource::File(p.clone());
+        }
+        if let Some(name) = &self.vault.master_key_env {
+            return MasterKeySource::Env(name.clone());
         }
         if let Some(dir) = credentials_dir {
             let p = dir.join(CREDENTIAL_MASTER_KEY);
@@ -499,13 +519,30 @@ pub enum MasterKeySource {
     Credential(PathBuf),
     /// `<data_dir>/master.key`: generated on first start.
     DataDir(PathBuf),
+    /// An environment variable (its name): must be set.
+    Env(String),
 }
 
 impl MasterKeySource {
-    pub fn path(&self) -> &Path {
+    /// The file, when the key is in one.
+    pub fn path(&self) -> Option<&Path> {
         match self {
-            Self::File(p) | Self::Credential(p) | Self::DataDir(p) => p,
+            Self::File(p) | Self::Credential(p) | Self::DataDir(p) => Some(p),
+            Self::Env(_) => None,
         }
+    }
+
+    /// Where the key is, for messages.
+    pub fn describe(&self) -> String {
+        match self {
+            Self::Env(name) => format!("environment variable {name}"),
+            other => other.path().map(|p| p.display().to_string()).unwrap_or_default(),
+        }
+    }
+
+    /// Whether Gatehouse may replace the key (rotation): not a systemd credential or a variable.
+    pub fn replaceable(&self) -> bool {
+        matches!(self, Self::File(_) | Self::DataDir(_))
     }
 }
 

@@ -226,7 +226,7 @@ fn restore(config: Config, src: &Path) -> Result<(), FatalError> {
     let creds = crate::config::credentials_dir();
     let source = config.master_key_source(creds.as_deref());
     let key = startup::load_master_key(&source)?;
-    startup::check_key_belongs(&key, source.path(), src)
+    startup::check_key_belongs(&key, &source.describe(), src)
         .map_err(|e| FatalError::new(format!("refusing to restore: {e}; put that backup's key back first")))?;
     let dest = config.database_path();
     crate::db::restore_file(src, &dest).map_err(|e| FatalError::new(format!("restore failed: {e}")))?;
@@ -327,12 +327,12 @@ async fn keys_rotate_master(config: Config) -> Result<(), FatalError> {
     use crate::crypto::MasterKey;
     use crate::domain::vault::{self, ROTATION_TARGET};
     let creds = crate::config::credentials_dir();
-    if let crate::config::MasterKeySource::Credential(p) = config.master_key_source(creds.as_deref()) {
+    let configured = config.master_key_source(creds.as_deref());
+    if !configured.replaceable() {
         return Err(FatalError::new(format!(
-            "the active master key is the systemd credential {}, which Gatehouse cannot replace; \
-             rotate it by hand: install the new key as vault.master_key_file and the old one in \
-             {}/<id>.key, then run this command again",
-            p.display(),
+            "the active master key is {}, which Gatehouse cannot replace; rotate it by hand: install \
+             the new key as vault.master_key_file and the old one in {}/<id>.key, then run this command again",
+            configured.describe(),
             vault::previous_dir(&config.data_dir).display()
         )));
     }
@@ -374,14 +374,15 @@ async fn keys_rotate_master(config: Config) -> Result<(), FatalError> {
         }
     };
     // 3. The new key becomes the active file; the old one stays among the older keys.
-    let active = MasterKey::load(&source.active, source.check_mode)?;
+    let active = source.load_active()?;
+    let active_path = source.active.clone().ok_or_else(|| FatalError::new("the active master key is not a file"))?;
     if active.id()? != new_id {
         let old_path = source.previous_path(&active.id()?);
         if !old_path.exists() {
             active.write_new(&old_path)?;
         }
         let new = MasterKey::load(&source.previous_path(&new_id), true)?;
-        replace_key_file(&new, &source.active)?;
+        replace_key_file(&new, &active_path)?;
     }
     v.refresh()?;
     // 4. Every data key re-wrapped, a batch per transaction (a crash loses nothing: each row is
@@ -414,7 +415,7 @@ async fn keys_rotate_master(config: Config) -> Result<(), FatalError> {
          `gatehouse keys retire ID`. Back up {} now.",
         source.previous_dir.display(),
         if older.is_empty() { "none".to_string() } else { older.join(", ") },
-        source.active.display()
+        active_path.display()
     );
     Ok(())
 }

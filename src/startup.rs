@@ -100,8 +100,7 @@ pub fn take_lock(config: &Config) -> Result<File, FatalError> {
 
 /// Read the master key; a systemd credential's permissions are systemd's to check.
 pub fn load_master_key(source: &MasterKeySource) -> Result<MasterKey, FatalError> {
-    let check_mode = !matches!(source, MasterKeySource::Credential(_));
-    MasterKey::load(source.path(), check_mode).map_err(FatalError::from)
+    crate::domain::vault::KeySource::active_of(source, PathBuf::new()).load_active().map_err(FatalError::from)
 }
 
 pub fn read_secret_file(path: &Path, what: &str) -> Result<SecretString, FatalError> {
@@ -169,7 +168,7 @@ pub fn preflight(config: &Config, creds: Option<&Path>) -> Result<Preflight, Fat
     if db_exists {
         crate::db::inspect(&db_path)?;
         if let Some(key) = &existing_key {
-            check_key_belongs(key, key_source.path(), &db_path)?;
+            check_key_belongs(key, &key_source.describe(), &db_path)?;
         }
     }
     let metrics_token = match config.metrics_token_path(creds) {
@@ -197,13 +196,14 @@ pub async fn prepare(config: Config, opts: &BuildOptions) -> Result<Prepared, Fa
         })?;
     }
     let lock = if opts.exclusive { Some(take_lock(&config)?) } else { None };
-    let master_key = match existing_key {
-        Some(k) => k,
-        None => {
-            let k = MasterKey::generate(key_source.path())?;
-            tracing::info!(path = %key_source.path().display(), "generated a new master key; back it up with the database");
+    let master_key = match (existing_key, &key_source) {
+        (Some(k), _) => k,
+        (None, MasterKeySource::DataDir(path)) => {
+            let k = MasterKey::generate(path)?;
+            tracing::info!(path = %path.display(), "generated a new master key; back it up with the database");
             k
         }
+        (None, other) => return Err(FatalError::new(format!("no master key at {}", other.describe()))),
     };
     if config.tls.enabled && generated_tls && tls::ensure_self_signed(&cert_path, &key_path)? {
         tracing::info!(cert = %cert_path.display(), "generated a self-signed certificate for localhost");
@@ -232,11 +232,8 @@ pub async fn prepare(config: Config, opts: &BuildOptions) -> Result<Prepared, Fa
     // 4. The vault: the master keyring (the active key and older ones kept for data keys that a
     // rotation has not re-wrapped yet) and the system data keys.
     drop(master_key);
-    let source = crate::domain::vault::KeySource {
-        active: key_source.path().to_path_buf(),
-        check_mode: !matches!(key_source, MasterKeySource::Credential(_)),
-        previous_dir: crate::domain::vault::previous_dir(&config.data_dir),
-    };
+    let source =
+        crate::domain::vault::KeySource::active_of(&key_source, crate::domain::vault::previous_dir(&config.data_dir));
     let vault = Arc::new(crate::domain::vault::Vault::load(
         source,
         config.vault.data_key_max_seals,
@@ -265,10 +262,10 @@ pub async fn prepare(config: Config, opts: &BuildOptions) -> Result<Prepared, Fa
 }
 
 /// The `meta` entry proving which master key a database belongs to.
-pub const KEY_CHECK: &str = "master_key_check";
+pub use crate::domain::vault::KEY_CHECK;
 
 /// Refuse a master key that is not the one `db_path` was created with (read-only check).
-pub fn check_key_belongs(key: &MasterKey, key_path: &Path, db_path: &Path) -> Result<(), FatalError> {
+pub fn check_key_belongs(key: &MasterKey, key_place: &str, db_path: &Path) -> Result<(), FatalError> {
     let stored = crate::db::read_meta(db_path, KEY_CHECK)?;
     // A key a rotation has started moving to (`keys rotate-master` records its check value
     // before it swaps the key files) belongs too.
@@ -281,7 +278,7 @@ pub fn check_key_belongs(key: &MasterKey, key_path: &Path, db_path: &Path) -> Re
     match stored {
         Some(stored) if !key.matches_check_value(&stored)? => Err(FatalError::new(format!(
             "master key {} does not belong to database {}; use the key file created with this database",
-            key_path.display(),
+            key_place,
             db_path.display()
         ))),
         _ => Ok(()),

@@ -29,8 +29,10 @@ pub enum MasterKeyError {
     Read { path: String, source: std::io::Error },
     #[error("master key file {path} is readable by group or others (mode {mode:o}); run `chmod 600 {path}`")]
     Permissions { path: String, mode: u32 },
-    #[error("master key file {path} must hold exactly 64 hexadecimal digits (256 bits); restore the right file")]
+    #[error("master key {path} must hold exactly 64 hexadecimal digits (256 bits); restore the right key")]
     Format { path: String },
+    #[error("the master key variable {name} is not set; set it, or unset vault.master_key_env")]
+    MissingEnv { name: String },
     #[error("cannot create master key file {path}: {source}")]
     Create { path: String, source: std::io::Error },
 }
@@ -51,6 +53,13 @@ impl MasterKey {
         let decoded = hex::decode_to_slice(text.trim(), &mut bytes);
         text.zeroize();
         decoded.map_err(|_| MasterKeyError::Format { path: shown })?;
+        Ok(Self(bytes))
+    }
+
+    /// A key from 64 hex digits (an environment variable); `what` names it in the error.
+    pub fn from_hex(text: &str, what: &str) -> Result<Self, MasterKeyError> {
+        let mut bytes = [0u8; 32];
+        hex::decode_to_slice(text.trim(), &mut bytes).map_err(|_| MasterKeyError::Format { path: what.to_string() })?;
         Ok(Self(bytes))
     }
 

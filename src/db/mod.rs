@@ -316,6 +316,16 @@ impl Db {
         Ok(row)
     }
 
+    /// A view of a user by id (from the cache when current), without copying the whole row.
+    pub async fn user_cached_map<R>(&self, id: &str, f: impl FnOnce(&UserRow) -> R) -> Result<Option<R>, DbError> {
+        if let Ok(m) = self.inner.caches.users.read() {
+            if let Some(u) = m.get(id) {
+                return Ok(Some(f(u)));
+            }
+        }
+        Ok(self.user_cached(id).await?.as_ref().map(f))
+    }
+
     /// A personal access token by hash, from the cache when no write happened since it was read.
     pub async fn pat_cached(&self, hash: [u8; 32]) -> Result<Option<PatAuthRow>, DbError> {
         if let Some(p) = self.inner.caches.pats.read().ok().and_then(|m| m.get(&hash).cloned()) {

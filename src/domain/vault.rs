@@ -19,6 +19,10 @@ pub const SYSTEM_KEY_ID: &str = "mk1";
 const AUDIT_KEY_ID: &str = "audit";
 const PSEUDONYM_KEY_ID: &str = "pseudonym";
 
+/// The `meta` entry proving which master key a database belongs to (the active key's check
+/// value; `<KEY_CHECK>:<id>` holds each key's).
+pub const KEY_CHECK: &str = "master_key_check";
+
 /// The `meta` entry naming the master key a rotation moves to, while it runs.
 pub const ROTATION_TARGET: &str = "vault_rotation_target";
 
@@ -26,13 +30,42 @@ pub const ROTATION_TARGET: &str = "vault_rotation_target";
 /// are still wrapped by them; `keys retire` removes them).
 #[derive(Debug, Clone)]
 pub struct KeySource {
-    pub active: PathBuf,
+    /// The active key's file (`None`: the variable `env` holds it).
+    pub active: Option<PathBuf>,
+    pub env: Option<String>,
     /// Refuse an active key file readable by group or others (not for systemd credentials).
     pub check_mode: bool,
     pub previous_dir: PathBuf,
 }
 
 impl KeySource {
+    /// The source of the configured active key, with older keys in `previous_dir`.
+    pub fn active_of(source: &crate::config::MasterKeySource, previous_dir: PathBuf) -> Self {
+        use crate::config::MasterKeySource as S;
+        Self {
+            active: source.path().map(Path::to_path_buf),
+            env: match source {
+                S::Env(name) => Some(name.clone()),
+                _ => None,
+            },
+            check_mode: !matches!(source, S::Credential(_)),
+            previous_dir,
+        }
+    }
+
+    /// Read the active key.
+    pub fn load_active(&self) -> Result<MasterKey, crate::crypto::master_key::MasterKeyError> {
+        use crate::crypto::master_key::MasterKeyError;
+        match (&self.active, &self.env) {
+            (Some(path), _) => MasterKey::load(path, self.check_mode),
+            (None, Some(name)) => {
+                let value = std::env::var(name).map_err(|_| MasterKeyError::MissingEnv { name: name.clone() })?;
+                MasterKey::from_hex(&value, &format!("variable {name}"))
+            }
+            (None, None) => Err(MasterKeyError::MissingEnv { name: String::new() }),
+        }
+    }
+
     /// The file of an older master key.
     pub fn previous_path(&self, id: &str) -> PathBuf {
         self.previous_dir.join(format!("{id}.key"))
@@ -46,7 +79,7 @@ struct Keyring {
 }
 
 fn load_keyring(source: &KeySource) -> Result<Keyring, AppError> {
-    let active = MasterKey::load(&source.active, source.check_mode).map_err(|e| AppError::Internal(e.to_string()))?;
+    let active = source.load_active().map_err(|e| AppError::Internal(e.to_string()))?;
     let active_id = active.id()?;
     let mut keys = HashMap::new();
     if let Ok(entries) = std::fs::read_dir(&source.previous_dir) {
@@ -244,6 +277,14 @@ impl Vault {
 
     /// Give a workspace a new data key (at creation, and when its key has sealed enough).
     pub fn create_workspace_key(&self, tx: &Tx<'_>, workspace_id: &str, now_ms: i64) -> Result<SealingKey, AppError> {
+        // A rotation by `keys rotate-master` moves the database to a new active key: wrap under
+        // that one even before the next periodic re-read, or `keys retire` could remove the key
+        // this data key would otherwise be wrapped by.
+        if let (Some(stored), Some(active)) = (tx.meta_get(KEY_CHECK)?, self.active_master()) {
+            if !active.matches_check_value(&stored)? {
+                self.refresh()?;
+            }
+        }
         let key = SealingKey::generate(format!("dk-{}", uuid::Uuid::new_v4().simple()));
         let (kek_id, wrapped) = self.wrap(&key, "workspace", Some(workspace_id))?;
         tx.vault_key_insert(&VaultKeyRow {

@@ -74,8 +74,8 @@ pub struct WorkspaceService {
     keys_by_id: GenCache<String, Arc<CachedKey>>,
     /// Keys used since the last flush: last-use time and address, written in batches.
     key_uses: Mutex<HashMap<String, (i64, Option<String>)>>,
-    /// (key id, address) pairs already recorded, so a known address costs no write.
-    key_ips: Mutex<HashSet<(String, String)>>,
+    /// Key id → addresses already recorded, so a known address costs no write.
+    key_ips: Mutex<HashMap<String, HashSet<String>>>,
 }
 
 impl std::fmt::Debug for WorkspaceService {
@@ -93,7 +93,7 @@ impl Default for WorkspaceService {
             keys_by_hash: GenCache::new(),
             keys_by_id: GenCache::new(),
             key_uses: Mutex::new(HashMap::new()),
-            key_ips: Mutex::new(HashSet::new()),
+            key_ips: Mutex::new(HashMap::new()),
         }
     }
 }
@@ -153,6 +153,11 @@ async fn membership(state: &AppState, ws_id: &str, user_id: &str) -> Result<Opti
     let roles = state.db.read(move |tx| tx.member_role_ids(&w, &u).map_err(AppError::from)).await?;
     svc.memberships.put(seen, key, roles.clone());
     Ok(roles)
+}
+
+/// Whether the user is a member of the workspace (from the cache, without copying its roles).
+async fn is_member(state: &AppState, ws_id: &str, user_id: &str) -> Result<bool, AppError> {
+    Ok(membership(state, ws_id, user_id).await?.is_some())
 }
 
 /// A user's rights in a workspace: `None` when not a member.
@@ -1340,7 +1345,7 @@ pub async fn authenticate_api_key(
     state: &AppState,
     secret: SecretString,
     ip: Option<String>,
-    origin: &Origin,
+    origin: impl FnOnce() -> Origin,
 ) -> Result<Principal, AppError> {
     let refuse = |state: &AppState, msg: &str| {
         state.metrics.security_event("auth.api_key.rejected");
@@ -1367,10 +1372,10 @@ pub async fn authenticate_api_key(
     let Some(key) = key.filter(|k| k.row.enabled && k.row.expires_at_ms.is_none_or(|t| t > now_ms)) else {
         return Err(refuse(state, "The API key is invalid, disabled or expired."));
     };
-    let creator = state.db.user_cached(&key.row.created_by).await?;
-    let creator_ok = match &creator {
-        Some(u) if !u.disabled && !state.auth.revocations.user_blocked(&u.id) => {
-            u.is_admin || membership(state, &key.row.workspace_id, &u.id).await?.is_some()
+    let creator = state.db.user_cached_map(&key.row.created_by, |u| (u.disabled, u.is_admin)).await?;
+    let creator_ok = match creator {
+        Some((false, is_admin)) if !state.auth.revocations.user_blocked(&key.row.created_by) => {
+            is_admin || is_member(state, &key.row.workspace_id, &key.row.created_by).await?
         }
         _ => false,
     };
@@ -1381,7 +1386,12 @@ pub async fn authenticate_api_key(
         note_key_ip(state, &key.row, ip, now_ms, origin).await?;
     }
     if let Ok(mut uses) = svc.key_uses.lock() {
-        uses.insert(key.row.id.clone(), (now_ms, ip));
+        match uses.get_mut(&key.row.id) {
+            Some(last) => *last = (now_ms, ip),
+            None => {
+                uses.insert(key.row.id.clone(), (now_ms, ip));
+            }
+        }
     }
     Ok(Principal {
         user_id: key.row.created_by.clone(),
@@ -1394,13 +1404,14 @@ async fn note_key_ip(
     key: &ApiKeyRow,
     ip: &str,
     now_ms: i64,
-    origin: &Origin,
+    origin: impl FnOnce() -> Origin,
 ) -> Result<(), AppError> {
-    let pair = (key.id.clone(), ip.to_string());
-    let known = state.workspaces.key_ips.lock().map(|s| s.contains(&pair)).unwrap_or(false);
-    if known {
+    let seen = state.workspaces.key_ips.lock().is_ok_and(|s| s.get(&key.id).is_some_and(|ips| ips.contains(ip)));
+    if seen {
         return Ok(());
     }
+    let origin = &origin();
+    let pair = (key.id.clone(), ip.to_string());
     let now = state.clock.now();
     let audit_key = state.audit_key.clone();
     let event = Event::new("api_key.used_from_new_ip", Actor::ApiKey(key.id.clone()))
@@ -1422,7 +1433,7 @@ async fn note_key_ip(
         if s.len() >= 100_000 {
             s.clear();
         }
-        s.insert(pair);
+        s.entry(pair.0).or_default().insert(pair.1);
     }
     Ok(())
 }

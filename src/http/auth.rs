@@ -84,7 +84,7 @@ pub async fn authenticate(state: &AppState, req: &mut Request, info: &RequestInf
         }
     } else if let Some(key) = api_key_value(state, req) {
         let ip = info.client_ip.map(|ip| ip.to_string());
-        crate::domain::workspaces::authenticate_api_key(state, key, ip, &origin(info)).await
+        crate::domain::workspaces::authenticate_api_key(state, key, ip, || origin(info)).await
     } else if let Some(cookie) = cookie_value(req) {
         let csrf =
             req.headers().get(CSRF_HEADER).and_then(|v| v.to_str().ok()).map(|s| SecretString::new(s.to_string()));

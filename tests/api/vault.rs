@@ -536,3 +536,33 @@ async fn data_keys_rotate_by_seal_count_and_die_with_their_workspace() {
     assert_eq!(db_count(&db, "SELECT count(*) FROM secret_versions"), 0);
     app.stop().await;
 }
+
+/// The master key may come from an environment variable (named by `vault.master_key_env`).
+#[tokio::test]
+async fn the_master_key_can_come_from_an_environment_variable() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let d = data.to_str().unwrap();
+    let (code, out, err) = run(gatehouse(&["init", "--data-dir", d]));
+    assert_eq!(code, 0, "{out}{err}");
+    let hex = std::fs::read_to_string(data.join("master.key")).unwrap();
+    std::fs::rename(data.join("master.key"), dir.path().join("elsewhere.key")).unwrap();
+    let with_env = |set: bool, args: &[&str]| {
+        let mut cmd = gatehouse(args);
+        cmd.env("GATEHOUSE_VAULT__MASTER_KEY_ENV", "GH_TEST_MASTER_KEY");
+        if set {
+            cmd.env("GH_TEST_MASTER_KEY", hex.trim());
+        }
+        run(cmd)
+    };
+    let (code, out, err) = with_env(true, &["vault", "verify", "--data-dir", d]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("vault OK"), "{out}");
+    let (code, _, err) = with_env(false, &["vault", "verify", "--data-dir", d]);
+    assert_ne!(code, 0);
+    assert!(err.contains("GH_TEST_MASTER_KEY"), "{err}");
+    let (code, _, err) = with_env(true, &["keys", "rotate-master", "--data-dir", d]);
+    assert_ne!(code, 0, "a key in a variable cannot be replaced by Gatehouse");
+    assert!(err.contains("environment variable GH_TEST_MASTER_KEY"), "{err}");
+    assert!(!err.contains(hex.trim()), "the key itself is never printed");
+}
