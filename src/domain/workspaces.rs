@@ -185,9 +185,14 @@ fn user_context(u: &UserRow) -> UserContext {
     UserContext { id: u.id.clone(), email: u.email.clone() }
 }
 
-/// The rules of a platform administrator who is not a member: everything.
-fn admin_rules() -> Vec<Rule> {
-    authz::builtin_rules("owner")
+/// The rules of a platform administrator who is not a member: everything (made once).
+fn admin_rules() -> &'static (Vec<Rule>, RuleSet) {
+    static ADMIN: std::sync::LazyLock<(Vec<Rule>, RuleSet)> = std::sync::LazyLock::new(|| {
+        let rules = authz::builtin_rules("owner");
+        let set = RuleSet::from_rules(&rules, "platform_admin");
+        (rules, set)
+    });
+    &ADMIN
 }
 
 /// The rights of a user (by row) in a workspace, as the decision API and API keys need them.
@@ -195,10 +200,11 @@ async fn rights_of_user(state: &AppState, ws_id: &str, user: &UserRow) -> Result
     if user.disabled || state.auth.revocations.user_blocked(&user.id) {
         return Ok((Rights::None, Vec::new()));
     }
+    if user.is_admin {
+        return Ok((Rights::PlatformAdmin, admin_rules().0.clone()));
+    }
     match member_rights(state, ws_id, user).await? {
-        Some(_) if user.is_admin => Ok((Rights::PlatformAdmin, admin_rules())),
         Some((set, rules, _)) => Ok((Rights::Member { user: user_context(user), rules: set }, rules)),
-        None if user.is_admin => Ok((Rights::PlatformAdmin, admin_rules())),
         None => Ok((Rights::None, Vec::new())),
     }
 }
@@ -305,7 +311,7 @@ pub async fn access(state: &AppState, who: &Principal, reference: &str) -> Resul
             let (creator_rights, creator_rules) = rights_of_user(state, &ws.id, &user).await?;
             let creator_set = match &creator_rights {
                 Rights::Member { rules, .. } => rules.clone(),
-                Rights::PlatformAdmin => RuleSet::from_rules(&admin_rules(), "platform_admin"),
+                Rights::PlatformAdmin => admin_rules().1.clone(),
                 _ => RuleSet::default(),
             };
             Ok(Access {
@@ -327,7 +333,7 @@ pub async fn access(state: &AppState, who: &Principal, reference: &str) -> Resul
             let rights = member_rights(state, &ws.id, &user).await?;
             let (rights, granter) = match rights {
                 Some((set, rules, _)) => (Rights::Member { user: user_context(&user), rules: set }, rules),
-                None if user.is_admin => (Rights::PlatformAdmin, admin_rules()),
+                None if user.is_admin => (Rights::PlatformAdmin, admin_rules().0.clone()),
                 None => return Err(AppError::NotFound),
             };
             Ok(Access {
