@@ -172,7 +172,16 @@ async fn secrets_are_versioned_revealed_with_permission_and_destroyed() {
     let (s, _, _) = call(&app, Method::GET, &format!("{base}/BIG"), Some(&alice), None).await;
     assert_eq!(s, StatusCode::NOT_FOUND);
 
-    // Delete destroys every version.
+    // Delete destroys every version: not even the ciphertexts stay in the file or the WAL.
+    let path = app.config.database_path();
+    let envelopes: Vec<String> = tokio::task::spawn_blocking(move || {
+        let conn = rusqlite::Connection::open(path).unwrap();
+        let mut stmt = conn.prepare("SELECT envelope FROM secret_versions WHERE name = 'DB_PASSWORD'").unwrap();
+        stmt.query_map([], |r| r.get(0)).unwrap().map(Result::unwrap).collect()
+    })
+    .await
+    .unwrap();
+    assert_eq!(envelopes.len(), 3);
     let (s, _, _) = call(&app, Method::DELETE, &format!("{base}/DB_PASSWORD"), Some(&alice), None).await;
     assert_eq!(s, StatusCode::NO_CONTENT);
     for (m, path) in
@@ -189,6 +198,17 @@ async fn secrets_are_versioned_revealed_with_permission_and_destroyed() {
     .await
     .unwrap();
     assert_eq!(left, 0);
+    let db = app.config.database_path();
+    let mut wal = db.as_os_str().to_owned();
+    wal.push("-wal");
+    let (file, wal) = (read_all(&db), read_all(Path::new(&wal)));
+    for e in &envelopes {
+        let body = e.rsplit('.').next().unwrap();
+        assert!(
+            !contains(&file, body.as_bytes()) && !contains(&wal, body.as_bytes()),
+            "a destroyed ciphertext remains"
+        );
+    }
     app.stop().await;
 }
 
