@@ -65,19 +65,8 @@ impl MasterKey {
 
     /// Generate a new key and write it to `path` (created with mode 0600, never overwritten).
     pub fn generate(path: &Path) -> Result<Self, MasterKeyError> {
-        let shown = path.display().to_string();
-        let key = Self(random::bytes::<32>());
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(path)
-            .map_err(|source| MasterKeyError::Create { path: shown.clone(), source })?;
-        let mut text = hex::encode(key.0);
-        text.push('\n');
-        let written = file.write_all(text.as_bytes()).and_then(|_| file.sync_all());
-        text.zeroize();
-        written.map_err(|source| MasterKeyError::Create { path: shown, source })?;
+        let key = Self::generate_in_memory();
+        key.write_new(path)?;
         Ok(key)
     }
 

@@ -254,17 +254,7 @@ impl Vault {
                     let master = self.active_master().ok_or_else(|| AppError::internal("no active master key"))?;
                     let bytes = master.legacy_system_key(purpose)?;
                     let key = SealingKey::from_bytes(id, &bytes[..])?;
-                    let (kek_id, wrapped) = self.wrap(&key, purpose, None)?;
-                    tx.vault_key_insert(&VaultKeyRow {
-                        id: id.to_string(),
-                        purpose: purpose.to_string(),
-                        workspace_id: None,
-                        kek_id,
-                        wrapped,
-                        seals: 0,
-                        created_at_ms: now_ms,
-                        retired_at_ms: None,
-                    })?;
+                    self.store(tx, &key, purpose, None, now_ms)?;
                     key
                 }
             };
@@ -273,6 +263,29 @@ impl Vault {
         let [system, audit, pseudonym]: [SealingKey; 3] =
             out.try_into().map_err(|_| AppError::internal("system keys"))?;
         Ok((system, AuditKey::from_bytes(audit.expose_bytes())?, PseudonymKey::from_bytes(pseudonym.expose_bytes())?))
+    }
+
+    /// Store a new data key, wrapped by the active master key.
+    fn store(
+        &self,
+        tx: &Tx<'_>,
+        key: &SealingKey,
+        purpose: &str,
+        workspace: Option<&str>,
+        now_ms: i64,
+    ) -> Result<(), AppError> {
+        let (kek_id, wrapped) = self.wrap(key, purpose, workspace)?;
+        tx.vault_key_insert(&VaultKeyRow {
+            id: key.id().to_string(),
+            purpose: purpose.to_string(),
+            workspace_id: workspace.map(str::to_string),
+            kek_id,
+            wrapped,
+            seals: 0,
+            created_at_ms: now_ms,
+            retired_at_ms: None,
+        })?;
+        Ok(())
     }
 
     /// Give a workspace a new data key (at creation, and when its key has sealed enough).
@@ -286,17 +299,7 @@ impl Vault {
             }
         }
         let key = SealingKey::generate(format!("dk-{}", uuid::Uuid::new_v4().simple()));
-        let (kek_id, wrapped) = self.wrap(&key, "workspace", Some(workspace_id))?;
-        tx.vault_key_insert(&VaultKeyRow {
-            id: key.id().to_string(),
-            purpose: "workspace".into(),
-            workspace_id: Some(workspace_id.to_string()),
-            kek_id,
-            wrapped,
-            seals: 0,
-            created_at_ms: now_ms,
-            retired_at_ms: None,
-        })?;
+        self.store(tx, &key, "workspace", Some(workspace_id), now_ms)?;
         if let Ok(mut m) = self.data_keys.write() {
             m.insert(key.id().to_string(), key.clone());
         }
