@@ -305,6 +305,21 @@ async fn prepare_shared(config: Config) -> Result<(startup::Prepared, BuildOptio
     Ok((prepared, opts))
 }
 
+/// One master-key operation at a time (`rotate-master`, `retire`): a lock beside the older keys.
+fn take_key_lock(dir: &Path) -> Result<std::fs::File, FatalError> {
+    let path = dir.join(".lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| FatalError::new(format!("cannot open lock file {}: {e}", path.display())))?;
+    file.try_lock().map_err(|_| {
+        FatalError::new(format!("another master-key operation holds {}; wait for it to finish", path.display()))
+    })?;
+    Ok(file)
+}
+
 /// Write `key` over `path` atomically: a new file beside it, synced, renamed over it, and the
 /// folder synced, so a crash leaves either the old key or the new one, never a torn file.
 fn replace_key_file(key: &crate::crypto::MasterKey, path: &Path) -> Result<(), FatalError> {
@@ -330,8 +345,9 @@ async fn keys_rotate_master(config: Config) -> Result<(), FatalError> {
     let configured = config.master_key_source(creds.as_deref());
     if !configured.replaceable() {
         return Err(FatalError::new(format!(
-            "the active master key is {}, which Gatehouse cannot replace; rotate it by hand: install \
-             the new key as vault.master_key_file and the old one in {}/<id>.key, then run this command again",
+            "the active master key is {}, which Gatehouse cannot replace. Copy it to a file of mode 0600, \
+             point vault.master_key_file at that file (GATEHOUSE_VAULT__MASTER_KEY_FILE), run this command \
+             again, then install the rotated file as your credential; older keys stay in {}",
             configured.describe(),
             vault::previous_dir(&config.data_dir).display()
         )));
@@ -345,6 +361,7 @@ async fn keys_rotate_master(config: Config) -> Result<(), FatalError> {
         .mode(0o700)
         .create(&source.previous_dir)
         .map_err(|e| FatalError::new(format!("cannot create {}: {e}", source.previous_dir.display())))?;
+    let _lock = take_key_lock(&source.previous_dir)?;
     let old_id = v.active_id();
     let target = db.read(|tx| tx.meta_get(ROTATION_TARGET)).await?;
     let new_id = match target {
@@ -378,35 +395,69 @@ async fn keys_rotate_master(config: Config) -> Result<(), FatalError> {
     let active_path = source.active.clone().ok_or_else(|| FatalError::new("the active master key is not a file"))?;
     if active.id()? != new_id {
         let old_path = source.previous_path(&active.id()?);
-        if !old_path.exists() {
+        if old_path.exists() {
+            // Never trust a name alone: the file must hold the key it is named after.
+            let kept = MasterKey::load(&old_path, true)?;
+            if kept.id()? != active.id()? {
+                return Err(FatalError::new(format!(
+                    "{} does not hold the key it is named after; move it away and run this command again",
+                    old_path.display()
+                )));
+            }
+        } else {
             active.write_new(&old_path)?;
         }
         let new = MasterKey::load(&source.previous_path(&new_id), true)?;
         replace_key_file(&new, &active_path)?;
     }
     v.refresh()?;
+    if v.active_id() != new_id {
+        return Err(FatalError::new(format!(
+            "the active master key is {}, not {new_id}; was it replaced by hand? Restore {} and run this \
+             command again",
+            v.active_id(),
+            active_path.display()
+        )));
+    }
     // 4. Every data key re-wrapped, a batch per transaction (a crash loses nothing: each row is
-    // wrapped by one key or the other, and both are on disk).
+    // wrapped by one key or the other, and both are on disk). 5. Then, in one transaction that
+    // checks nothing is left (a server that had not re-read the key files may have added a data
+    // key under the old one meanwhile), the new key becomes the database's key.
+    let check = v.active_master().ok_or_else(|| FatalError::new("the new master key is not loaded"))?.check_value()?;
     let mut total = 0;
     loop {
-        let n = vault::rewrap_batch(db, &v, batch).await?;
-        if n == 0 {
+        loop {
+            let n = vault::rewrap_batch(db, &v, batch).await?;
+            if n == 0 {
+                break;
+            }
+            total += n;
+        }
+        let (audit_key, now, nid, check) =
+            (prepared.audit_key.clone(), opts.clock.now(), new_id.clone(), check.clone());
+        let finished = db
+            .write(move |tx| {
+                if !tx.vault_keys_not_wrapped_by(&nid, 1)?.is_empty() {
+                    return Ok::<_, crate::error::AppError>(false);
+                }
+                if tx.meta_get(ROTATION_TARGET)?.as_deref() != Some(nid.as_str()) {
+                    return Err(crate::error::AppError::Conflict(format!(
+                        "the rotation to {nid} is no longer the one in progress"
+                    )));
+                }
+                tx.meta_set(startup::KEY_CHECK, &check)?;
+                tx.meta_delete(ROTATION_TARGET)?;
+                let event = Event::new("vault.master_key.rotated", Actor::Operator)
+                    .target(nid.clone())
+                    .details(serde_json::json!({ "to": nid, "data_keys_rewrapped": total }));
+                audit::record(tx, &audit_key, now, &event)?;
+                Ok(true)
+            })
+            .await?;
+        if finished {
             break;
         }
-        total += n;
     }
-    // 5. Done: the new key is the database's key.
-    let check = v.active_master().ok_or_else(|| FatalError::new("the new master key is not loaded"))?.check_value()?;
-    let (audit_key, now, nid) = (prepared.audit_key.clone(), opts.clock.now(), new_id.clone());
-    db.write(move |tx| {
-        tx.meta_set(startup::KEY_CHECK, &check)?;
-        tx.meta_delete(ROTATION_TARGET)?;
-        let event = Event::new("vault.master_key.rotated", Actor::Operator)
-            .target(nid.clone())
-            .details(serde_json::json!({ "to": nid, "data_keys_rewrapped": total }));
-        audit::record(tx, &audit_key, now, &event)
-    })
-    .await?;
     let _ = std::fs::remove_file(source.previous_path(&new_id));
     let older: Vec<String> = v.loaded_ids().into_iter().filter(|i| *i != new_id).collect();
     println!(
@@ -422,8 +473,13 @@ async fn keys_rotate_master(config: Config) -> Result<(), FatalError> {
 
 async fn keys_retire(config: Config, id: &str) -> Result<(), FatalError> {
     use crate::domain::vault::ROTATION_TARGET;
+    let well_formed = id.len() == 19 && id.starts_with("mk-") && id[3..].bytes().all(|b| b.is_ascii_hexdigit());
+    if !well_formed {
+        return Err(FatalError::new(format!("{id:?} is not a master key id (mk- and 16 hex digits)")));
+    }
     let (prepared, opts) = prepare_shared(config).await?;
     let (db, v) = (&prepared.db, prepared.vault.clone());
+    let _lock = take_key_lock(&v.source().previous_dir)?;
     if v.active_id() == id {
         return Err(FatalError::new(format!(
             "{id} is the active master key; rotate first (`gatehouse keys rotate-master`)"
@@ -445,9 +501,14 @@ async fn keys_retire(config: Config, id: &str) -> Result<(), FatalError> {
     if !path.exists() {
         return Err(FatalError::new(format!("no master key {id}: {} does not exist", path.display())));
     }
+    if crate::crypto::MasterKey::load(&path, true)?.id()? != id {
+        return Err(FatalError::new(format!("{} does not hold key {id}; it was not removed", path.display())));
+    }
     std::fs::remove_file(&path).map_err(|e| FatalError::new(format!("cannot remove {}: {e}", path.display())))?;
     let (audit_key, now, kid) = (prepared.audit_key.clone(), opts.clock.now(), id.to_string());
     db.write(move |tx| {
+        // A retired key no longer belongs to the database.
+        tx.meta_delete(&format!("{}:{kid}", startup::KEY_CHECK))?;
         audit::record(tx, &audit_key, now, &Event::new("vault.master_key.retired", Actor::Operator).target(kid))
     })
     .await?;

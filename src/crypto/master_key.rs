@@ -82,20 +82,30 @@ impl MasterKey {
         Self(random::bytes::<32>())
     }
 
-    /// Write this key to a new file `path` (mode 0600, synced; never overwrites).
+    /// Write this key to a new file `path` (mode 0600; never overwrites). Crash-safe: the key
+    /// goes to a private temporary file, synced, which is then linked in as `path` (so `path`
+    /// appears whole or not at all), and the folder is synced.
     pub fn write_new(&self, path: &Path) -> Result<(), MasterKeyError> {
         let shown = path.display().to_string();
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(path)
-            .map_err(|source| MasterKeyError::Create { path: shown.clone(), source })?;
-        let mut text = hex::encode(self.0);
-        text.push('\n');
-        let written = file.write_all(text.as_bytes()).and_then(|_| file.sync_all());
-        text.zeroize();
-        written.map_err(|source| MasterKeyError::Create { path: shown, source })
+        let err = |source| MasterKeyError::Create { path: shown.clone(), source };
+        let mut tmp = path.as_os_str().to_owned();
+        tmp.push(format!(".tmp-{}", hex::encode(random::bytes::<6>())));
+        let tmp = std::path::PathBuf::from(tmp);
+        let written = (|| {
+            let mut file = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
+            let mut text = hex::encode(self.0);
+            text.push('\n');
+            let w = file.write_all(text.as_bytes()).and_then(|_| file.sync_all());
+            text.zeroize();
+            w?;
+            std::fs::hard_link(&tmp, path)
+        })();
+        let _ = std::fs::remove_file(&tmp);
+        written.map_err(err)?;
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(err)?;
+        }
+        Ok(())
     }
 
     /// The key's id (`mk-` and 16 hex digits of a keyed fingerprint): names it in envelopes,

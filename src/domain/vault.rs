@@ -384,11 +384,15 @@ pub async fn reseal_batch(db: &Db, vault: &Arc<Vault>, batch: i64, now_ms: i64) 
         let versions = tx.secret_versions_under_retired_keys(batch)?;
         let mut n = 0;
         for ver in &versions {
-            let old = v.data_key(tx, &ver.data_key_id)?;
             let aad = aad_for_secret(&ver.workspace_id, &ver.name, ver.version);
-            let plain = old.open(&ver.envelope, &aad).map_err(|_| OpenError::Integrity {
-                place: format!("secret {} version {} of workspace {}", ver.name, ver.version, ver.workspace_id),
-            })?;
+            // One value that does not open (tampered, or its master key missing) must not stop the
+            // others: it stays under its old key, and `vault verify` names it.
+            let opened = v.data_key(tx, &ver.data_key_id).ok().and_then(|k| k.open(&ver.envelope, &aad).ok());
+            let Some(plain) = opened else {
+                tracing::error!(target: "gatehouse::security", workspace = %ver.workspace_id, secret = %ver.name,
+                    version = ver.version, "a sealed value did not open while re-sealing; run `gatehouse vault verify`");
+                continue;
+            };
             let new = v.key_for_reseal(tx, &ver.workspace_id, now_ms)?;
             let envelope = new.seal(&plain, &aad)?;
             if tx.secret_version_reseal(ver, new.id(), &envelope)? {

@@ -1436,7 +1436,8 @@ async fn note_key_ip(
         })
         .await?;
     if let Ok(mut s) = state.workspaces.key_ips.lock() {
-        if s.len() >= 100_000 {
+        // Bounded by addresses, not keys: one key seen from many addresses must not grow it.
+        if s.values().map(HashSet::len).sum::<usize>() >= 100_000 {
             s.clear();
         }
         s.entry(pair.0).or_default().insert(pair.1);

@@ -105,10 +105,16 @@ pub struct RevealRequest {
 }
 
 /// A revealed value.
-#[derive(Debug, Object)]
+#[derive(Object)]
 pub struct Revealed {
     pub value: String,
     pub version: i64,
+}
+
+impl std::fmt::Debug for Revealed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Revealed").field("value", &"[redacted]").field("version", &self.version).finish()
+    }
 }
 
 #[derive(Debug, ApiResponse)]

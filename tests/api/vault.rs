@@ -440,6 +440,18 @@ async fn master_key_rotation_survives_a_kill_and_retires_the_old_key() {
     // The running server picks the new key up; then the old key can go.
     gatehouse::startup::housekeeping_round(&app.state).await;
     assert_ne!(app.state.vault.active_id(), old_id);
+    // A path instead of an id, or a file that does not hold the key it is named after: refused.
+    let (code, _, err) = run(gatehouse(&["keys", "retire", "../master", "--data-dir", data.to_str().unwrap()]));
+    assert_ne!(code, 0);
+    assert!(err.contains("not a master key id"), "{err}");
+    assert!(data.join("master.key").exists());
+    let decoy = data.join("master-keys").join("mk-0000000000000000.key");
+    std::fs::copy(data.join("master-keys").join(format!("{old_id}.key")), &decoy).unwrap();
+    let (code, _, err) =
+        run(gatehouse(&["keys", "retire", "mk-0000000000000000", "--data-dir", data.to_str().unwrap()]));
+    assert_ne!(code, 0);
+    assert!(err.contains("does not hold key"), "{err}");
+    std::fs::remove_file(&decoy).unwrap();
     let (code, out, err) = run(gatehouse(&["keys", "retire", &old_id, "--data-dir", data.to_str().unwrap()]));
     assert_eq!(code, 0, "{out}{err}");
     let (s, _, _) =
