@@ -153,12 +153,14 @@ impl Tx<'_> {
     }
 
     /// Retired workspace keys that nothing is sealed under any more.
-    pub fn vault_keys_delete_unused_retired(&self) -> Result<usize, DbError> {
-        Ok(self.conn().execute(
+    /// Delete them; returns their ids.
+    pub fn vault_keys_delete_unused_retired(&self) -> Result<Vec<String>, DbError> {
+        let mut stmt = self.conn().prepare(
             "DELETE FROM vault_keys WHERE purpose = 'workspace' AND retired_at IS NOT NULL \
-             AND NOT EXISTS (SELECT 1 FROM secret_versions v WHERE v.data_key_id = vault_keys.id)",
-            [],
-        )?)
+             AND NOT EXISTS (SELECT 1 FROM secret_versions v WHERE v.data_key_id = vault_keys.id) RETURNING id",
+        )?;
+        let rows = stmt.query_map([], |r| r.get(0))?;
+        Ok(rows.collect::<Result<_, _>>()?)
     }
 
     /// Secret versions sealed under a retired data key (for re-sealing), at most `limit`.

@@ -134,6 +134,8 @@ pub async fn put(
     state
         .db
         .write(move |tx| {
+            // The workspace may have been deleted since the access check: a 404, not a 500.
+            tx.workspace_by_ref(&ws_id)?.ok_or(AppError::NotFound)?;
             let created = tx.secret(&ws_id, &n)?.is_none();
             let row = write_version(tx, &st, &ws_id, &n, value.expose().as_bytes(), actor_id, None, unix_ms(now))?;
             let mut event = event.target(n.clone());
@@ -167,6 +169,7 @@ pub async fn restore(
     let result = state
         .db
         .write(move |tx| {
+            tx.workspace_by_ref(&ws_id)?.ok_or(AppError::NotFound)?;
             let old = tx.secret_version(&ws_id, &n, version)?.ok_or(AppError::NotFound)?;
             let plain = open_version(tx, &st, &old)?;
             let row = write_version(tx, &st, &ws_id, &n, &plain, actor_id, Some(version), unix_ms(now))?;

@@ -399,10 +399,17 @@ pub async fn reseal_batch(db: &Db, vault: &Arc<Vault>, batch: i64, now_ms: i64) 
                 n += 1;
             }
         }
-        tx.vault_keys_delete_unused_retired()?;
-        Ok::<_, AppError>(n)
+        let deleted = tx.vault_keys_delete_unused_retired()?;
+        Ok::<_, AppError>((n, deleted))
     })
     .await
+    .map(|(n, deleted)| {
+        // Gone from the database: gone from memory too.
+        for id in deleted {
+            vault.forget(&id);
+        }
+        n
+    })
 }
 
 /// What `vault verify` found.
