@@ -308,16 +308,9 @@ async fn prepare_shared(config: Config) -> Result<(startup::Prepared, BuildOptio
 /// One master-key operation at a time (`rotate-master`, `retire`): a lock beside the older keys.
 fn take_key_lock(dir: &Path) -> Result<std::fs::File, FatalError> {
     let path = dir.join(".lock");
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .map_err(|e| FatalError::new(format!("cannot open lock file {}: {e}", path.display())))?;
-    file.try_lock().map_err(|_| {
-        FatalError::new(format!("another master-key operation holds {}; wait for it to finish", path.display()))
-    })?;
-    Ok(file)
+    startup::lock_file(&path, || {
+        format!("another master-key operation holds {}; wait for it to finish", path.display())
+    })
 }
 
 /// Write `key` over `path` atomically: a new file beside it, synced, renamed over it, and the

@@ -82,19 +82,27 @@ pub fn lock_path(config: &Config) -> PathBuf {
 /// Take the data folder's lock, or say who holds it.
 pub fn take_lock(config: &Config) -> Result<File, FatalError> {
     let path = lock_path(config);
+    lock_file(&path, || {
+        format!(
+            "data folder {} is in use by a running Gatehouse (lock {} is held); stop it first",
+            config.data_dir.display(),
+            path.display()
+        )
+    })
+}
+
+/// Open (creating) `path` and hold an exclusive lock on it; `held` says why when another process
+/// has it.
+pub fn lock_file(path: &Path, held: impl FnOnce() -> String) -> Result<File, FatalError> {
     let file = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
-        .open(&path)
+        .open(path)
         .map_err(|e| FatalError::new(format!("cannot open lock file {}: {e}", path.display())))?;
     match file.try_lock() {
         Ok(()) => Ok(file),
-        Err(_) => Err(FatalError::new(format!(
-            "data folder {} is in use by a running Gatehouse (lock {} is held); stop it first",
-            config.data_dir.display(),
-            path.display()
-        ))),
+        Err(_) => Err(FatalError::new(held())),
     }
 }
 

@@ -274,23 +274,19 @@ impl Tx<'_> {
 }
 
 impl Tx<'_> {
-    /// Every value sealed under the system data key, as (place, envelope, AAD): JWT signing
-    /// keys and TOTP seeds.
-    pub fn system_sealed_values(&self) -> Result<Vec<(String, String, String)>, DbError> {
-        let mut out = Vec::new();
-        let mut stmt = self.conn().prepare("SELECT kid, private_sealed FROM signing_keys")?;
-        let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
-        for row in rows {
-            let (kid, env) = row?;
-            out.push((format!("signing key {kid}"), env, format!("signing_key:{kid}")));
-        }
-        let mut stmt = self.conn().prepare("SELECT id, totp_seed FROM users WHERE totp_seed IS NOT NULL")?;
-        let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
-        for row in rows {
-            let (id, env) = row?;
-            out.push((format!("TOTP seed of user {id}"), env, format!("totp:{id}")));
-        }
-        Ok(out)
+    /// Every value sealed under the system data key: (signing key id, envelope) of the JWT
+    /// signing keys, and (user id, envelope) of the TOTP seeds.
+    #[allow(clippy::type_complexity)]
+    pub fn system_sealed_values(&self) -> Result<(Vec<(String, String)>, Vec<(String, String)>), DbError> {
+        let pairs = |sql: &str| -> Result<Vec<(String, String)>, DbError> {
+            let mut stmt = self.conn().prepare(sql)?;
+            let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        };
+        Ok((
+            pairs("SELECT kid, private_sealed FROM signing_keys")?,
+            pairs("SELECT id, totp_seed FROM users WHERE totp_seed IS NOT NULL")?,
+        ))
     }
 }
 

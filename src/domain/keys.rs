@@ -97,7 +97,8 @@ impl KeyRing {
     }
 }
 
-fn aad(kid: &str) -> String {
+/// The AAD a signing key's private half is sealed with.
+pub fn aad(kid: &str) -> String {
     format!("signing_key:{kid}")
 }
 

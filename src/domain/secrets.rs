@@ -128,7 +128,7 @@ pub async fn put(
     }
     let now = state.clock.now();
     let key = state.audit_key.clone();
-    let event = a.event_for("secret.written", &checked, origin, json!({ "name": name }));
+    let event = a.event("secret.written", &checked, origin, json!({ "name": name }));
     let (ws_id, n, st) = (a.ws.id.clone(), name.to_string(), state.clone());
     let actor_id = Some(a.user_id.clone());
     state
@@ -163,7 +163,7 @@ pub async fn restore(
     let checked = a.check("write", &secret_resource(name))?;
     let now = state.clock.now();
     let key = state.audit_key.clone();
-    let event = a.event_for("secret.restored", &checked, origin, json!({ "name": name, "restored_from": version }));
+    let event = a.event("secret.restored", &checked, origin, json!({ "name": name, "restored_from": version }));
     let (ws_id, n, st) = (a.ws.id.clone(), name.to_string(), state.clone());
     let actor_id = Some(a.user_id.clone());
     let result = state
@@ -253,7 +253,7 @@ pub async fn reveal(
     }
     let now = state.clock.now();
     let key = state.audit_key.clone();
-    let event = a.event_for("secret.revealed", &checked, origin, json!({ "name": name, "reason": reason }));
+    let event = a.event("secret.revealed", &checked, origin, json!({ "name": name, "reason": reason }));
     let (ws_id, n, st) = (a.ws.id.clone(), name.to_string(), state.clone());
     let result = state
         .db
@@ -281,7 +281,7 @@ pub async fn delete(state: &AppState, who: &Principal, ws: &str, name: &str, ori
     let checked = a.check("delete", &secret_resource(name))?;
     let now = state.clock.now();
     let key = state.audit_key.clone();
-    let event = a.event_for("secret.deleted", &checked, origin, json!({ "name": name }));
+    let event = a.event("secret.deleted", &checked, origin, json!({ "name": name }));
     let (ws_id, n) = (a.ws.id.clone(), name.to_string());
     state
         .db

@@ -114,15 +114,7 @@ pub async fn list(
     limit: u32,
 ) -> Result<(Vec<UserRow>, Option<String>), AppError> {
     let limit = i64::from(limit.clamp(1, 200));
-    let after = match cursor.as_deref() {
-        None | Some("") => None,
-        Some(c) => {
-            let (ts, id) =
-                c.split_once('_').ok_or_else(|| AppError::Invalid("cursor is not one this server gave".into()))?;
-            let ts: i64 = ts.parse().map_err(|_| AppError::Invalid("cursor is not one this server gave".into()))?;
-            Some((ts, id.to_string()))
-        }
-    };
+    let after = super::parse_cursor(cursor.as_deref())?;
     let rows = state
         .db
         .read(move |tx| {

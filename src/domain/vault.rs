@@ -449,7 +449,12 @@ pub async fn verify(db: &Db, vault: &Arc<Vault>) -> Result<VerifyReport, AppErro
             }
         }
         if let Some(system) = keys.get(SYSTEM_KEY_ID) {
-            for (place, envelope, aad) in tx.system_sealed_values()? {
+            let (signing, seeds) = tx.system_sealed_values()?;
+            let signing =
+                signing.into_iter().map(|(kid, env)| (format!("signing key {kid}"), env, super::keys::aad(&kid)));
+            let seeds =
+                seeds.into_iter().map(|(id, env)| (format!("TOTP seed of user {id}"), env, super::mfa::seed_aad(&id)));
+            for (place, envelope, aad) in signing.chain(seeds) {
                 if system.open(&envelope, &aad).is_ok() {
                     report.system_values += 1;
                 } else {

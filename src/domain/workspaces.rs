@@ -273,12 +273,7 @@ impl Access {
     }
 
     /// An audit event in this workspace by this caller (marked `as_admin` when so).
-    pub fn event_for(&self, action: &'static str, checked: &Checked, origin: &Origin, details: Value) -> Event {
-        self.event(action, checked, origin, details)
-    }
-
-    /// An audit event in this workspace by this caller.
-    fn event(&self, action: &'static str, checked: &Checked, origin: &Origin, details: Value) -> Event {
+    pub fn event(&self, action: &'static str, checked: &Checked, origin: &Origin, details: Value) -> Event {
         let mut details = match details {
             Value::Object(m) => m,
             _ => serde_json::Map::new(),
@@ -471,7 +466,7 @@ pub async fn list(
     }
     let me = super::users::get(state, &who.user_id).await?;
     let limit = i64::from(limit.clamp(1, 200));
-    let after = parse_cursor(cursor.as_deref())?;
+    let after = super::parse_cursor(cursor.as_deref())?;
     let member = if me.is_admin { None } else { Some(me.id.clone()) };
     let mut rows = state
         .db
@@ -487,17 +482,6 @@ pub async fn list(
         None
     };
     Ok((rows, next))
-}
-
-fn parse_cursor(cursor: Option<&str>) -> Result<Option<(i64, String)>, AppError> {
-    match cursor {
-        None | Some("") => Ok(None),
-        Some(c) => {
-            let bad = || AppError::Invalid("cursor: not one this server gave".into());
-            let (ts, id) = c.split_once('_').ok_or_else(bad)?;
-            Ok(Some((ts.parse().map_err(|_| bad())?, id.to_string())))
-        }
-    }
 }
 
 /// `GET /v1/workspaces/{ws}`.

@@ -4,7 +4,7 @@
 
 use super::auth::{origin, session_cookie, AnyAuth, SessionAuth};
 use super::edge::RequestInfo;
-use super::error::ApiError;
+use super::error::{fail, ts, ApiError};
 use super::ApiTags;
 use crate::crypto::SecretString;
 use crate::db::{PatRow, SessionRow, UserRow};
@@ -19,14 +19,6 @@ use poem_openapi::payload::Json;
 use poem_openapi::types::Password;
 use poem_openapi::{ApiResponse, Enum, Object, OpenApi};
 use time::OffsetDateTime;
-
-fn ts(ms: i64) -> OffsetDateTime {
-    OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000).unwrap_or(OffsetDateTime::UNIX_EPOCH)
-}
-
-fn fail(info: &RequestInfo) -> impl Fn(AppError) -> ApiError + '_ {
-    move |e| ApiError::from_app(e, &info.request_id)
-}
 
 /// How the client wants the session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Enum, Default)]

@@ -18,6 +18,8 @@ use poem_openapi::SecurityScheme;
 pub const SESSION_COOKIE: &str = "__Host-gatehouse_session";
 /// The header a cookie-authenticated request that changes state must carry.
 pub const CSRF_HEADER: &str = "x-csrf-token";
+/// Why a valid API key is refused on an operation outside its workspace.
+pub const API_KEY_ELSEWHERE: &str = "API keys act only on their workspace's endpoints (/v1/workspaces/{ws}/...).";
 /// The header of workspace API keys (`auth.api_key_headers` adds aliases).
 pub const API_KEY_HEADER: &str = "x-api-key";
 
@@ -141,10 +143,7 @@ fn accept(req: &Request, want: Accept) -> poem::Result<Principal> {
         return Ok(p);
     }
     if kind == Accept::ApiKey {
-        return Err(poem::Error::from_string(
-            "API keys act only on their workspace's endpoints (/v1/workspaces/{ws}/...).",
-            StatusCode::FORBIDDEN,
-        ));
+        return Err(poem::Error::from_string(API_KEY_ELSEWHERE, StatusCode::FORBIDDEN));
     }
     if kind == Accept::Pat {
         return Err(poem::Error::from_string(

@@ -331,10 +331,7 @@ impl Endpoint for Edge {
                         if matches!(p.credential, crate::domain::auth::Credential::ApiKey { .. }) {
                             // A valid key on an operation that does not take keys: say so
                             // rather than the scheme's generic 401.
-                            refused = Some((
-                                StatusCode::FORBIDDEN,
-                                "API keys act only on their workspace's endpoints (/v1/workspaces/{ws}/...).".to_string(),
-                            ));
+                            refused = Some((StatusCode::FORBIDDEN, super::auth::API_KEY_ELSEWHERE.to_string()));
                         }
                     }
                     Err(e) => refused = Some(e.clone()),

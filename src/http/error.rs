@@ -115,3 +115,14 @@ impl ApiError {
         Self::Forbidden(Json(Problem::new(StatusCode::FORBIDDEN, detail, request_id)))
     }
 }
+
+/// A stored instant (milliseconds since the epoch) as the API shows it.
+pub fn ts(ms: i64) -> time::OffsetDateTime {
+    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH)
+}
+
+/// Map a core error to the operation's problem answer, with the request's id.
+pub fn fail(info: &super::edge::RequestInfo) -> impl Fn(AppError) -> ApiError + '_ {
+    move |e| ApiError::from_app(e, &info.request_id)
+}

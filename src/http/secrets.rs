@@ -4,12 +4,11 @@
 use super::accounts::Done;
 use super::auth::{origin, WorkspaceAuth};
 use super::edge::RequestInfo;
-use super::error::ApiError;
+use super::error::{fail, ts, ApiError};
 use super::ApiTags;
 use crate::crypto::SecretString;
 use crate::db::{SecretRow, SecretVersionRow};
 use crate::domain::secrets;
-use crate::error::AppError;
 use crate::http::json::JsonBody;
 use crate::state::AppState;
 use poem::web::Data;
@@ -18,14 +17,6 @@ use poem_openapi::payload::Json;
 use poem_openapi::types::Password;
 use poem_openapi::{ApiResponse, Object, OpenApi};
 use time::OffsetDateTime;
-
-fn ts(ms: i64) -> OffsetDateTime {
-    OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000).unwrap_or(OffsetDateTime::UNIX_EPOCH)
-}
-
-fn fail(info: &RequestInfo) -> impl Fn(AppError) -> ApiError + '_ {
-    move |e| ApiError::from_app(e, &info.request_id)
-}
 
 /// A secret's metadata (never its value).
 #[derive(Debug, Object)]

@@ -5,7 +5,7 @@
 use super::accounts::{Created, Done};
 use super::auth::{origin, WorkspaceAuth};
 use super::edge::RequestInfo;
-use super::error::ApiError;
+use super::error::{fail, ts, ApiError};
 use super::ApiTags;
 use crate::db::{ApiKeyRow, WorkspaceRow};
 use crate::domain::authz::{Condition, Decision, Effect, Rule, RuleInput};
@@ -20,14 +20,6 @@ use poem_openapi::{ApiResponse, Enum, Object, OpenApi, Union};
 use serde_json::Value;
 use std::collections::{BTreeMap, HashMap};
 use time::OffsetDateTime;
-
-fn ts(ms: i64) -> OffsetDateTime {
-    OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000).unwrap_or(OffsetDateTime::UNIX_EPOCH)
-}
-
-fn fail(info: &RequestInfo) -> impl Fn(AppError) -> ApiError + '_ {
-    move |e| ApiError::from_app(e, &info.request_id)
-}
 
 /// A workspace.
 #[derive(Debug, Object)]
