@@ -17,6 +17,8 @@ use std::path::{Path, PathBuf};
 pub const CREDENTIAL_MASTER_KEY: &str = "master_key";
 /// Name of the systemd credential that holds the metrics bearer token.
 pub const CREDENTIAL_METRICS_TOKEN: &str = "metrics_token";
+/// Name of the systemd credential that holds the alert webhook's HMAC secret.
+pub const CREDENTIAL_WEBHOOK_SECRET: &str = "webhook_secret";
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
@@ -30,6 +32,8 @@ pub struct Config {
     pub metrics: MetricsConfig,
     pub log: LogConfig,
     pub auth: AuthConfig,
+    pub audit: AuditConfig,
+    pub monitoring: MonitoringConfig,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -85,6 +89,127 @@ impl Default for VaultConfig {
     }
 }
 
+/// The audit log: what is recorded, checkpoints, retention, forwarding.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditConfig {
+    /// Refuse a state-changing request whose audit record cannot be written.
+    pub require: bool,
+    /// Record read access (`api.read`) as well as changes.
+    pub record_reads: bool,
+    /// A signed checkpoint after this many new records...
+    pub checkpoint_every_records: u64,
+    /// ...or after this many seconds with at least one new record.
+    pub checkpoint_interval_seconds: u64,
+    /// Days a record is kept, by category (the first part of the event name: `auth`, `secret`,
+    /// ...), with `default` for the others. A category not named (and no `default`) is kept forever.
+    pub retention_days: std::collections::BTreeMap<String, u32>,
+    /// Collectors that receive every record as RFC 5424 syslog.
+    pub syslog: Vec<SyslogTarget>,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        Self {
+            require: false,
+            record_reads: false,
+            checkpoint_every_records: 10_000,
+            checkpoint_interval_seconds: 300,
+            retention_days: std::collections::BTreeMap::new(),
+            syslog: Vec::new(),
+        }
+    }
+}
+
+/// How a syslog collector is reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SyslogTransport {
+    Udp,
+    Tcp,
+    Tls,
+}
+
+/// One `[[audit.syslog]]` collector.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SyslogTarget {
+    /// A short name, unique among targets: it keys the durable cursor.
+    pub name: String,
+    pub transport: SyslogTransport,
+    /// `host:port` of the collector.
+    pub address: String,
+    /// PEM file of the CA that signed the collector's certificate (TLS; system roots otherwise).
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// The name the collector's certificate must carry (TLS; default: the host of `address`).
+    #[serde(default)]
+    pub server_name: Option<String>,
+    /// RFC 5424 APP-NAME.
+    #[serde(default = "default_app_name")]
+    pub app_name: String,
+    /// RFC 5424 HOSTNAME (default: the machine's host name).
+    #[serde(default)]
+    pub hostname: Option<String>,
+    /// Syslog facility name (`auth`, `authpriv`, `local0`...`local7`).
+    #[serde(default = "default_facility")]
+    pub facility: String,
+    /// SD-ID of the structured data element that carries the event fields.
+    #[serde(default = "default_sd_id")]
+    pub sd_id: String,
+}
+
+fn default_app_name() -> String {
+    "gatehouse".into()
+}
+
+fn default_facility() -> String {
+    "authpriv".into()
+}
+
+fn default_sd_id() -> String {
+    "gatehouse@32473".into()
+}
+
+/// Security monitoring: threshold rules over the audit stream that raise alerts.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MonitoringConfig {
+    pub enabled: bool,
+    /// The sliding window the counting rules use.
+    pub window_seconds: u64,
+    /// Failed logins for one account within the window that raise an alert.
+    pub failed_logins_per_account: u32,
+    /// Failed logins from one address within the window that raise an alert.
+    pub failed_logins_per_ip: u32,
+    /// Refused requests (rate limit, 429) from one address within the window.
+    pub rate_limited_per_ip: u32,
+    /// Secret reveals by one actor within the window.
+    pub secret_reveals_per_actor: u32,
+    /// An https:// (or loopback http://) URL that receives each alert as a signed JSON POST.
+    pub webhook_url: Option<String>,
+    /// File holding the HMAC-SHA256 key for the webhook signature (or the `webhook_secret` credential).
+    pub webhook_secret_file: Option<PathBuf>,
+    /// PEM file of the CA for an https webhook with a private certificate.
+    pub webhook_ca_file: Option<PathBuf>,
+}
+
+impl Default for MonitoringConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            window_seconds: 300,
+            failed_logins_per_account: 5,
+            failed_logins_per_ip: 20,
+            rate_limited_per_ip: 10,
+            secret_reveals_per_actor: 50,
+            webhook_url: None,
+            webhook_secret_file: None,
+            webhook_ca_file: None,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Deserialize, Serialize, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct MetricsConfig {
@@ -111,6 +236,8 @@ impl Default for Config {
             metrics: MetricsConfig::default(),
             log: LogConfig::default(),
             auth: AuthConfig::default(),
+            audit: AuditConfig::default(),
+            monitoring: MonitoringConfig::default(),
         }
     }
 }
@@ -381,6 +508,8 @@ impl Config {
             }
         }
         self.validate_auth()?;
+        self.validate_audit()?;
+        self.validate_monitoring()?;
         if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
             return Err(ConfigError(format!(
                 "log.level: {:?} is not a valid filter (try \"info\" or \"gatehouse=debug,info\")",
@@ -454,6 +583,119 @@ impl Config {
             return bad("auth.rate_limit.per_minute and auth.rate_limit.burst must be at least 1".into());
         }
         Ok(())
+    }
+
+    fn validate_audit(&self) -> Result<(), ConfigError> {
+        let a = &self.audit;
+        let bad = |msg: String| Err(ConfigError(msg));
+        if !(10..=1_000_000).contains(&a.checkpoint_every_records) {
+            return bad("audit.checkpoint_every_records must be between 10 and 1000000".into());
+        }
+        if !(10..=86_400).contains(&a.checkpoint_interval_seconds) {
+            return bad("audit.checkpoint_interval_seconds must be between 10 and 86400".into());
+        }
+        for (category, days) in &a.retention_days {
+            if category != "default" && !crate::domain::audit::catalogue::is_category(category) {
+                return bad(format!(
+                    "audit.retention_days: '{category}' is not an event category; use one of {} or default",
+                    crate::domain::audit::catalogue::categories().join(", ")
+                ));
+            }
+            if !(1..=36_500).contains(days) {
+                return bad(format!("audit.retention_days.{category} must be between 1 and 36500 days"));
+            }
+        }
+        let mut names = std::collections::BTreeSet::new();
+        for t in &a.syslog {
+            let ok = (1..=32).contains(&t.name.len())
+                && t.name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
+            if !ok {
+                return bad(format!("audit.syslog: name {:?} is not usable (1 to 32 of a-z, 0-9, - and _)", t.name));
+            }
+            if !names.insert(t.name.clone()) {
+                return bad(format!("audit.syslog: the name '{}' is used twice", t.name));
+            }
+            let Some((host, port)) = t.address.rsplit_once(':') else {
+                return bad(format!("audit.syslog '{}': address {:?} is not host:port", t.name, t.address));
+            };
+            if host.is_empty() || port.parse::<u16>().map_or(true, |p| p == 0) {
+                return bad(format!("audit.syslog '{}': address {:?} is not host:port", t.name, t.address));
+            }
+            if t.transport != SyslogTransport::Tls && (t.ca_file.is_some() || t.server_name.is_some()) {
+                return bad(format!(
+                    "audit.syslog '{}': ca_file and server_name apply to transport = \"tls\" only",
+                    t.name
+                ));
+            }
+            if let Some(ca) = &t.ca_file {
+                std::fs::metadata(ca).map_err(|e| {
+                    ConfigError(format!("audit.syslog '{}': cannot read ca_file {}: {e}", t.name, ca.display()))
+                })?;
+            }
+            if crate::domain::siem::facility_code(&t.facility).is_none() {
+                return bad(format!(
+                    "audit.syslog '{}': facility {:?} is not one of kern, user, auth, authpriv, daemon, local0 to local7",
+                    t.name, t.facility
+                ));
+            }
+            let printable =
+                |s: &str, max: usize| (1..=max).contains(&s.len()) && s.bytes().all(|b| (33..=126).contains(&b));
+            if !printable(&t.app_name, 48) || !t.hostname.as_deref().is_none_or(|h| printable(h, 255)) {
+                return bad(format!(
+                    "audit.syslog '{}': app_name (1 to 48) and hostname (1 to 255) must be printable ASCII without spaces",
+                    t.name
+                ));
+            }
+            let sd_ok = printable(&t.sd_id, 32) && !t.sd_id.contains(['=', ']', '"']);
+            if !sd_ok {
+                return bad(format!("audit.syslog '{}': sd_id {:?} is not a valid SD-ID", t.name, t.sd_id));
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_monitoring(&self) -> Result<(), ConfigError> {
+        let m = &self.monitoring;
+        let bad = |msg: String| Err(ConfigError(msg));
+        if !(10..=86_400).contains(&m.window_seconds) {
+            return bad("monitoring.window_seconds must be between 10 and 86400".into());
+        }
+        let thresholds = [
+            ("failed_logins_per_account", m.failed_logins_per_account),
+            ("failed_logins_per_ip", m.failed_logins_per_ip),
+            ("rate_limited_per_ip", m.rate_limited_per_ip),
+            ("secret_reveals_per_actor", m.secret_reveals_per_actor),
+        ];
+        for (name, value) in thresholds {
+            if value == 0 {
+                return bad(format!("monitoring.{name} must be at least 1"));
+            }
+        }
+        if let Some(url) = &m.webhook_url {
+            let loopback_http = url.strip_prefix("http://").is_some_and(|rest| {
+                let host = rest.split(['/', '?']).next().unwrap_or("");
+                let host = host.rsplit_once(':').map_or(host, |(h, _)| h);
+                matches!(host, "127.0.0.1" | "localhost" | "[::1]")
+            });
+            if !(url.starts_with("https://") || loopback_http) || url.contains(char::is_whitespace) {
+                return bad(format!(
+                    "monitoring.webhook_url: {url:?} must be an https:// URL (http:// only to a loopback address)"
+                ));
+            }
+        }
+        if let Some(ca) = &m.webhook_ca_file {
+            std::fs::metadata(ca)
+                .map_err(|e| ConfigError(format!("monitoring.webhook_ca_file: cannot read {}: {e}", ca.display())))?;
+        }
+        Ok(())
+    }
+
+    /// The file holding the alert webhook's HMAC secret, if any.
+    pub fn webhook_secret_path(&self, credentials_dir: Option<&Path>) -> Option<PathBuf> {
+        if let Some(p) = &self.monitoring.webhook_secret_file {
+            return Some(p.clone());
+        }
+        credentials_dir.map(|d| d.join(CREDENTIAL_WEBHOOK_SECRET)).filter(|p| p.exists())
     }
 
     pub fn database_path(&self) -> PathBuf {

@@ -10,6 +10,7 @@ pub mod keys;
 pub mod mfa;
 pub mod secrets;
 pub mod sessions;
+pub mod siem;
 pub mod tokens;
 pub mod users;
 pub mod vault;

@@ -5,6 +5,8 @@
 //!
 //! Details never hold a secret: callers pass identifiers and reasons, never values.
 
+pub mod catalogue;
+
 use super::unix_ms;
 use crate::crypto::AuditKey;
 use crate::db::{AuditRow, Db, Tx};
