@@ -21,13 +21,13 @@ pub use workspaces::{ApiKeyPatch, ApiKeyRow, MemberRow, RoleRow, WorkspaceRow};
 
 use crate::metrics::Metrics;
 use crate::telemetry::spawn_blocking_in_span;
-use rusqlite::{Connection, OpenFlags, TransactionBehavior};
+use rusqlite::{Connection, OpenFlags};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum DbError {
     #[error("database {path} was written by a newer Gatehouse (schema {found}, this binary knows {supported}); run the newer binary or restore a backup")]
     TooNew { path: String, found: i64, supported: i64 },
@@ -65,17 +65,39 @@ pub struct DbOptions {
 }
 
 /// A transaction: writable when it came from [`Db::write`], a read snapshot from [`Db::read`].
-/// Dropping it without [`Db::write`] committing rolls back.
+/// [`Db`] begins, commits and rolls it back; code holding a `Tx` only runs statements.
 #[derive(Debug)]
 pub struct Tx<'c> {
-    tx: rusqlite::Transaction<'c>,
+    conn: &'c Connection,
 }
 
 impl Tx<'_> {
     fn conn(&self) -> &Connection {
-        &self.tx
+        self.conn
     }
 }
+
+/// A queued write: runs inside the batch's transaction (in a savepoint of its own) and answers
+/// what to do once the batch commits or fails.
+/// Given the error instead of a transaction when none could be opened.
+type Job = Box<dyn FnOnce(Result<&Tx<'_>, DbError>) -> JobDone + Send>;
+
+/// A job's outcome: whether its changes stay, and how to hand the result back once the batch's
+/// fate is known (`None` = committed).
+struct JobDone {
+    keep: bool,
+    deliver: Box<dyn FnOnce(Option<DbError>) + Send>,
+}
+
+/// Writes waiting for the writer, and whether a drainer is running.
+#[derive(Default)]
+struct WriteQueue {
+    jobs: std::collections::VecDeque<(Job, tracing::Span)>,
+    draining: bool,
+}
+
+/// Most writes one transaction (one fsync) carries.
+const MAX_BATCH: usize = 256;
 
 /// Field order matters: the read-only connections close first, so that the writer closes last,
 /// checkpoints the WAL into the database file and removes it.
@@ -85,6 +107,7 @@ struct Inner {
     read_gate: Semaphore,
     writer: Mutex<Connection>,
     write_gate: Semaphore,
+    queue: Mutex<WriteQueue>,
     metrics: Option<Arc<Metrics>>,
     caches: Caches,
 }
@@ -260,6 +283,7 @@ impl Db {
                 path: shown,
                 writer: Mutex::new(writer),
                 write_gate: Semaphore::new(1),
+                queue: Mutex::new(WriteQueue::default()),
                 readers: Mutex::new(readers),
                 read_gate: Semaphore::new(n),
                 metrics,
@@ -274,30 +298,72 @@ impl Db {
         }
     }
 
-    /// Run `f` in a write transaction (`BEGIN IMMEDIATE`) on the blocking pool; commit when it
-    /// returns `Ok`, roll back otherwise. One writer at a time.
+    /// Run `f` in a write transaction (`BEGIN IMMEDIATE`) on the blocking pool; its changes are
+    /// committed when it returns `Ok`, rolled back otherwise. One writer at a time.
+    ///
+    /// Group commit: writes that arrive while another batch is being written wait in a queue and
+    /// then go together in one transaction (one fsync), each in a savepoint of its own, so that
+    /// one that fails rolls back alone. A result is handed back only after its batch committed;
+    /// if the commit fails, every write of the batch fails.
     pub async fn write<T, E, F>(&self, f: F) -> Result<T, E>
     where
         F: FnOnce(&Tx<'_>) -> Result<T, E> + Send + 'static,
         T: Send + 'static,
         E: From<DbError> + Send + 'static,
     {
-        let _permit = self.inner.write_gate.acquire().await.map_err(|_| DbError::Worker)?;
-        let inner = self.inner.clone();
+        type Answer<T, E> = std::thread::Result<Result<T, E>>;
+        let (send, recv) = tokio::sync::oneshot::channel::<Answer<T, E>>();
+        let job: Job = Box::new(move |tx| {
+            let tx = match tx {
+                Ok(tx) => tx,
+                Err(e) => {
+                    return JobDone {
+                        keep: false,
+                        deliver: Box::new(move |_| {
+                            let _ = send.send(Ok(Err(E::from(e))));
+                        }),
+                    }
+                }
+            };
+            match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(tx))) {
+                Ok(Ok(value)) => JobDone {
+                    keep: true,
+                    deliver: Box::new(move |failed| {
+                        let _ = send.send(Ok(match failed {
+                            None => Ok(value),
+                            Some(e) => Err(E::from(e)),
+                        }));
+                    }),
+                },
+                Ok(Err(e)) => JobDone {
+                    keep: false,
+                    deliver: Box::new(move |_| {
+                        let _ = send.send(Ok(Err(e)));
+                    }),
+                },
+                Err(panic) => JobDone {
+                    keep: false,
+                    deliver: Box::new(move |_| {
+                        let _ = send.send(Err(panic));
+                    }),
+                },
+            }
+        });
         let started = Instant::now();
-        let out = spawn_blocking_in_span(move || {
-            let mut conn = inner.writer.lock().map_err(|_| DbError::Worker)?;
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(DbError::from)?;
-            let tx = Tx { tx };
-            let value = f(&tx)?;
-            let committed = tx.tx.commit().map_err(DbError::from);
-            inner.caches.invalidate();
-            committed?;
-            Ok(value)
-        })
-        .await
-        .map_err(|_| E::from(DbError::Worker))
-        .and_then(|r| r);
+        let lead = {
+            let mut q = self.inner.queue.lock().map_err(|_| DbError::Worker)?;
+            q.jobs.push_back((job, tracing::Span::current()));
+            !std::mem::replace(&mut q.draining, true)
+        };
+        if lead {
+            let inner = self.inner.clone();
+            tokio::task::spawn_blocking(move || drain(&inner));
+        }
+        let out = match recv.await {
+            Ok(Ok(result)) => result,
+            Ok(Err(panic)) => std::panic::resume_unwind(panic),
+            Err(_) => Err(E::from(DbError::Worker)),
+        };
         self.observe("write", started);
         out
     }
@@ -350,14 +416,17 @@ impl Db {
         let inner = self.inner.clone();
         let started = Instant::now();
         let out = spawn_blocking_in_span(move || {
-            let mut conn = {
+            let conn = {
                 let mut pool = inner.readers.lock().map_err(|_| DbError::Worker)?;
                 pool.pop().ok_or(DbError::Worker)?
             };
             let result = (|| {
-                let tx = conn.transaction_with_behavior(TransactionBehavior::Deferred).map_err(DbError::from)?;
-                let tx = Tx { tx };
-                f(&tx)
+                conn.execute_batch("BEGIN DEFERRED").map_err(DbError::from)?;
+                let result = f(&Tx { conn: &conn });
+                if !conn.is_autocommit() {
+                    let _ = conn.execute_batch("ROLLBACK");
+                }
+                result
             })();
             if let Ok(mut pool) = inner.readers.lock() {
                 pool.push(conn);
@@ -410,6 +479,93 @@ impl Db {
 
     pub fn path(&self) -> &str {
         &self.inner.path
+    }
+}
+
+/// Run queued writes until the queue is empty, one batch per transaction.
+fn drain(inner: &Inner) {
+    loop {
+        let batch: Vec<(Job, tracing::Span)> = {
+            let Ok(mut q) = inner.queue.lock() else { return };
+            if q.jobs.is_empty() {
+                q.draining = false;
+                return;
+            }
+            let n = q.jobs.len().min(MAX_BATCH);
+            q.jobs.drain(..n).collect()
+        };
+        match inner.writer.lock() {
+            Ok(conn) => run_batch(inner, &conn, batch),
+            // A poisoned writer: dropping the jobs answers each with a worker error.
+            Err(_) => drop(batch),
+        }
+    }
+}
+
+/// One transaction for `batch`: each job in a savepoint; commit; then hand back the results.
+fn run_batch(inner: &Inner, conn: &Connection, batch: Vec<(Job, tracing::Span)>) {
+    let mut done: Vec<JobDone> = Vec::new();
+    let mut open = false;
+    for (job, span) in batch {
+        let _entered = span.enter();
+        if !open {
+            if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+                let e = DbError::from(e);
+                (job(Err(e)).deliver)(None);
+                continue;
+            }
+            open = true;
+        }
+        if let Err(e) = conn.execute_batch("SAVEPOINT gatehouse_write") {
+            (job(Err(DbError::from(e))).deliver)(None);
+            continue;
+        }
+        let outcome = job(Ok(&Tx { conn }));
+        if conn.is_autocommit() {
+            // The statement's error made SQLite roll the whole transaction back: every earlier
+            // job of the batch lost its changes too.
+            let lost = DbError::Sqlite("the transaction was rolled back by an error in a write batched with it".into());
+            fail_all(conn, std::mem::take(&mut done), &lost);
+            (outcome.deliver)(Some(lost));
+            open = false;
+            continue;
+        }
+        let undo = if outcome.keep {
+            conn.execute_batch("RELEASE gatehouse_write")
+        } else {
+            conn.execute_batch("ROLLBACK TO gatehouse_write; RELEASE gatehouse_write")
+        };
+        if let Err(e) = undo {
+            let e = DbError::from(e);
+            fail_all(conn, std::mem::take(&mut done), &e);
+            (outcome.deliver)(Some(e));
+            open = false;
+            continue;
+        }
+        done.push(outcome);
+    }
+    if !open {
+        return;
+    }
+    let committed = conn.execute_batch("COMMIT").map_err(DbError::from);
+    inner.caches.invalidate();
+    match committed {
+        Ok(()) => {
+            for d in done {
+                (d.deliver)(None);
+            }
+        }
+        Err(e) => fail_all(conn, done, &e),
+    }
+}
+
+/// Roll back the open transaction (if SQLite has not already) and fail every job in it.
+fn fail_all(conn: &Connection, done: Vec<JobDone>, e: &DbError) {
+    if !conn.is_autocommit() {
+        let _ = conn.execute_batch("ROLLBACK");
+    }
+    for d in done {
+        (d.deliver)(Some(e.clone()));
     }
 }
 
@@ -481,4 +637,78 @@ pub fn read_meta(path: &Path, key: &str) -> Result<Option<String>, DbError> {
     use rusqlite::OptionalExtension;
     let conn = open_untouched(path)?;
     Ok(conn.query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0)).optional()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn open_temp() -> (tempfile::TempDir, Db) {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let opts =
+            DbOptions { path: dir.path().join("t.db"), busy_timeout: Duration::from_secs(5), read_connections: 2 };
+        let db = Db::open(&opts, None).expect("open");
+        (dir, db)
+    }
+
+    /// Many concurrent writes, some failing: the failing ones change nothing, the others all
+    /// commit, whatever batch they shared.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn batched_writes_commit_or_roll_back_alone() {
+        let (_dir, db) = open_temp();
+        let mut tasks = Vec::new();
+        for i in 0..400 {
+            let db = db.clone();
+            tasks.push(tokio::spawn(async move {
+                db.write(move |tx| {
+                    tx.meta_set(&format!("k{i}"), "v")?;
+                    if i % 3 == 0 {
+                        return Err(DbError::Sqlite("refused".into()));
+                    }
+                    Ok::<_, DbError>(i)
+                })
+                .await
+            }));
+        }
+        for (i, t) in tasks.into_iter().enumerate() {
+            let r = t.await.expect("task");
+            assert_eq!(r.is_ok(), i % 3 != 0, "{i}: {r:?}");
+        }
+        let kept = db
+            .read(|tx| {
+                let mut n = 0;
+                for i in 0..400 {
+                    if tx.meta_get(&format!("k{i}"))?.is_some() {
+                        assert!(i % 3 != 0, "k{i} was written by a failed write");
+                        n += 1;
+                    }
+                }
+                Ok::<_, DbError>(n)
+            })
+            .await
+            .expect("read");
+        assert_eq!(kept, 400 - 134);
+    }
+
+    /// A write that panics rolls back alone and the panic reaches its caller.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_panicking_write_changes_nothing() {
+        let (_dir, db) = open_temp();
+        let db2 = db.clone();
+        let panicked = tokio::spawn(async move {
+            db2.write(|tx| {
+                tx.meta_set("boom", "v")?;
+                if tx.meta_get("boom")?.is_some() {
+                    panic!("write failed");
+                }
+                Ok::<_, DbError>(())
+            })
+            .await
+        })
+        .await;
+        assert!(panicked.is_err());
+        db.write(|tx| tx.meta_set("after", "v")).await.expect("the writer still works");
+        let boom = db.read(|tx| tx.meta_get("boom")).await.expect("read");
+        assert_eq!(boom, None);
+    }
 }
