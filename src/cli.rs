@@ -111,6 +111,11 @@ pub enum UsersCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum AuditCommand {
-    /// Walk the hash chain and name the first broken record
-    Verify,
+    /// Check the signed checkpoints and walk the hash chain; name the first broken record
+    Verify {
+        /// A checkpoint exported earlier (`GET /v1/audit/checkpoints`, one item as JSON) that the
+        /// log must still contain; repeat for several
+        #[arg(long = "anchor", value_name = "FILE")]
+        anchors: Vec<std::path::PathBuf>,
+    },
 }

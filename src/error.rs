@@ -27,6 +27,9 @@ pub enum AppError {
     /// A component is not ready (database not writable, keys not loaded).
     #[error("not ready: {0}")]
     Unavailable(String),
+    /// `audit.require` is on and the change's audit record could not be written: refused.
+    #[error("the audit log cannot be written")]
+    AuditUnavailable,
     /// Storage failed; the detail is for the log only.
     #[error(transparent)]
     Db(#[from] DbError),

@@ -14,6 +14,7 @@ use crate::telemetry;
 use std::io::{IsTerminal, Read, Write};
 use std::os::unix::fs::DirBuilderExt;
 use std::path::Path;
+use std::path::PathBuf;
 
 /// Run a parsed command line; returns the process exit code.
 pub fn main(cli: Cli) -> i32 {
@@ -72,7 +73,7 @@ async fn dispatch(cli: Cli, config: Config) -> Result<(), FatalError> {
         Command::Users { command: UsersCommand::AddAdmin { email, password_file } } => {
             add_admin(config, &email, &password_file).await
         }
-        Command::Audit { command: AuditCommand::Verify } => audit_verify(config).await,
+        Command::Audit { command: AuditCommand::Verify { anchors } } => audit_verify(config, &anchors).await,
         Command::Keys { command: KeysCommand::Rotate } => keys_rotate(config).await,
         Command::Keys { command: KeysCommand::RotateMaster } => keys_rotate_master(config).await,
         Command::Keys { command: KeysCommand::Retire { id } } => keys_retire(config, &id).await,
@@ -255,7 +256,7 @@ async fn add_admin(config: Config, email: &str, password_file: &Path) -> Result<
     let opts = BuildOptions { bootstrap_admin: false, exclusive: false, ..BuildOptions::default() };
     let prepared = startup::prepare(config, &opts).await?;
     let hash = startup::hash_password(password, &prepared.config).await?;
-    let key = prepared.audit_key.clone();
+    let key = prepared.auditor.clone();
     let now = opts.clock.now();
     let mail = email.clone();
     let change = prepared.db.write(move |tx| accounts::set_admin(tx, &key, now, Actor::Operator, &mail, &hash)).await?;
@@ -279,14 +280,29 @@ async fn keys_rotate(config: Config) -> Result<(), FatalError> {
     Ok(())
 }
 
-async fn audit_verify(config: Config) -> Result<(), FatalError> {
+async fn audit_verify(config: Config, anchor_files: &[PathBuf]) -> Result<(), FatalError> {
+    let mut anchors = Vec::new();
+    for file in anchor_files {
+        let text = std::fs::read_to_string(file)
+            .map_err(|e| FatalError::new(format!("cannot read anchor {}: {e}", file.display())))?;
+        let anchor = audit::query::parse_anchor(&text)
+            .map_err(|e| FatalError::new(format!("anchor {}: {e}", file.display())))?;
+        anchors.push(anchor);
+    }
     require_database(&config)?;
     let opts = BuildOptions { bootstrap_admin: false, exclusive: false, ..BuildOptions::default() };
     let prepared = startup::prepare(config, &opts).await?;
-    let report = audit::verify(&prepared.db, &prepared.audit_key).await?;
+    let report = audit::verify(&prepared.db, &prepared.auditor, &prepared.vault, anchors).await?;
     match report.first_broken {
         None => {
-            println!("audit chain OK: {} records verified", report.records);
+            let checkpoint = match report.last_checkpoint {
+                Some((id, seq)) => format!("; the latest checkpoint ({id}) covers up to record {seq}"),
+                None => "; no checkpoint yet".to_string(),
+            };
+            println!(
+                "audit chain OK: {} records verified, {} purged by retention, {} signed checkpoints{checkpoint}",
+                report.records, report.purged, report.checkpoints
+            );
             Ok(())
         }
         Some(seq) => Err(FatalError::new(format!(
@@ -369,8 +385,7 @@ async fn keys_rotate_master(config: Config) -> Result<(), FatalError> {
             new.write_new(&source.previous_path(&id))?;
             // 2. The database learns the new key's check value and that a rotation runs.
             let (check_key, check) = (format!("{}:{id}", startup::KEY_CHECK), new.check_value()?);
-            let (audit_key, now, nid, from) =
-                (prepared.audit_key.clone(), opts.clock.now(), id.clone(), old_id.clone());
+            let (audit_key, now, nid, from) = (prepared.auditor.clone(), opts.clock.now(), id.clone(), old_id.clone());
             db.write(move |tx| {
                 tx.meta_set(&check_key, &check)?;
                 tx.meta_set(ROTATION_TARGET, &nid)?;
@@ -426,8 +441,7 @@ async fn keys_rotate_master(config: Config) -> Result<(), FatalError> {
             }
             total += n;
         }
-        let (audit_key, now, nid, check) =
-            (prepared.audit_key.clone(), opts.clock.now(), new_id.clone(), check.clone());
+        let (audit_key, now, nid, check) = (prepared.auditor.clone(), opts.clock.now(), new_id.clone(), check.clone());
         let finished = db
             .write(move |tx| {
                 if !tx.vault_keys_not_wrapped_by(&nid, 1)?.is_empty() {
@@ -498,7 +512,7 @@ async fn keys_retire(config: Config, id: &str) -> Result<(), FatalError> {
         return Err(FatalError::new(format!("{} does not hold key {id}; it was not removed", path.display())));
     }
     std::fs::remove_file(&path).map_err(|e| FatalError::new(format!("cannot remove {}: {e}", path.display())))?;
-    let (audit_key, now, kid) = (prepared.audit_key.clone(), opts.clock.now(), id.to_string());
+    let (audit_key, now, kid) = (prepared.auditor.clone(), opts.clock.now(), id.to_string());
     db.write(move |tx| {
         // A retired key no longer belongs to the database.
         tx.meta_delete(&format!("{}:{kid}", startup::KEY_CHECK))?;
@@ -522,7 +536,7 @@ async fn vault_verify(config: Config) -> Result<(), FatalError> {
     for f in &report.failures {
         eprintln!("  {f}");
     }
-    let (audit_key, now, failures) = (prepared.audit_key.clone(), opts.clock.now(), report.failures.clone());
+    let (audit_key, now, failures) = (prepared.auditor.clone(), opts.clock.now(), report.failures.clone());
     prepared
         .db
         .write(move |tx| {

@@ -8,9 +8,10 @@
 
 use crate::clock::{SharedClock, SystemClock};
 use crate::config::{Config, MasterKeySource};
-use crate::crypto::{password, random, AuditKey, MasterKey, PseudonymKey, SealingKey, SecretString};
+use crate::crypto::{password, random, MasterKey, PseudonymKey, SealingKey, SecretString};
 use crate::db::{Db, DbOptions};
 use crate::domain::accounts::{self, AdminChange, BOOTSTRAP_ADMIN_EMAIL};
+use crate::domain::audit::integrity;
 use crate::domain::audit::{self, Actor, Event, Outcome};
 use crate::domain::auth::{AuthService, AuthSettings};
 use crate::error::FatalError;
@@ -56,7 +57,7 @@ impl Default for BuildOptions {
 pub struct Prepared {
     pub config: Config,
     pub db: Db,
-    pub audit_key: AuditKey,
+    pub auditor: crate::domain::audit::Auditor,
     pub sealing: SealingKey,
     pub pseudonyms: PseudonymKey,
     /// The master keyring and the data keys.
@@ -250,10 +251,11 @@ pub async fn prepare(config: Config, opts: &BuildOptions) -> Result<Prepared, Fa
     let now_ms = crate::domain::unix_ms(opts.clock.now());
     let v = vault.clone();
     let (sealing, audit_key, pseudonyms) = db.write(move |tx| v.system_keys(tx, now_ms)).await?;
+    let auditor = crate::domain::audit::Auditor::new(audit_key, config.audit.require, Some(metrics.clone()));
     let mut prepared = Prepared {
         config,
         db,
-        audit_key,
+        auditor,
         sealing,
         pseudonyms,
         vault,
@@ -307,7 +309,7 @@ async fn bootstrap_admin(p: &Prepared, clock: &SharedClock) -> Result<Option<Sec
     }
     let password = SecretString::new(random::password(24));
     let hash = hash_password(password.clone(), &p.config).await?;
-    let key = p.audit_key.clone();
+    let key = p.auditor.clone();
     let now = clock.now();
     p.db.write(move |tx| {
         if accounts::has_admin(tx)? {
@@ -389,7 +391,8 @@ impl Application {
         let state = AppState::new(Inner {
             db: p.db,
             clock: opts.clock.clone(),
-            audit_key: p.audit_key,
+            auditor: p.auditor,
+            audit: crate::state::AuditSettings::from_config(&p.config.audit),
             auth,
             workspaces: crate::domain::workspaces::WorkspaceService::default(),
             vault: p.vault.clone(),
@@ -482,6 +485,10 @@ impl Application {
             tracing::error!(error = %e, "could not record the last use of API keys");
         }
         record_system_event(&state, Event::new("server.stopped", Actor::System)).await?;
+        let now = state.clock.now();
+        if let Err(e) = integrity::checkpoint_now(&state.db, &state.vault, now, integrity::Reason::Shutdown).await {
+            tracing::error!(error = %e, "could not write the closing audit checkpoint");
+        }
         result.map_err(|e| FatalError::new(format!("server error: {e}")))
     }
 }
@@ -535,9 +542,7 @@ pub async fn maintain_keys(state: &AppState) -> Result<(), FatalError> {
     let st = state.clone();
     let rows = state
         .db
-        .write(move |tx| {
-            crate::domain::keys::maintain(tx, &st.auth.sealing, &st.audit_key, &st.auth.settings.keys, now)
-        })
+        .write(move |tx| crate::domain::keys::maintain(tx, &st.auth.sealing, &st.auditor, &st.auth.settings.keys, now))
         .await?;
     state.auth.keys.load(&rows, &state.auth.sealing, crate::domain::unix_ms(now))?;
     Ok(())
@@ -572,6 +577,37 @@ pub async fn housekeeping_round(state: &AppState) {
     }
     let horizon = crate::domain::unix_ms(state.clock.now()) - state.auth.settings.life.access_ms - 60_000;
     state.auth.revocations.prune(horizon);
+    audit_maintenance(state).await;
+}
+
+/// Retention (at most once an hour) and the signed checkpoint when one is due.
+async fn audit_maintenance(state: &AppState) {
+    use std::sync::atomic::Ordering;
+    let a = &state.audit;
+    let now = state.clock.now();
+    let now_ms = crate::domain::unix_ms(now);
+    let last = a.last_purge_ms.load(Ordering::Relaxed);
+    if now_ms.saturating_sub(last) >= 3_600_000 {
+        a.last_purge_ms.store(now_ms, Ordering::Relaxed);
+        match integrity::purge(&state.db, &state.auditor, &state.vault, &a.retention, now, 20).await {
+            Ok(r) if r.removed > 0 => {
+                tracing::info!(removed = r.removed, base_seq = r.base_seq, "purged audit records past their retention")
+            }
+            Ok(_) => {}
+            Err(e) => tracing::error!(error = %e, "audit retention failed"),
+        }
+    }
+    let due = integrity::checkpoint_if_due(
+        &state.db,
+        &state.vault,
+        now,
+        a.checkpoint_every_records,
+        a.checkpoint_interval_seconds,
+    )
+    .await;
+    if let Err(e) = due {
+        tracing::error!(error = %e, "could not write an audit checkpoint");
+    }
 }
 
 /// Seconds between housekeeping rounds.
@@ -592,7 +628,7 @@ async fn housekeeping(state: AppState, mut stop: tokio::sync::watch::Receiver<bo
 /// `gatehouse keys rotate`: publish a new signing key now. Returns `(kid, alg, activates_at_ms)`.
 pub async fn rotate_signing_key(p: &Prepared, clock: &SharedClock) -> Result<(String, String, i64), FatalError> {
     let settings = AuthSettings::from_config(&p.config.auth);
-    let (sealing, key) = (p.sealing.clone(), p.audit_key.clone());
+    let (sealing, key) = (p.sealing.clone(), p.auditor.clone());
     let now = clock.now();
     let alg = settings.keys.alg.as_str().to_string();
     let (kid, at) =
@@ -603,10 +639,7 @@ pub async fn rotate_signing_key(p: &Prepared, clock: &SharedClock) -> Result<(St
 
 /// Write one system event in its own transaction.
 pub async fn record_system_event(state: &AppState, event: Event) -> Result<(), FatalError> {
-    audit::record_alone(&state.db, &state.audit_key, state.clock.now(), event)
-        .await
-        .map(|_| ())
-        .map_err(FatalError::from)
+    audit::record_alone(&state.db, &state.auditor, state.clock.now(), event).await.map(|_| ()).map_err(FatalError::from)
 }
 
 /// Re-reads the TLS certificate and key and swaps them into the running listener; existing

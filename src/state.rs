@@ -1,7 +1,7 @@
 //! `AppState`: what every request handler may use. Cheap to clone (one `Arc` inside).
 
 use crate::clock::SharedClock;
-use crate::crypto::{AuditKey, SecretString};
+use crate::crypto::SecretString;
 use crate::db::Db;
 use crate::metrics::Metrics;
 use ipnet::IpNet;
@@ -24,7 +24,7 @@ pub struct HttpSettings {
 pub struct Inner {
     pub db: Db,
     pub clock: SharedClock,
-    pub audit_key: AuditKey,
+    pub auditor: crate::domain::audit::Auditor,
     /// Sign-in settings, signing keys, the revocation view and the throttles.
     pub auth: crate::domain::auth::AuthService,
     /// Workspace, role and API key caches; batched API key use.
@@ -35,6 +35,31 @@ pub struct Inner {
     /// Bearer token that opens `/metrics` to non-loopback clients.
     pub metrics_token: Option<SecretString>,
     pub http: HttpSettings,
+    pub audit: AuditSettings,
+}
+
+/// `[audit]` settings the running server applies.
+#[derive(Debug)]
+pub struct AuditSettings {
+    /// Record `api.read` for every read.
+    pub record_reads: bool,
+    pub checkpoint_every_records: u64,
+    pub checkpoint_interval_seconds: u64,
+    pub retention: crate::domain::audit::integrity::Retention,
+    /// When retention last ran (ms since the epoch): it runs at most once an hour.
+    pub last_purge_ms: std::sync::atomic::AtomicI64,
+}
+
+impl AuditSettings {
+    pub fn from_config(c: &crate::config::AuditConfig) -> Self {
+        Self {
+            record_reads: c.record_reads,
+            checkpoint_every_records: c.checkpoint_every_records,
+            checkpoint_interval_seconds: c.checkpoint_interval_seconds,
+            retention: crate::domain::audit::integrity::Retention::from_config(&c.retention_days),
+            last_purge_ms: std::sync::atomic::AtomicI64::new(i64::MIN),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]

@@ -1,6 +1,8 @@
-//! The only place that touches argon2, aes-gcm, jsonwebtoken, hmac, hkdf, sha1, sha2 and rand, behind a small typed API.
+//! The only place that touches argon2, aes-gcm, jsonwebtoken, aws-lc-rs, hmac, hkdf, sha1, sha2 and rand, behind a small
+//! typed API.
 //! Nothing here does I/O except reading and writing the master key file (`master_key`).
 
+pub mod checkpoint;
 pub mod jwt;
 pub mod master_key;
 pub mod password;

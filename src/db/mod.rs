@@ -12,7 +12,7 @@ mod users;
 mod vault;
 mod workspaces;
 
-pub use audit::AuditRow;
+pub use audit::{ActorFilter, AuditFilter, AuditHead, AuditRow, CheckpointRow, PurgeCandidate};
 pub use credentials::{PatAuthRow, PatRow, SigningKeyRow};
 pub use sessions::{ChallengeRow, RefreshRow, SessionRow};
 pub use users::{UserPatch, UserRow};
@@ -74,6 +74,28 @@ pub struct Tx<'c> {
 impl Tx<'_> {
     fn conn(&self) -> &Connection {
         self.conn
+    }
+
+    /// Run `f` in a savepoint: when it fails its changes are undone and the transaction goes on.
+    pub fn savepoint<T, E: From<DbError>>(&self, f: impl FnOnce() -> Result<T, E>) -> Result<T, E> {
+        self.conn.execute_batch("SAVEPOINT gatehouse_inner").map_err(DbError::from)?;
+        match f() {
+            Ok(v) => {
+                self.conn.execute_batch("RELEASE gatehouse_inner").map_err(DbError::from)?;
+                Ok(v)
+            }
+            Err(e) => {
+                if !self.conn.is_autocommit() {
+                    let _ = self.conn.execute_batch("ROLLBACK TO gatehouse_inner; RELEASE gatehouse_inner");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Whether the transaction is still open (a failed statement can make SQLite end it).
+    pub fn is_open(&self) -> bool {
+        !self.conn.is_autocommit()
     }
 }
 
@@ -356,8 +378,8 @@ impl Db {
             !std::mem::replace(&mut q.draining, true)
         };
         if lead {
-            let inner = self.inner.clone();
-            tokio::task::spawn_blocking(move || drain(&inner));
+            let weak = Arc::downgrade(&self.inner);
+            tokio::task::spawn_blocking(move || drain(weak));
         }
         let out = match recv.await {
             Ok(Ok(result)) => result,
@@ -482,9 +504,15 @@ impl Db {
     }
 }
 
-/// Run queued writes until the queue is empty, one batch per transaction.
-fn drain(inner: &Inner) {
+/// A result to hand back, once the batch's fate is known.
+type Delivery = (Box<dyn FnOnce(Option<DbError>) + Send>, Option<DbError>);
+
+/// Run queued writes until the queue is empty, one batch per transaction. The drainer holds the
+/// database only while it writes: results are handed back after it let go, so that the caller
+/// dropping the last handle closes the database there and then (the WAL is folded back).
+fn drain(weak: std::sync::Weak<Inner>) {
     loop {
+        let Some(inner) = weak.upgrade() else { return };
         let batch: Vec<(Job, tracing::Span)> = {
             let Ok(mut q) = inner.queue.lock() else { return };
             if q.jobs.is_empty() {
@@ -494,30 +522,45 @@ fn drain(inner: &Inner) {
             let n = q.jobs.len().min(MAX_BATCH);
             q.jobs.drain(..n).collect()
         };
-        match inner.writer.lock() {
-            Ok(conn) => run_batch(inner, &conn, batch),
+        let deliveries = match inner.writer.lock() {
+            Ok(conn) => run_batch(&inner, &conn, batch),
             // A poisoned writer: dropping the jobs answers each with a worker error.
-            Err(_) => drop(batch),
+            Err(_) => Vec::new(),
+        };
+        let last = match inner.queue.lock() {
+            Ok(mut q) if q.jobs.is_empty() => {
+                q.draining = false;
+                true
+            }
+            Ok(_) => false,
+            Err(_) => true,
+        };
+        drop(inner);
+        for (deliver, failed) in deliveries {
+            deliver(failed);
+        }
+        if last {
+            return;
         }
     }
 }
 
-/// One transaction for `batch`: each job in a savepoint; commit; then hand back the results.
-fn run_batch(inner: &Inner, conn: &Connection, batch: Vec<(Job, tracing::Span)>) {
+/// One transaction for `batch`: each job in a savepoint; commit. Returns the results to hand back.
+fn run_batch(inner: &Inner, conn: &Connection, batch: Vec<(Job, tracing::Span)>) -> Vec<Delivery> {
+    let mut out: Vec<Delivery> = Vec::new();
     let mut done: Vec<JobDone> = Vec::new();
     let mut open = false;
     for (job, span) in batch {
         let _entered = span.enter();
         if !open {
             if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
-                let e = DbError::from(e);
-                (job(Err(e)).deliver)(None);
+                out.push((job(Err(DbError::from(e))).deliver, None));
                 continue;
             }
             open = true;
         }
         if let Err(e) = conn.execute_batch("SAVEPOINT gatehouse_write") {
-            (job(Err(DbError::from(e))).deliver)(None);
+            out.push((job(Err(DbError::from(e))).deliver, None));
             continue;
         }
         let outcome = job(Ok(&Tx { conn }));
@@ -525,8 +568,8 @@ fn run_batch(inner: &Inner, conn: &Connection, batch: Vec<(Job, tracing::Span)>)
             // The statement's error made SQLite roll the whole transaction back: every earlier
             // job of the batch lost its changes too.
             let lost = DbError::Sqlite("the transaction was rolled back by an error in a write batched with it".into());
-            fail_all(conn, std::mem::take(&mut done), &lost);
-            (outcome.deliver)(Some(lost));
+            fail_all(conn, std::mem::take(&mut done), &lost, &mut out);
+            out.push((outcome.deliver, Some(lost)));
             open = false;
             continue;
         }
@@ -537,36 +580,30 @@ fn run_batch(inner: &Inner, conn: &Connection, batch: Vec<(Job, tracing::Span)>)
         };
         if let Err(e) = undo {
             let e = DbError::from(e);
-            fail_all(conn, std::mem::take(&mut done), &e);
-            (outcome.deliver)(Some(e));
+            fail_all(conn, std::mem::take(&mut done), &e, &mut out);
+            out.push((outcome.deliver, Some(e)));
             open = false;
             continue;
         }
         done.push(outcome);
     }
-    if !open {
-        return;
-    }
-    let committed = conn.execute_batch("COMMIT").map_err(DbError::from);
-    inner.caches.invalidate();
-    match committed {
-        Ok(()) => {
-            for d in done {
-                (d.deliver)(None);
-            }
+    if open {
+        let committed = conn.execute_batch("COMMIT").map_err(DbError::from);
+        inner.caches.invalidate();
+        match committed {
+            Ok(()) => out.extend(done.into_iter().map(|d| (d.deliver, None))),
+            Err(e) => fail_all(conn, done, &e, &mut out),
         }
-        Err(e) => fail_all(conn, done, &e),
     }
+    out
 }
 
 /// Roll back the open transaction (if SQLite has not already) and fail every job in it.
-fn fail_all(conn: &Connection, done: Vec<JobDone>, e: &DbError) {
+fn fail_all(conn: &Connection, done: Vec<JobDone>, e: &DbError, out: &mut Vec<Delivery>) {
     if !conn.is_autocommit() {
         let _ = conn.execute_batch("ROLLBACK");
     }
-    for d in done {
-        (d.deliver)(Some(e.clone()));
-    }
+    out.extend(done.into_iter().map(|d| (d.deliver, Some(e.clone()))));
 }
 
 /// Back up an open connection into a new file.

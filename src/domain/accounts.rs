@@ -3,7 +3,6 @@
 
 use super::audit::{self, Actor, Event};
 use super::unix_ms;
-use crate::crypto::AuditKey;
 use crate::db::{Tx, UserRow};
 use crate::error::AppError;
 use time::OffsetDateTime;
@@ -73,7 +72,7 @@ pub enum AdminChange {
 /// re-enable it (the operator's break-glass). Audited in the same transaction.
 pub fn set_admin(
     tx: &Tx<'_>,
-    key: &AuditKey,
+    key: &crate::domain::audit::Auditor,
     now: OffsetDateTime,
     actor: Actor,
     email: &str,

@@ -371,7 +371,7 @@ async fn audit_rate_limited(state: &AppState, origin: &Origin, endpoint: &'stati
         .outcome(Outcome::Denied)
         .origin(origin)
         .details(serde_json::json!({ "endpoint": endpoint }));
-    let r = audit::record_alone(&state.db, &state.audit_key, state.clock.now(), event).await;
+    let r = audit::record_alone(&state.db, &state.auditor, state.clock.now(), event).await;
     if let Err(e) = r {
         tracing::error!(error = %e, "could not audit a rate-limit hit");
     }
@@ -426,7 +426,7 @@ pub async fn login(state: &AppState, input: LoginInput, origin: Origin) -> Resul
         if let Some(u) = &user {
             event = event.target(u.id.clone());
         }
-        audit::record_alone(&state.db, &state.audit_key, now, event).await?;
+        audit::record_alone(&state.db, &state.auditor, now, event).await?;
         state.metrics.security_event("auth.login.throttled");
         return Err(AppError::RateLimited { retry_after: retry_after(until, now_ms) });
     }
@@ -456,7 +456,7 @@ pub async fn login(state: &AppState, input: LoginInput, origin: Origin) -> Resul
         let hash = token::digest(challenge.expose());
         let expires = now_ms + state.auth.settings.challenge_ms;
         let mode = if input.cookie_mode { "cookie" } else { "bearer" };
-        let key = state.audit_key.clone();
+        let key = state.auditor.clone();
         let uid = user.id.clone();
         let o = origin.clone();
         state
@@ -497,7 +497,7 @@ async fn record_failure(
     let lock = state.auth.settings.lockout.clone();
     state.metrics.security_event("auth.login.failed");
     tracing::info!(target: "gatehouse::security", reason, "login failed");
-    let key = state.audit_key.clone();
+    let key = state.auditor.clone();
     let o = origin.clone();
     let p = pseudonym.to_string();
     match user {
@@ -572,7 +572,7 @@ async fn open_session(
 ) -> Result<LoginOutcome, AppError> {
     let now = state.clock.now();
     let now_ms = unix_ms(now);
-    let key = state.audit_key.clone();
+    let key = state.auditor.clone();
     let life = state.auth.settings.life;
     let uid = user.id.clone();
     let new = state
@@ -714,7 +714,7 @@ async fn complete_challenge(
 pub async fn anonymous(state: &AppState, cookie_mode: bool, origin: Origin) -> Result<Issued, AppError> {
     let now = state.clock.now();
     let now_ms = unix_ms(now);
-    let key = state.audit_key.clone();
+    let key = state.auditor.clone();
     let s = state.auth.settings.clone();
     let new = state
         .db
@@ -776,7 +776,7 @@ pub async fn signup(state: &AppState, input: SignupInput, origin: Origin) -> Res
     let hash = state.auth.hash_password(input.password.clone()).await?;
     let now = state.clock.now();
     let now_ms = unix_ms(now);
-    let key = state.audit_key.clone();
+    let key = state.auditor.clone();
     let life = settings.life;
     let anonymous = input.anonymous_user.clone();
     let name = input.name.clone();
@@ -834,7 +834,7 @@ pub async fn signup(state: &AppState, input: SignupInput, origin: Origin) -> Res
 pub async fn refresh(state: &AppState, presented: SecretString, origin: Origin) -> Result<Issued, AppError> {
     let now = state.clock.now();
     let now_ms = unix_ms(now);
-    let key = state.audit_key.clone();
+    let key = state.auditor.clone();
     let life = state.auth.settings.life;
     let auth = state.clone();
     let o = origin.clone();
@@ -887,7 +887,7 @@ pub async fn revoke_sessions(
 ) -> Result<usize, AppError> {
     let now = state.clock.now();
     let now_ms = unix_ms(now);
-    let key = state.audit_key.clone();
+    let key = state.auditor.clone();
     let uid = user_id.to_string();
     let o = origin.clone();
     let st = state.clone();

@@ -7,7 +7,7 @@
 use super::audit::{self, Actor, Event};
 use super::unix_ms;
 use crate::crypto::jwt::{self, JwtAlg, Signer, Verifier};
-use crate::crypto::{AuditKey, SealingKey};
+use crate::crypto::SealingKey;
 use crate::db::{SigningKeyRow, Tx};
 use crate::error::AppError;
 use std::collections::HashMap;
@@ -136,7 +136,7 @@ fn new_key(
 pub fn maintain(
     tx: &Tx<'_>,
     sealing: &SealingKey,
-    audit_key: &AuditKey,
+    audit_key: &crate::domain::audit::Auditor,
     policy: &KeyPolicy,
     now: OffsetDateTime,
 ) -> Result<Vec<SigningKeyRow>, AppError> {
@@ -204,7 +204,7 @@ pub fn maintain(
 pub fn rotate(
     tx: &Tx<'_>,
     sealing: &SealingKey,
-    audit_key: &AuditKey,
+    audit_key: &crate::domain::audit::Auditor,
     policy: &KeyPolicy,
     actor: Actor,
     now: OffsetDateTime,

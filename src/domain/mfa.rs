@@ -66,7 +66,7 @@ pub async fn enroll(state: &AppState, who: &Principal, origin: &Origin) -> Resul
     let qr = qrcode::QrCode::new(uri.as_bytes()).map_err(AppError::internal)?;
     let svg = qr.render::<qrcode::render::svg::Color<'_>>().min_dimensions(200, 200).build();
     let now = state.clock.now();
-    let key = state.audit_key.clone();
+    let key = state.auditor.clone();
     let actor = who.actor();
     let o = origin.clone();
     state
@@ -118,7 +118,7 @@ pub async fn verify(
     let codes = new_recovery_codes();
     let hashes: Vec<[u8; 32]> = codes.iter().map(|c| recovery_hash(c.expose())).collect();
     let session = who.session_id().map(str::to_string);
-    let key = state.audit_key.clone();
+    let key = state.auditor.clone();
     let actor = who.actor();
     let o = origin.clone();
     state
@@ -165,7 +165,7 @@ pub async fn disable(
     };
     let step = seed.as_ref().and_then(|seed| totp::verify(seed, code, now.unix_timestamp(), user.totp_last_step));
     let recovery = recovery_hash(code);
-    let key = state.audit_key.clone();
+    let key = state.auditor.clone();
     let actor = who.actor();
     let o = origin.clone();
     let done = state

@@ -127,7 +127,7 @@ pub async fn put(
         return Err(AppError::Invalid(format!("value: 1 to {max} bytes")));
     }
     let now = state.clock.now();
-    let key = state.audit_key.clone();
+    let key = state.auditor.clone();
     let event = a.event("secret.written", &checked, origin, json!({ "name": name }));
     let (ws_id, n, st) = (a.ws.id.clone(), name.to_string(), state.clone());
     let actor_id = Some(a.user_id.clone());
@@ -162,7 +162,7 @@ pub async fn restore(
     check_name(name).map_err(|_| AppError::NotFound)?;
     let checked = a.check("write", &secret_resource(name))?;
     let now = state.clock.now();
-    let key = state.audit_key.clone();
+    let key = state.auditor.clone();
     let event = a.event("secret.restored", &checked, origin, json!({ "name": name, "restored_from": version }));
     let (ws_id, n, st) = (a.ws.id.clone(), name.to_string(), state.clone());
     let actor_id = Some(a.user_id.clone());
@@ -225,7 +225,7 @@ async fn integrity_audited<T>(
                 .outcome(Outcome::Failure)
                 .origin(origin)
                 .details(json!({ "name": name }));
-            audit::record_alone(&state.db, &state.audit_key, state.clock.now(), event).await?;
+            audit::record_alone(&state.db, &state.auditor, state.clock.now(), event).await?;
         }
     }
     result
@@ -252,7 +252,7 @@ pub async fn reveal(
         }
     }
     let now = state.clock.now();
-    let key = state.audit_key.clone();
+    let key = state.auditor.clone();
     let event = a.event("secret.revealed", &checked, origin, json!({ "name": name, "reason": reason }));
     let (ws_id, n, st) = (a.ws.id.clone(), name.to_string(), state.clone());
     let result = state
@@ -280,7 +280,7 @@ pub async fn delete(state: &AppState, who: &Principal, ws: &str, name: &str, ori
     check_name(name).map_err(|_| AppError::NotFound)?;
     let checked = a.check("delete", &secret_resource(name))?;
     let now = state.clock.now();
-    let key = state.audit_key.clone();
+    let key = state.auditor.clone();
     let event = a.event("secret.deleted", &checked, origin, json!({ "name": name }));
     let (ws_id, n) = (a.ws.id.clone(), name.to_string());
     state

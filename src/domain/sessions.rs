@@ -12,7 +12,7 @@ use super::audit::{self, Actor, Event, Origin, Outcome};
 use super::unix_ms;
 use crate::crypto::jwt::TimeClaims;
 use crate::crypto::token::{self, Kind};
-use crate::crypto::{AuditKey, SecretString};
+use crate::crypto::SecretString;
 use crate::db::{SessionRow, Tx};
 use crate::error::AppError;
 use serde::{Deserialize, Serialize};
@@ -154,7 +154,7 @@ pub enum Refreshed {
 /// Rotate a refresh token (in `tx`). Audits reuse.
 pub fn refresh(
     tx: &Tx<'_>,
-    key: &AuditKey,
+    key: &crate::domain::audit::Auditor,
     presented: &SecretString,
     life: Lifetimes,
     origin: &Origin,

@@ -67,7 +67,7 @@ pub async fn create(
         last_used_ip: None,
         revoked_at_ms: None,
     };
-    let key = state.audit_key.clone();
+    let key = state.auditor.clone();
     let actor = who.actor();
     let o = origin.clone();
     let r = row.clone();
@@ -103,7 +103,7 @@ pub async fn list(state: &AppState, who: &Principal) -> Result<Vec<PatRow>, AppE
 
 pub async fn revoke(state: &AppState, who: &Principal, id: &str, origin: &Origin) -> Result<(), AppError> {
     let now = state.clock.now();
-    let key = state.audit_key.clone();
+    let key = state.auditor.clone();
     let actor = who.actor();
     let uid = who.user_id.clone();
     let id = id.to_string();

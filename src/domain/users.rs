@@ -39,7 +39,7 @@ pub async fn update_me(
         }
     }
     let now = state.clock.now();
-    let key = state.audit_key.clone();
+    let key = state.auditor.clone();
     let actor = who.actor();
     let uid = who.user_id.clone();
     let o = origin.clone();
@@ -73,14 +73,14 @@ pub async fn change_password(
             .target(who.user_id.clone())
             .outcome(audit::Outcome::Failure)
             .origin(origin);
-        audit::record_alone(&state.db, &state.audit_key, state.clock.now(), event).await?;
+        audit::record_alone(&state.db, &state.auditor, state.clock.now(), event).await?;
         return Err(AppError::Forbidden("The current password is incorrect.".into()));
     }
     accounts::check_new_password(new.expose(), &email)?;
     let hash = state.auth.hash_password(new).await?;
     let now = state.clock.now();
     let now_ms = unix_ms(now);
-    let key = state.audit_key.clone();
+    let key = state.auditor.clone();
     let actor = who.actor();
     let uid = who.user_id.clone();
     let keep = who.session_id().map(str::to_string);
@@ -146,7 +146,7 @@ pub async fn create(
     let hash = state.auth.hash_password(password).await?;
     let now = state.clock.now();
     let now_ms = unix_ms(now);
-    let key = state.audit_key.clone();
+    let key = state.auditor.clone();
     let actor = who.actor();
     let o = origin.clone();
     state
@@ -189,7 +189,7 @@ pub async fn update(
     }
     let now = state.clock.now();
     let now_ms = unix_ms(now);
-    let key = state.audit_key.clone();
+    let key = state.auditor.clone();
     let actor = who.actor();
     let o = origin.clone();
     let id = id.to_string();
@@ -276,7 +276,7 @@ pub async fn delete(state: &AppState, who: &Principal, id: &str, origin: &Origin
         return Err(AppError::Conflict("Administrators cannot delete their own account.".into()));
     }
     let now = state.clock.now();
-    let key = state.audit_key.clone();
+    let key = state.auditor.clone();
     let actor = who.actor();
     let o = origin.clone();
     let id = id.to_string();
@@ -315,7 +315,7 @@ pub async fn invite(
     let now = state.clock.now();
     let now_ms = unix_ms(now);
     let expires = now_ms + state.auth.settings.invite_ms;
-    let key = state.audit_key.clone();
+    let key = state.auditor.clone();
     let actor = who.actor();
     let by = who.user_id.clone();
     let o = origin.clone();
@@ -339,7 +339,7 @@ pub async fn invite(
 pub async fn purge_anonymous(state: &AppState) -> Result<usize, AppError> {
     let now = state.clock.now();
     let now_ms = unix_ms(now);
-    let key = state.audit_key.clone();
+    let key = state.auditor.clone();
     let st = state.clone();
     state
         .db

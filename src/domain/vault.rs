@@ -18,6 +18,8 @@ use std::sync::{Arc, RwLock};
 pub const SYSTEM_KEY_ID: &str = "mk1";
 const AUDIT_KEY_ID: &str = "audit";
 const PSEUDONYM_KEY_ID: &str = "pseudonym";
+/// The data key whose 32 bytes are the seed of the audit checkpoints' Ed25519 key.
+pub const CHECKPOINT_KEY_ID: &str = "auditsig";
 
 /// The `meta` entry proving which master key a database belongs to (the active key's check
 /// value; `<KEY_CHECK>:<id>` holds each key's).
@@ -263,6 +265,26 @@ impl Vault {
         let [system, audit, pseudonym]: [SealingKey; 3] =
             out.try_into().map_err(|_| AppError::internal("system keys"))?;
         Ok((system, AuditKey::from_bytes(audit.expose_bytes())?, PseudonymKey::from_bytes(pseudonym.expose_bytes())?))
+    }
+
+    /// The audit checkpoint signing key: a random data key used as an Ed25519 seed, created on
+    /// first use when `create` (a read-only caller gets `None` before then).
+    pub fn checkpoint_key(
+        &self,
+        tx: &Tx<'_>,
+        now_ms: i64,
+        create: bool,
+    ) -> Result<Option<crate::crypto::checkpoint::CheckpointKey>, AppError> {
+        let key = match tx.vault_key(CHECKPOINT_KEY_ID)? {
+            Some(row) => self.unwrap(&row)?,
+            None if create => {
+                let key = SealingKey::generate(CHECKPOINT_KEY_ID);
+                self.store(tx, &key, "audit_signing", None, now_ms)?;
+                key
+            }
+            None => return Ok(None),
+        };
+        Ok(Some(crate::crypto::checkpoint::CheckpointKey::from_seed(key.expose_bytes())?))
     }
 
     /// Store a new data key, wrapped by the active master key.

@@ -115,7 +115,7 @@ fn compile_key(row: ApiKeyRow) -> CachedKey {
     CachedKey { row, rules, set }
 }
 
-async fn workspace(state: &AppState, reference: &str) -> Result<WorkspaceRow, AppError> {
+pub(crate) async fn workspace(state: &AppState, reference: &str) -> Result<WorkspaceRow, AppError> {
     let svc = &state.workspaces;
     if let Some(w) = svc.by_ref.get(&state.db, &reference.to_string()) {
         return Ok(w);
@@ -400,7 +400,7 @@ pub async fn create(
         created_at_ms: now_ms,
         updated_at_ms: now_ms,
     };
-    let key = state.audit_key.clone();
+    let key = state.auditor.clone();
     let actor = who.actor();
     let o = origin.clone();
     let row = ws.clone();
@@ -507,7 +507,7 @@ pub async fn update(
     }
     let name = name.map(|n| check_text("name", &n, 200)).transpose()?;
     let now = state.clock.now();
-    let key = state.audit_key.clone();
+    let key = state.auditor.clone();
     let before = a.ws.clone();
     let new_slug = slug.unwrap_or_else(|| before.slug.clone());
     let new_name = name.unwrap_or_else(|| before.name.clone());
@@ -545,7 +545,7 @@ pub async fn delete(state: &AppState, who: &Principal, reference: &str, origin: 
     let a = access(state, who, reference).await?;
     let checked = a.check("delete", &workspace_resource(&a.ws))?;
     let now = state.clock.now();
-    let key = state.audit_key.clone();
+    let key = state.auditor.clone();
     let ws = a.ws.clone();
     let event = a.event("workspace.deleted", &checked, origin, json!({ "slug": ws.slug, "name": ws.name }));
     state
@@ -696,7 +696,7 @@ pub async fn set_member(
         json!({ "before": before, "after": after }),
     );
     let now = state.clock.now();
-    let key = state.audit_key.clone();
+    let key = state.auditor.clone();
     let ws_id = a.ws.id.clone();
     let uid = user.id.clone();
     let created = current.is_none();
@@ -751,7 +751,7 @@ pub async fn remove_member(
     let event =
         a.event("member.removed", &checked, origin, json!({ "before": role_names(&book, &current), "after": null }));
     let now = state.clock.now();
-    let key = state.audit_key.clone();
+    let key = state.auditor.clone();
     let ws_id = a.ws.id.clone();
     let uid = user.id.clone();
     state
@@ -876,7 +876,7 @@ pub async fn create_role(
         updated_at_ms: now_ms,
     };
     let event = a.event("role.created", &checked, origin, json!({ "name": row.name, "rules": rule_diff(&[], &rules) }));
-    let key = state.audit_key.clone();
+    let key = state.auditor.clone();
     let r = row.clone();
     state
         .db
@@ -928,7 +928,7 @@ pub async fn update_role(
         origin,
         json!({ "before": { "name": current.row.name }, "after": { "name": row.name }, "rules": rule_diff(&current.rules, &rules) }),
     );
-    let key = state.audit_key.clone();
+    let key = state.auditor.clone();
     let r = row.clone();
     state
         .db
@@ -968,7 +968,7 @@ pub async fn delete_role(
         origin,
         json!({ "name": current.row.name, "rules": rule_diff(&current.rules, &[]) }),
     );
-    let key = state.audit_key.clone();
+    let key = state.auditor.clone();
     let now = state.clock.now();
     let id = current.row.id.clone();
     state
@@ -1191,7 +1191,7 @@ pub async fn create_api_key(
         origin,
         json!({ "name": row.name, "rules": rules, "expires_at": expires_at_ms }),
     );
-    let key = state.audit_key.clone();
+    let key = state.auditor.clone();
     let r = row.clone();
     state
         .db
@@ -1260,7 +1260,7 @@ pub async fn update_api_key(
         expires_at_ms: change.expires_at_ms,
     };
     let now = state.clock.now();
-    let key = state.audit_key.clone();
+    let key = state.auditor.clone();
     let (ws_id, kid) = (a.ws.id.clone(), current.row.id.clone());
     let row = state
         .db
@@ -1290,7 +1290,7 @@ pub async fn rotate_api_key(
     let hint = token::hint(secret.expose());
     let event = a.event("api_key.rotated", &checked, origin, json!({ "name": current.row.name }));
     let now = state.clock.now();
-    let key = state.audit_key.clone();
+    let key = state.auditor.clone();
     let (ws_id, kid) = (a.ws.id.clone(), current.row.id.clone());
     let row = state
         .db
@@ -1316,7 +1316,7 @@ pub async fn delete_api_key(
     let checked = a.check("delete", &key_resource(&current.row))?;
     let event = a.event("api_key.deleted", &checked, origin, json!({ "name": current.row.name }));
     let now = state.clock.now();
-    let key = state.audit_key.clone();
+    let key = state.auditor.clone();
     let kid = current.row.id.clone();
     state
         .db
@@ -1403,7 +1403,7 @@ async fn note_key_ip(
     let origin = &origin();
     let pair = (key.id.clone(), ip.to_string());
     let now = state.clock.now();
-    let audit_key = state.audit_key.clone();
+    let audit_key = state.auditor.clone();
     let event = Event::new("api_key.used_from_new_ip", Actor::ApiKey(key.id.clone()))
         .workspace(key.workspace_id.clone())
         .target(key.id.clone())

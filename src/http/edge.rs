@@ -290,6 +290,36 @@ impl Edge {
     }
 }
 
+impl Edge {
+    /// `audit.record_reads`: who read which API route (the audit API records its own reads).
+    async fn record_read(
+        &self,
+        who: &crate::domain::auth::Principal,
+        path: String,
+        route: &str,
+        status: u16,
+        info: &RequestInfo,
+    ) {
+        use crate::domain::audit::{record_alone, Event, Outcome};
+        if !route.starts_with("/v1/") || route.starts_with("/v1/audit") || route.ends_with("/audit") {
+            return;
+        }
+        let outcome = match status {
+            0..=399 => Outcome::Success,
+            401 | 403 | 404 => Outcome::Denied,
+            _ => Outcome::Failure,
+        };
+        let event = Event::new("api.read", who.actor())
+            .target(path)
+            .origin(&super::auth::origin(info))
+            .outcome(outcome)
+            .details(serde_json::json!({"route": route, "status": status}));
+        if let Err(e) = record_alone(&self.state.db, &self.state.auditor, self.state.clock.now(), event).await {
+            tracing::error!(error = %e, "could not record a read");
+        }
+    }
+}
+
 impl Endpoint for Edge {
     type Output = Response;
 
@@ -324,10 +354,14 @@ impl Endpoint for Edge {
         async move {
             // One credential check per request; the security schemes read its outcome.
             let mut refused = None;
+            let mut reader = None;
             if let Some(outcome) = super::auth::authenticate(&self.state, &mut req, &info).await {
                 match &outcome.0 {
                     Ok(p) => {
                         tracing::Span::current().record("principal", p.describe());
+                        if self.state.audit.record_reads && (method == Method::GET || method == Method::HEAD) {
+                            reader = Some((p.clone(), req.uri().path().chars().take(256).collect::<String>()));
+                        }
                         if matches!(p.credential, crate::domain::auth::Credential::ApiKey { .. }) {
                             // A valid key on an operation that does not take keys: say so
                             // rather than the scheme's generic 401.
@@ -363,6 +397,9 @@ impl Endpoint for Edge {
             let resp = self.finish(resp, &info, docs);
             let route = self.route_label(resp.data::<PathPattern>());
             let status = resp.status().as_u16();
+            if let Some((who, path)) = reader {
+                self.record_read(&who, path, &route, status, &info).await;
+            }
             let elapsed = started.elapsed();
             self.state.metrics.observe_request(method_label(&method), route.clone(), status, elapsed);
             let latency_ms = elapsed.as_secs_f64() * 1000.0;

@@ -96,6 +96,10 @@ impl ApiError {
                 p(StatusCode::TOO_MANY_REQUESTS, format!("Too many attempts. Retry after {retry_after} seconds.")),
                 retry_after,
             ),
+            AppError::AuditUnavailable => Self::Unavailable(p(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "The audit log cannot be written, so the change was not made. Retry later.".into(),
+            )),
             AppError::Unavailable(msg) => {
                 tracing::warn!(request_id, reason = %msg, "not ready");
                 Self::Unavailable(p(StatusCode::SERVICE_UNAVAILABLE, "The service is not ready.".into()))

@@ -134,7 +134,8 @@ async fn signup_login_refresh_rotation_and_logout() {
     assert_eq!(st, StatusCode::UNAUTHORIZED);
 
     // The audit trail has the story, and the chain holds.
-    let report = gatehouse::domain::audit::verify(&app.state.db, &app.state.audit_key).await.unwrap();
+    let report =
+        gatehouse::domain::audit::verify(&app.state.db, &app.state.auditor, &app.state.vault, vec![]).await.unwrap();
     assert_eq!(report.first_broken, None);
     app.stop().await;
 }
@@ -768,7 +769,7 @@ async fn signing_keys_rotate_with_the_next_key_published_first() {
                 gatehouse::domain::keys::rotate(
                     tx,
                     &st.auth.sealing,
-                    &st.audit_key,
+                    &st.auditor,
                     &st.auth.settings.keys,
                     gatehouse::domain::audit::Actor::Operator,
                     now,

@@ -18,7 +18,7 @@ fn actions(db: &std::path::Path) -> Vec<(i64, String)> {
 async fn start_and_admin_creation_are_chained() {
     let app = spawn_app().await;
     assert!(app.bootstrap_password.is_some());
-    let report = audit::verify(&app.state.db, &app.state.audit_key).await.unwrap();
+    let report = audit::verify(&app.state.db, &app.state.auditor, &app.state.vault, vec![]).await.unwrap();
     assert_eq!(report.first_broken, None);
     assert!(report.records >= 2, "{report:?}");
     let data = app.config.data_dir.clone();

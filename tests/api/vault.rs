@@ -479,7 +479,8 @@ async fn master_key_rotation_survives_a_kill_and_retires_the_old_key() {
                 .await;
         assert_eq!((s, b["value"].clone()), (StatusCode::OK, json!(format!("token {i}"))), "{b}");
     }
-    let report = gatehouse::domain::audit::verify(&app.state.db, &app.state.audit_key).await.unwrap();
+    let report =
+        gatehouse::domain::audit::verify(&app.state.db, &app.state.auditor, &app.state.vault, vec![]).await.unwrap();
     assert_eq!(report.first_broken, None);
     assert_eq!(audit_count(&app, "vault.master_key.rotated").await, 1);
     assert_eq!(audit_count(&app, "vault.master_key.retired").await, 1);

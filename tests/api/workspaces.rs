@@ -224,7 +224,8 @@ async fn workspaces_members_and_the_last_owner() {
     assert_eq!(s, StatusCode::NO_CONTENT);
     let (s, _) = call(&app, Method::GET, &format!("/v1/workspaces/{ws}"), Cred::Bearer(&bob), None).await;
     assert_eq!(s, StatusCode::NOT_FOUND);
-    let report = gatehouse::domain::audit::verify(&app.state.db, &app.state.audit_key).await.unwrap();
+    let report =
+        gatehouse::domain::audit::verify(&app.state.db, &app.state.auditor, &app.state.vault, vec![]).await.unwrap();
     assert_eq!(report.first_broken, None);
     app.stop().await;
 }
@@ -673,6 +674,8 @@ async fn another_workspaces_ids_are_not_found() {
         (Method::POST, format!("/v1/workspaces/{b}/secrets/bravo_token/reveal"), Some(json!({}))),
         (Method::POST, format!("/v1/workspaces/{a}/secrets/bravo_token/versions/1/restore"), None),
         (Method::POST, format!("/v1/workspaces/{b}/secrets/bravo_token/versions/1/restore"), None),
+        (Method::GET, format!("/v1/workspaces/{b}/audit"), None),
+        (Method::GET, format!("/v1/workspaces/{b}/audit?action=workspace."), None),
     ];
     // Every workspace operation of the spec is in the matrix.
     let spec: Value = serde_json::from_str(&gatehouse::http::openapi_json()).unwrap();
@@ -757,6 +760,8 @@ fn need(method: &str, path: &str) -> Option<Need> {
             | "/v1/me/tokens/{id}",
         ) => SignedIn,
         (_, p) if p.starts_with("/v1/users") => Admin,
+        (_, p) if p.starts_with("/v1/audit") => Admin,
+        ("get", "/v1/workspaces/{ws}/audit") => Role(0),
         ("get" | "post", "/v1/workspaces") => SignedIn,
         (
             "get",

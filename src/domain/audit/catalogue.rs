@@ -21,6 +21,9 @@ const fn e(action: &'static str, target: &'static str, details: &'static [&'stat
 
 /// Every event, grouped by category, sorted by name.
 pub const EVENTS: &[Entry] = &[
+    e("alert.acknowledged", "", &[], "TODO"),
+    e("alert.raised", "", &[], "TODO"),
+    e("api.read", "", &[], "TODO"),
     e("api_key.created", "", &[], "TODO"),
     e("api_key.deleted", "", &[], "TODO"),
     e("api_key.disabled", "", &[], "TODO"),
@@ -28,6 +31,11 @@ pub const EVENTS: &[Entry] = &[
     e("api_key.rotated", "", &[], "TODO"),
     e("api_key.updated", "", &[], "TODO"),
     e("api_key.used_from_new_ip", "", &[], "TODO"),
+    e("audit.checkpoints_listed", "", &[], "TODO"),
+    e("audit.exported", "", &[], "TODO"),
+    e("audit.purged", "", &[], "TODO"),
+    e("audit.queried", "", &[], "TODO"),
+    e("audit.verified", "", &[], "TODO"),
     e("auth.account.locked", "", &[], "TODO"),
     e("auth.api_key.rejected", "", &[], "TODO"),
     e("auth.csrf.rejected", "", &[], "TODO"),
@@ -67,6 +75,7 @@ pub const EVENTS: &[Entry] = &[
     e("tls.certificate.reloaded", "", &[], "TODO"),
     e("token.created", "", &[], "TODO"),
     e("token.revoked", "", &[], "TODO"),
+    e("token.used_from_new_ip", "", &[], "TODO"),
     e("user.admin.created", "", &[], "TODO"),
     e("user.admin.granted", "", &[], "TODO"),
     e("user.admin.password_reset", "", &[], "TODO"),

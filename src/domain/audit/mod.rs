@@ -1,18 +1,56 @@
 //! The audit chain: append-only records, each chained as
-//! `hash = HMAC-SHA256(audit key, previous hash || canonical record)`, with the key derived from
-//! the master key, so that someone with only database access cannot rewrite history unnoticed.
-//! [`record`] writes in the caller's transaction; [`verify`] walks the chain.
+//! `hash = HMAC-SHA256(audit key, previous hash || canonical record)`, with the key sealed in the
+//! vault, so that someone with only database access cannot rewrite history unnoticed.
+//! [`record`] writes in the caller's transaction; [`integrity`] signs checkpoints, purges by
+//! retention and verifies; [`query`] reads the log back.
 //!
 //! Details never hold a secret: callers pass identifiers and reasons, never values.
 
 pub mod catalogue;
+pub mod integrity;
+pub mod query;
+pub mod service;
+
+pub use integrity::{verify, Verification};
 
 use super::unix_ms;
 use crate::crypto::AuditKey;
 use crate::db::{AuditRow, Db, Tx};
 use crate::error::AppError;
+use crate::metrics::Metrics;
 use serde::Serialize;
+use std::sync::Arc;
 use time::OffsetDateTime;
+
+/// Writes records: the chain key and the policy for a record that cannot be written.
+#[derive(Clone)]
+pub struct Auditor {
+    key: AuditKey,
+    /// `audit.require`: a change whose record cannot be written is refused.
+    require: bool,
+    metrics: Option<Arc<Metrics>>,
+}
+
+impl std::fmt::Debug for Auditor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Auditor").field("require", &self.require).finish_non_exhaustive()
+    }
+}
+
+impl Auditor {
+    pub fn new(key: AuditKey, require: bool, metrics: Option<Arc<Metrics>>) -> Self {
+        Self { key, require, metrics }
+    }
+
+    /// The chain key (verification).
+    pub fn key(&self) -> &AuditKey {
+        &self.key
+    }
+
+    pub fn require(&self) -> bool {
+        self.require
+    }
+}
 
 /// The hash the first record chains from.
 pub const GENESIS: [u8; 32] = [0u8; 32];
@@ -35,7 +73,7 @@ pub enum Actor {
 }
 
 impl Actor {
-    fn parts(&self) -> (&'static str, Option<String>) {
+    pub fn parts(&self) -> (&'static str, Option<String>) {
         match self {
             Actor::System => ("system", None),
             Actor::Operator => ("operator", None),
@@ -56,7 +94,7 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    fn as_str(self) -> &'static str {
+    pub fn as_str(self) -> &'static str {
         match self {
             Outcome::Success => "success",
             Outcome::Failure => "failure",
@@ -145,7 +183,7 @@ struct Canonical<'a> {
     details: &'a str,
 }
 
-fn canonical(row: &AuditRow) -> Result<Vec<u8>, AppError> {
+pub(crate) fn canonical(row: &AuditRow) -> Result<Vec<u8>, AppError> {
     serde_json::to_vec(&Canonical {
         v: 1,
         seq: row.seq,
@@ -165,21 +203,53 @@ fn canonical(row: &AuditRow) -> Result<Vec<u8>, AppError> {
 }
 
 /// Append `event` in a write transaction of its own (an event that goes with no other change).
-pub async fn record_alone(db: &Db, key: &AuditKey, now: OffsetDateTime, event: Event) -> Result<i64, AppError> {
-    let key = key.clone();
-    db.write(move |tx| record(tx, &key, now, &event)).await
+pub async fn record_alone(db: &Db, auditor: &Auditor, now: OffsetDateTime, event: Event) -> Result<i64, AppError> {
+    let auditor = auditor.clone();
+    db.write(move |tx| record(tx, &auditor, now, &event)).await
 }
 
-/// Append `event` to the chain inside `tx`. Returns its sequence number.
-pub fn record(tx: &Tx<'_>, key: &AuditKey, now: OffsetDateTime, event: &Event) -> Result<i64, AppError> {
-    let (seq, prev) = match tx.audit_head()? {
-        Some((seq, hash)) => (seq + 1, hash),
-        None => (1, GENESIS.to_vec()),
+/// Append `event` to the chain inside `tx`. Returns its sequence number (0 when it could not be
+/// written and `audit.require` is off: the failure is logged and counted, the change goes on).
+/// With `audit.require`, the failure fails the caller's transaction: nothing changes.
+pub fn record(tx: &Tx<'_>, auditor: &Auditor, now: OffsetDateTime, event: &Event) -> Result<i64, AppError> {
+    debug_assert!(catalogue::find(event.action).is_some(), "audit event {} is not in the catalogue", event.action);
+    let appended = tx.savepoint(|| append(tx, &auditor.key, now, event));
+    match appended {
+        Ok(seq) => Ok(seq),
+        Err(e) => {
+            if let Some(m) = &auditor.metrics {
+                m.security_event("audit.write_failed");
+            }
+            tracing::error!(target: "gatehouse::security", action = event.action, error = %e, "an audit record could not be written");
+            if auditor.require || !tx.is_open() {
+                Err(AppError::AuditUnavailable)
+            } else {
+                Ok(0)
+            }
+        }
+    }
+}
+
+fn append(tx: &Tx<'_>, key: &AuditKey, now: OffsetDateTime, event: &Event) -> Result<i64, AppError> {
+    let head = tx.audit_head()?;
+    let (seq, prev, not_before) = match head {
+        Some(h) => (h.seq + 1, h.hash, h.ts_ms),
+        None => (tx.audit_last_stub()?.unwrap_or(0) + 1, Vec::new(), 0),
+    };
+    // After a purge removed the newest records, the chain goes on from the last stub.
+    let prev = if prev.is_empty() {
+        match tx.audit_last_stub()? {
+            Some(last) => tx.audit_stub(last)?.unwrap_or_else(|| GENESIS.to_vec()),
+            None => GENESIS.to_vec(),
+        }
+    } else {
+        prev
     };
     let (actor_type, actor_id) = event.actor.parts();
     let mut row = AuditRow {
         seq,
-        ts_ms: unix_ms(now),
+        // Times never go backwards along the chain, so a time range is a sequence range.
+        ts_ms: unix_ms(now).max(not_before),
         actor_type: actor_type.to_string(),
         actor_id,
         action: event.action.to_string(),
@@ -195,53 +265,4 @@ pub fn record(tx: &Tx<'_>, key: &AuditKey, now: OffsetDateTime, event: &Event) -
     row.hash = key.chain(&prev, &canonical(&row)?)?.to_vec();
     tx.audit_insert(&row)?;
     Ok(seq)
-}
-
-/// The result of walking the chain.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Verification {
-    /// Records checked.
-    pub records: i64,
-    /// The first sequence number whose record, hash or position does not verify.
-    pub first_broken: Option<i64>,
-    /// Why it broke.
-    pub reason: Option<String>,
-}
-
-/// Walk the whole chain in one read snapshot.
-pub async fn verify(db: &Db, key: &AuditKey) -> Result<Verification, AppError> {
-    let key = key.clone();
-    db.read(move |tx| {
-        let mut prev = GENESIS.to_vec();
-        let mut expected_seq = 1;
-        let mut records = 0;
-        let mut after = 0;
-        loop {
-            let page = tx.audit_page(after, 1000)?;
-            if page.is_empty() {
-                return Ok(Verification { records, first_broken: None, reason: None });
-            }
-            for row in page {
-                if row.seq != expected_seq {
-                    return Ok(Verification {
-                        records,
-                        first_broken: Some(expected_seq),
-                        reason: Some(format!("record {expected_seq} is missing (next present is {})", row.seq)),
-                    });
-                }
-                if !key.verify(&prev, &canonical(&row)?, &row.hash)? {
-                    return Ok(Verification {
-                        records,
-                        first_broken: Some(row.seq),
-                        reason: Some(format!("record {} does not match its hash", row.seq)),
-                    });
-                }
-                records += 1;
-                expected_seq += 1;
-                after = row.seq;
-                prev = row.hash;
-            }
-        }
-    })
-    .await
 }
