@@ -333,6 +333,10 @@ pub struct Application {
     tls_paths: (PathBuf, PathBuf),
     bootstrap_password: Option<SecretString>,
     grace: Duration,
+    /// One per `[[audit.syslog]]` collector, started by [`Application::run_until_stopped`].
+    forwarders: Vec<crate::domain::siem::Forwarder>,
+    /// The newest audit record before this start: the security log writes the ones after it.
+    security_log_after: i64,
     _lock: Option<File>,
 }
 
@@ -414,6 +418,10 @@ impl Application {
         let since = crate::domain::unix_ms(state.clock.now()) - state.auth.settings.life.access_ms - 60_000;
         let st = state.clone();
         state.db.read(move |tx| st.auth.revocations.load(tx, since)).await?;
+        // Checked now (a CA file that does not load stops the start), started with the server.
+        let forwarders = crate::domain::siem::forwarders(&config.audit.syslog, &state.db, &state.metrics)
+            .map_err(|e| FatalError::new(e.to_string()))?;
+        let security_log_after = state.db.read(|tx| tx.audit_head()).await?.map(|(seq, _)| seq).unwrap_or(0);
         // Recorded once bound: connections wait in the backlog until the server runs.
         record_system_event(
             &state,
@@ -433,6 +441,8 @@ impl Application {
             tls_paths: (cert_path, key_path),
             bootstrap_password,
             grace: Duration::from_secs(config.server.shutdown_grace_seconds),
+            forwarders,
+            security_log_after,
             _lock: p.lock,
         })
     }
@@ -461,7 +471,8 @@ impl Application {
     }
 
     /// Serve until `shutdown` resolves; then stop accepting, let in-flight requests finish
-    /// (bounded by `server.shutdown_grace_seconds`) and record `server.stopped`.
+    /// (bounded by `server.shutdown_grace_seconds`) and record `server.stopped`. The syslog
+    /// forwarders and the security log run beside the server and stop last.
     pub async fn run_until_stopped(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
@@ -470,6 +481,15 @@ impl Application {
         let app = crate::http::app(state.clone());
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let housekeeping = tokio::spawn(housekeeping(state.clone(), stop_rx));
+        let (audit_stop_tx, audit_stop_rx) = tokio::sync::watch::channel(false);
+        let mut audit_tasks = vec![tokio::spawn(crate::domain::siem::log_security_events(
+            state.db.clone(),
+            self.security_log_after,
+            audit_stop_rx.clone(),
+        ))];
+        for forwarder in self.forwarders {
+            audit_tasks.push(tokio::spawn(forwarder.run(audit_stop_rx.clone())));
+        }
         let result = poem::Server::new_with_acceptor(self.acceptor)
             .run_with_graceful_shutdown(app, shutdown, Some(self.grace))
             .await;
@@ -481,7 +501,12 @@ impl Application {
         if let Err(e) = crate::domain::workspaces::flush_key_uses(&state).await {
             tracing::error!(error = %e, "could not record the last use of API keys");
         }
-        record_system_event(&state, Event::new("server.stopped", Actor::System)).await?;
+        let stopped = record_system_event(&state, Event::new("server.stopped", Actor::System)).await;
+        let _ = audit_stop_tx.send(true);
+        for task in audit_tasks {
+            let _ = task.await;
+        }
+        stopped?;
         result.map_err(|e| FatalError::new(format!("server error: {e}")))
     }
 }
