@@ -386,6 +386,8 @@ impl Application {
             .first()
             .and_then(|a| a.as_socket_addr().copied())
             .ok_or_else(|| FatalError::new(format!("cannot learn the bound address of {listen}")))?;
+        // The security log writes the records from here on (this start's included).
+        let security_log_after = p.db.read(|tx| tx.audit_head()).await?.map(|(seq, _)| seq).unwrap_or(0);
         let bootstrap_password = if opts.bootstrap_admin { bootstrap_admin(&p, &opts.clock).await? } else { None };
         let settings = AuthSettings::from_config(&config.auth);
         let hashes = config.auth.password.max_concurrent_hashes;
@@ -421,7 +423,6 @@ impl Application {
         // Checked now (a CA file that does not load stops the start), started with the server.
         let forwarders = crate::domain::siem::forwarders(&config.audit.syslog, &state.db, &state.metrics)
             .map_err(|e| FatalError::new(e.to_string()))?;
-        let security_log_after = state.db.read(|tx| tx.audit_head()).await?.map(|(seq, _)| seq).unwrap_or(0);
         // Recorded once bound: connections wait in the backlog until the server runs.
         record_system_event(
             &state,

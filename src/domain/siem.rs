@@ -4,8 +4,9 @@
 //!
 //! One [`Forwarder`] per collector reads the committed records after its durable cursor (meta key
 //! `siem.cursor.<name>`) and moves the cursor only once a batch was written and the connection was
-//! still open [`CONFIRM_AFTER`] later: at-least-once, duplicates possible, no loss while the
-//! collector is away. It runs beside the request path, never in it: it only reads records and
+//! still open [`CONFIRM_AFTER`] later (plain syslog has no acknowledgement; a collector that goes
+//! away closes the connection, or for UDP on a reachable host answers "port unreachable"): so
+//! at-least-once, duplicates possible, no loss while the collector is away. It runs beside the request path, never in it: it only reads records and
 //! writes its cursor, and a collector that is slow or gone costs a request nothing.
 //!
 //! Must not: change an audit record, make a request wait, carry a secret (records hold none).
@@ -30,6 +31,8 @@ const POLL: Duration = Duration::from_millis(250);
 const BATCH: i64 = 500;
 /// A written record counts as delivered once the connection is still open this long after.
 pub const CONFIRM_AFTER: Duration = Duration::from_millis(200);
+/// The cursor is written to the database at most this often.
+const STORE_EVERY: Duration = Duration::from_secs(1);
 /// Connecting (and the TLS handshake) may take this long.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Writing one batch may take this long.
@@ -395,8 +398,11 @@ pub fn cursor_key(name: &str) -> String {
 
 /// Where a forwarder stands.
 struct State {
-    /// Delivered and stored: the last seq the collector has.
-    durable: i64,
+    /// Delivered: the last seq the collector has.
+    confirmed: i64,
+    /// What the meta table holds (it lags `confirmed` by at most [`STORE_EVERY`]).
+    stored: i64,
+    stored_at: Instant,
     /// Written on the current connection.
     sent: i64,
     pending: Pending,
@@ -436,7 +442,9 @@ impl Forwarder {
         let span = tracing::info_span!("siem", target = %self.name);
         async move {
             let mut st = State {
-                durable: 0,
+                confirmed: 0,
+                stored: 0,
+                stored_at: Instant::now(),
                 sent: 0,
                 pending: Pending { batches: VecDeque::new() },
                 conn: None,
@@ -473,7 +481,7 @@ impl Forwarder {
                         }
                         failing = true;
                         st.conn = None;
-                        st.sent = st.durable;
+                        st.sent = st.confirmed;
                         st.pending.batches.clear();
                         let wait = backoff;
                         backoff = (backoff * 2).min(BACKOFF_MAX);
@@ -491,47 +499,55 @@ impl Forwarder {
         .await
     }
 
-    /// At shutdown: what the open connection took counts as delivered; close it.
+    /// At shutdown: what the open connection took counts as delivered; close it and store the
+    /// cursor.
     async fn close(&self, st: &mut State) {
-        let Some(mut conn) = st.conn.take() else {
-            return;
-        };
-        if conn.alive() {
-            self.confirm(st, true).await;
+        if let Some(mut conn) = st.conn.take() {
+            if conn.alive() {
+                self.confirm(st, true);
+            }
+            if let Conn::Stream(s) = &mut conn {
+                let _ = tokio::time::timeout(Duration::from_secs(1), s.shutdown()).await;
+            }
         }
-        if let Conn::Stream(s) = &mut conn {
-            let _ = tokio::time::timeout(Duration::from_secs(1), s.shutdown()).await;
+        if st.loaded {
+            self.store(st, true).await;
         }
     }
 
-    /// Move the durable cursor over the batches written at least [`CONFIRM_AFTER`] ago (all of
-    /// them with `all`).
-    async fn confirm(&self, st: &mut State, all: bool) {
-        let mut upto = None;
+    /// Count the batches written at least [`CONFIRM_AFTER`] ago (all of them with `all`) as
+    /// delivered.
+    fn confirm(&self, st: &mut State, all: bool) {
         let mut count = 0;
         while let Some(&(seq, n, at)) = st.pending.batches.front() {
             if !all && at.elapsed() < CONFIRM_AFTER {
                 break;
             }
-            upto = Some(seq);
+            st.confirmed = seq;
             count += n;
             st.pending.batches.pop_front();
         }
-        let Some(seq) = upto else {
+        if count > 0 {
+            self.metrics.siem_forwarded(&self.name, count);
+        }
+    }
+
+    /// Write the confirmed position to the meta table, at most every [`STORE_EVERY`] unless
+    /// `now` (each write empties the database's read caches). A crash loses at most that much
+    /// of the cursor's progress: those records are sent again.
+    async fn store(&self, st: &mut State, now: bool) {
+        if st.stored == st.confirmed || (!now && st.stored_at.elapsed() < STORE_EVERY) {
             return;
-        };
+        }
         let key = cursor_key(&self.name);
-        let value = seq.to_string();
+        let (seq, value) = (st.confirmed, st.confirmed.to_string());
         match self.db.write(move |tx| tx.meta_set(&key, &value)).await {
             Ok(()) => {
-                st.durable = seq;
-                self.metrics.siem_forwarded(&self.name, count);
+                st.stored = seq;
+                st.stored_at = Instant::now();
             }
-            Err(e) => {
-                // Kept pending: stored at the next round. A crash before then resends them.
-                tracing::error!(error = %e, "could not store the syslog cursor");
-                st.pending.batches.push_front((seq, count, Instant::now()));
-            }
+            // Tried again at the next round.
+            Err(e) => tracing::error!(error = %e, "could not store the syslog cursor"),
         }
     }
 
@@ -539,16 +555,18 @@ impl Forwarder {
         if !st.loaded {
             let key = cursor_key(&self.name);
             let stored = self.db.read(move |tx| tx.meta_get(&key)).await?;
-            st.durable = stored.and_then(|v| v.parse().ok()).unwrap_or(0);
-            st.sent = st.durable;
+            st.confirmed = stored.and_then(|v| v.parse().ok()).unwrap_or(0);
+            st.stored = st.confirmed;
+            st.sent = st.confirmed;
             st.loaded = true;
         }
         if let Some(conn) = &mut st.conn {
             if !conn.alive() {
                 return Err(SiemError::Closed { address: self.address.clone() });
             }
-            self.confirm(st, false).await;
+            self.confirm(st, false);
         }
+        self.store(st, false).await;
         let after = st.sent;
         let (rows, head) = self
             .db
@@ -556,7 +574,7 @@ impl Forwarder {
                 Ok((tx.audit_page(after, BATCH)?, tx.audit_head()?.map(|(seq, _)| seq).unwrap_or(0)))
             })
             .await?;
-        self.metrics.siem_backlog(&self.name, (head - st.durable).max(0));
+        self.metrics.siem_backlog(&self.name, (head - st.confirmed).max(0));
         let Some(last) = rows.last().map(|r| r.seq) else {
             return Ok(Round::Idle);
         };
