@@ -13,7 +13,11 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 const RSYSLOGD: &str = "/usr/sbin/rsyslogd";
-const GTLS_MODULE: &str = "/usr/lib/x86_64-linux-gnu/rsyslog/lmnsd_gtls.so";
+
+/// rsyslog's GnuTLS network stream driver (package rsyslog-gnutls), in the multiarch folder.
+fn gtls_module() -> Option<PathBuf> {
+    std::fs::read_dir("/usr/lib").ok()?.flatten().map(|e| e.path().join("rsyslog/lmnsd_gtls.so")).find(|p| p.exists())
+}
 
 /// TLS material for the collector: its CA and a server certificate for `localhost`/127.0.0.1.
 struct Pki {
@@ -84,7 +88,7 @@ impl Rsyslog {
                 format!("module(load=\"imtcp\")\ninput(type=\"imtcp\" address=\"127.0.0.1\" port=\"{port}\")\n")
             }
             SyslogTransport::Tls => {
-                assert!(Path::new(GTLS_MODULE).exists(), "{GTLS_MODULE} is missing: install rsyslog-gnutls");
+                assert!(gtls_module().is_some(), "rsyslog's lmnsd_gtls.so is missing: install rsyslog-gnutls");
                 format!(
                     "module(load=\"imtcp\" streamDriver.name=\"gtls\" streamDriver.mode=\"1\" streamDriver.authMode=\"anon\")\n\
                      input(type=\"imtcp\" address=\"127.0.0.1\" port=\"{port}\")\n"
