@@ -386,6 +386,10 @@ impl Application {
             .first()
             .and_then(|a| a.as_socket_addr().copied())
             .ok_or_else(|| FatalError::new(format!("cannot learn the bound address of {listen}")))?;
+        // Checked before the bootstrap admin is made (a CA file that does not load stops the
+        // start); started with the server.
+        let forwarders = crate::domain::siem::forwarders(&config.audit.syslog, &p.db, &p.metrics)
+            .map_err(|e| FatalError::new(e.to_string()))?;
         // The security log writes the records from here on (this start's included).
         let security_log_after = p.db.read(|tx| tx.audit_head()).await?.map(|(seq, _)| seq).unwrap_or(0);
         let bootstrap_password = if opts.bootstrap_admin { bootstrap_admin(&p, &opts.clock).await? } else { None };
@@ -420,9 +424,6 @@ impl Application {
         let since = crate::domain::unix_ms(state.clock.now()) - state.auth.settings.life.access_ms - 60_000;
         let st = state.clone();
         state.db.read(move |tx| st.auth.revocations.load(tx, since)).await?;
-        // Checked now (a CA file that does not load stops the start), started with the server.
-        let forwarders = crate::domain::siem::forwarders(&config.audit.syslog, &state.db, &state.metrics)
-            .map_err(|e| FatalError::new(e.to_string()))?;
         // Recorded once bound: connections wait in the backlog until the server runs.
         record_system_event(
             &state,

@@ -557,3 +557,26 @@ fn a_crash_during_an_outage_resumes_from_the_durable_cursor() {
     let (status, _, _) = server.terminate();
     assert!(status.success());
 }
+
+#[tokio::test]
+async fn a_ca_file_without_a_certificate_stops_the_start_before_any_admin_is_made() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("not-a-ca.pem");
+    std::fs::write(&ca, "not a certificate\n").unwrap();
+    let mut config = test_config(dir.path());
+    let mut t = target("bad", SyslogTransport::Tls, "127.0.0.1:6514".into());
+    t.ca_file = Some(ca);
+    config.audit.syslog = vec![t];
+    let opts = gatehouse::startup::BuildOptions {
+        clock: std::sync::Arc::new(gatehouse::clock::ManualClock::new(crate::helpers::test_time())),
+        credentials_dir: None,
+        bootstrap_admin: true,
+        exclusive: true,
+    };
+    let err = gatehouse::startup::Application::build(config.clone(), opts).await.unwrap_err().to_string();
+    assert!(err.contains("audit.syslog 'bad'") && err.contains("holds no certificate"), "{err}");
+    let conn = rusqlite::Connection::open(config.data_dir.join("gatehouse.db")).unwrap();
+    let admins: i64 =
+        conn.query_row("SELECT count(*) FROM audit_log WHERE action = 'user.admin.created'", [], |r| r.get(0)).unwrap();
+    assert_eq!(admins, 0, "no admin whose one-time password nobody saw");
+}
