@@ -30,6 +30,11 @@ struct SecurityLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SiemLabels {
+    target: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct BuildLabels {
     version: &'static str,
 }
@@ -48,6 +53,9 @@ pub struct Metrics {
     latency: Family<RouteLabels, Histogram, fn() -> Histogram>,
     db: Family<DbLabels, Histogram, fn() -> Histogram>,
     security: Family<SecurityLabels, Counter>,
+    siem_forwarded: Family<SiemLabels, Counter>,
+    siem_errors: Family<SiemLabels, Counter>,
+    siem_backlog: Family<SiemLabels, Gauge>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -83,8 +91,26 @@ impl Metrics {
             "Security-relevant events: failed and throttled logins, rejected tokens, CSRF refusals, refresh reuse",
             security.clone(),
         );
+        let siem_forwarded = Family::<SiemLabels, Counter>::default();
+        registry.register(
+            "siem_forwarded_records",
+            "Audit records delivered to a syslog collector ([[audit.syslog]] name)",
+            siem_forwarded.clone(),
+        );
+        let siem_errors = Family::<SiemLabels, Counter>::default();
+        registry.register(
+            "siem_send_errors",
+            "Failed connections and writes to a syslog collector (each is retried from the cursor)",
+            siem_errors.clone(),
+        );
+        let siem_backlog = Family::<SiemLabels, Gauge>::default();
+        registry.register(
+            "siem_backlog_records",
+            "Audit records a syslog collector has not confirmed yet",
+            siem_backlog.clone(),
+        );
         registry.register("build_info", "Build information", build);
-        Self { registry, requests, latency, db, security }
+        Self { registry, requests, latency, db, security, siem_forwarded, siem_errors, siem_backlog }
     }
 
     /// Count a request. `route` is a route template (or `unmatched`), never a raw path.
@@ -96,6 +122,21 @@ impl Metrics {
     /// Count a security event (`auth.login.failed`, `auth.token.rejected`, …).
     pub fn security_event(&self, event: &'static str) {
         self.security.get_or_create(&SecurityLabels { event }).inc();
+    }
+
+    /// Count records delivered to the syslog collector `target`.
+    pub fn siem_forwarded(&self, target: &str, records: u64) {
+        self.siem_forwarded.get_or_create(&SiemLabels { target: target.to_string() }).inc_by(records);
+    }
+
+    /// Count a failed connection or write to the syslog collector `target`.
+    pub fn siem_error(&self, target: &str) {
+        self.siem_errors.get_or_create(&SiemLabels { target: target.to_string() }).inc();
+    }
+
+    /// Records the syslog collector `target` has not confirmed yet.
+    pub fn siem_backlog(&self, target: &str, records: i64) {
+        self.siem_backlog.get_or_create(&SiemLabels { target: target.to_string() }).set(records);
     }
 
     pub fn observe_db(&self, op: &'static str, elapsed: Duration) {
@@ -126,5 +167,17 @@ mod tests {
         );
         assert!(text.contains("gatehouse_db_operation_duration_seconds_bucket"));
         assert!(text.contains("gatehouse_build_info{version="));
+    }
+
+    #[test]
+    fn renders_siem_families() {
+        let m = super::Metrics::new();
+        m.siem_forwarded("central", 3);
+        m.siem_error("central");
+        m.siem_backlog("central", 7);
+        let text = m.render();
+        assert!(text.contains("gatehouse_siem_forwarded_records_total{target=\"central\"} 3"), "{text}");
+        assert!(text.contains("gatehouse_siem_send_errors_total{target=\"central\"} 1"), "{text}");
+        assert!(text.contains("gatehouse_siem_backlog_records{target=\"central\"} 7"), "{text}");
     }
 }

@@ -335,6 +335,10 @@ pub struct Application {
     tls_paths: (PathBuf, PathBuf),
     bootstrap_password: Option<SecretString>,
     grace: Duration,
+    /// One per `[[audit.syslog]]` collector, started by [`Application::run_until_stopped`].
+    forwarders: Vec<crate::domain::siem::Forwarder>,
+    /// The newest audit record before this start: the security log writes the ones after it.
+    security_log_after: i64,
     _lock: Option<File>,
 }
 
@@ -384,6 +388,12 @@ impl Application {
             .first()
             .and_then(|a| a.as_socket_addr().copied())
             .ok_or_else(|| FatalError::new(format!("cannot learn the bound address of {listen}")))?;
+        // Checked before the bootstrap admin is made (a CA file that does not load stops the
+        // start); started with the server.
+        let forwarders = crate::domain::siem::forwarders(&config.audit.syslog, &p.db, &p.metrics)
+            .map_err(|e| FatalError::new(e.to_string()))?;
+        // The security log writes the records from here on (this start's included).
+        let security_log_after = p.db.read(|tx| tx.audit_head()).await?.map(|h| h.seq).unwrap_or(0);
         let bootstrap_password = if opts.bootstrap_admin { bootstrap_admin(&p, &opts.clock).await? } else { None };
         let settings = AuthSettings::from_config(&config.auth);
         let hashes = config.auth.password.max_concurrent_hashes;
@@ -436,6 +446,8 @@ impl Application {
             tls_paths: (cert_path, key_path),
             bootstrap_password,
             grace: Duration::from_secs(config.server.shutdown_grace_seconds),
+            forwarders,
+            security_log_after,
             _lock: p.lock,
         })
     }
@@ -464,7 +476,8 @@ impl Application {
     }
 
     /// Serve until `shutdown` resolves; then stop accepting, let in-flight requests finish
-    /// (bounded by `server.shutdown_grace_seconds`) and record `server.stopped`.
+    /// (bounded by `server.shutdown_grace_seconds`) and record `server.stopped`. The syslog
+    /// forwarders and the security log run beside the server and stop last.
     pub async fn run_until_stopped(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
@@ -473,6 +486,15 @@ impl Application {
         let app = crate::http::app(state.clone());
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let housekeeping = tokio::spawn(housekeeping(state.clone(), stop_rx));
+        let (audit_stop_tx, audit_stop_rx) = tokio::sync::watch::channel(false);
+        let mut audit_tasks = vec![tokio::spawn(crate::domain::siem::log_security_events(
+            state.db.clone(),
+            self.security_log_after,
+            audit_stop_rx.clone(),
+        ))];
+        for forwarder in self.forwarders {
+            audit_tasks.push(tokio::spawn(forwarder.run(audit_stop_rx.clone())));
+        }
         let result = poem::Server::new_with_acceptor(self.acceptor)
             .run_with_graceful_shutdown(app, shutdown, Some(self.grace))
             .await;
@@ -484,11 +506,16 @@ impl Application {
         if let Err(e) = crate::domain::workspaces::flush_key_uses(&state).await {
             tracing::error!(error = %e, "could not record the last use of API keys");
         }
-        record_system_event(&state, Event::new("server.stopped", Actor::System)).await?;
+        let stopped = record_system_event(&state, Event::new("server.stopped", Actor::System)).await;
         let now = state.clock.now();
         if let Err(e) = integrity::checkpoint_now(&state.db, &state.vault, now, integrity::Reason::Shutdown).await {
             tracing::error!(error = %e, "could not write the closing audit checkpoint");
         }
+        let _ = audit_stop_tx.send(true);
+        for task in audit_tasks {
+            let _ = task.await;
+        }
+        stopped?;
         result.map_err(|e| FatalError::new(format!("server error: {e}")))
     }
 }

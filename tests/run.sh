@@ -5,6 +5,9 @@
 # a second run installs nothing and goes straight to the checks.
 #
 #   apt:  chromium (headless playground test), openssl (TLS policy test), wrk (benchmark),
+#         rsyslog and rsyslog-gnutls (SIEM forwarding tests: each test starts its own rsyslogd
+#         with its own configuration, pid file and loopback ports; the system rsyslog service
+#         the package may start listens on no network port and is left alone),
 #         node/npm and python3-venv if missing
 #   npm:  tests/peers/node_modules from tests/peers/package-lock.json (playwright-core, no browser)
 #   pip:  tests/peers/venv with schemathesis (OpenAPI fuzzer)
@@ -47,6 +50,11 @@ need wrk wrk
 need openssl openssl
 need node nodejs
 need npm npm
+need /usr/sbin/rsyslogd rsyslog
+# A library package: no binary to look for.
+if ! dpkg-query -W -f='${Status}' rsyslog-gnutls 2>/dev/null | grep -q 'install ok installed'; then
+    missing+=(rsyslog-gnutls)
+fi
 if ! command -v python3 >/dev/null 2>&1 || ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then
     missing+=(python3 python3-venv)
 fi

@@ -14,6 +14,7 @@ mod errors;
 mod health;
 mod logs;
 mod openapi;
+mod siem;
 mod tls;
 mod vault;
 mod workspaces;
