@@ -35,6 +35,7 @@ pub mod error;
 pub mod http;
 pub mod metrics;
 pub mod ops;
+pub mod outbound;
 pub mod startup;
 pub mod state;
 pub mod telemetry;

@@ -30,6 +30,16 @@ struct SecurityLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AlertLabels {
+    rule: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DeliveryLabels {
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct BuildLabels {
     version: &'static str,
 }
@@ -48,6 +58,8 @@ pub struct Metrics {
     latency: Family<RouteLabels, Histogram, fn() -> Histogram>,
     db: Family<DbLabels, Histogram, fn() -> Histogram>,
     security: Family<SecurityLabels, Counter>,
+    alerts: Family<AlertLabels, Counter>,
+    deliveries: Family<DeliveryLabels, Counter>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -83,8 +95,16 @@ impl Metrics {
             "Security-relevant events: failed and throttled logins, rejected tokens, CSRF refusals, refresh reuse",
             security.clone(),
         );
+        let alerts = Family::<AlertLabels, Counter>::default();
+        registry.register("security_alerts", "Security alerts raised by the monitor, by rule", alerts.clone());
+        let deliveries = Family::<DeliveryLabels, Counter>::default();
+        registry.register(
+            "security_alert_webhook_deliveries",
+            "Alert webhook delivery attempts by outcome (delivered, failed, gave_up)",
+            deliveries.clone(),
+        );
         registry.register("build_info", "Build information", build);
-        Self { registry, requests, latency, db, security }
+        Self { registry, requests, latency, db, security, alerts, deliveries }
     }
 
     /// Count a request. `route` is a route template (or `unmatched`), never a raw path.
@@ -96,6 +116,16 @@ impl Metrics {
     /// Count a security event (`auth.login.failed`, `auth.token.rejected`, …).
     pub fn security_event(&self, event: &'static str) {
         self.security.get_or_create(&SecurityLabels { event }).inc();
+    }
+
+    /// Count an alert raised by `rule`.
+    pub fn alert_raised(&self, rule: &'static str) {
+        self.alerts.get_or_create(&AlertLabels { rule }).inc();
+    }
+
+    /// Count a webhook delivery attempt: `delivered`, `failed` (will retry) or `gave_up`.
+    pub fn alert_delivery(&self, outcome: &'static str) {
+        self.deliveries.get_or_create(&DeliveryLabels { outcome }).inc();
     }
 
     pub fn observe_db(&self, op: &'static str, elapsed: Duration) {

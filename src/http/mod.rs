@@ -3,6 +3,7 @@
 //! map the result. Nothing here runs SQL or crypto.
 
 pub mod accounts;
+pub mod alerts;
 pub mod auth;
 pub mod docs;
 pub mod edge;
@@ -33,6 +34,8 @@ pub enum ApiTags {
     Workspaces,
     /// Workspace secrets: sealed by the vault, versioned, revealed only with `reveal`.
     Secrets,
+    /// Security monitoring: alerts raised by threshold rules over the audit log (platform admin).
+    Security,
 }
 
 const DESCRIPTION: &str = "Gatehouse is the single public entrance of a multi-tenant platform: it signs people and \
@@ -41,12 +44,25 @@ Every error is `application/problem+json` (RFC 9457) with `type`, `title`, `stat
 Every response carries `X-Request-Id`; send your own (1 to 64 characters of `A-Z a-z 0-9 . _ -`) to correlate logs.";
 
 /// The API description shared by the server and `gatehouse openapi`.
-type Apis =
-    (health::HealthApi, metrics::MetricsApi, accounts::AccountsApi, workspaces::WorkspacesApi, secrets::SecretsApi);
+type Apis = (
+    health::HealthApi,
+    metrics::MetricsApi,
+    accounts::AccountsApi,
+    workspaces::WorkspacesApi,
+    secrets::SecretsApi,
+    alerts::AlertsApi,
+);
 
 pub fn api_service() -> OpenApiService<Apis, ()> {
     OpenApiService::new(
-        (health::HealthApi, metrics::MetricsApi, accounts::AccountsApi, workspaces::WorkspacesApi, secrets::SecretsApi),
+        (
+            health::HealthApi,
+            metrics::MetricsApi,
+            accounts::AccountsApi,
+            workspaces::WorkspacesApi,
+            secrets::SecretsApi,
+            alerts::AlertsApi,
+        ),
         "Gatehouse",
         env!("CARGO_PKG_VERSION"),
     )
