@@ -757,6 +757,7 @@ fn need(method: &str, path: &str) -> Option<Need> {
             | "/v1/me/tokens/{id}",
         ) => SignedIn,
         (_, p) if p.starts_with("/v1/users") => Admin,
+        (_, p) if p.starts_with("/v1/security/alerts") => Admin,
         ("get" | "post", "/v1/workspaces") => SignedIn,
         (
             "get",
@@ -808,6 +809,7 @@ async fn every_operation_with_every_role() {
                     let body = match path.as_str() {
                         "/v1/users" => json!({"email": "made@example.com", "password": PW}),
                         "/v1/users/invites" => json!({"email": "invited@example.com"}),
+                        "/v1/security/alerts/{id}/acknowledge" => json!({"note": "seen"}),
                         _ => json!({}),
                     };
                     let (s, _) = call(&app, m.clone(), &concrete, Cred::None, Some(body.clone())).await;
