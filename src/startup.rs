@@ -190,11 +190,17 @@ pub fn preflight(config: &Config, creds: Option<&Path>) -> Result<Preflight, Fat
         Some(p) => Some(read_secret_file(&p, "webhook secret file")?),
         None => None,
     };
-    if config.monitoring.webhook_url.is_some() && webhook_secret.is_none() {
-        return Err(FatalError::new(
-            "monitoring.webhook_url is set but there is no webhook key: set monitoring.webhook_secret_file \
-             (or the systemd credential `webhook_secret`)",
-        ));
+    if config.monitoring.webhook_url.is_some() {
+        if webhook_secret.is_none() {
+            return Err(FatalError::new(
+                "monitoring.webhook_url is set but there is no webhook key: set monitoring.webhook_secret_file \
+                 (or the systemd credential `webhook_secret`)",
+            ));
+        }
+        // The CA file parses (the client is built again, the same way, at start).
+        let ca = config.monitoring.webhook_ca_file.as_deref();
+        crate::outbound::HttpClient::new(ca, Duration::from_secs(1), Duration::from_secs(1))
+            .map_err(|e| FatalError::new(format!("monitoring.webhook_ca_file: {e}")))?;
     }
     Ok(Preflight { existing_key, key_source, db_path, metrics_token, webhook_secret, tls_pair })
 }

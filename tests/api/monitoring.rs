@@ -760,3 +760,88 @@ async fn pw_of(app: &TestApp, email: &str) -> String {
     assert_eq!(s, StatusCode::OK, "{b}");
     b["access_token"].as_str().unwrap().to_string()
 }
+
+#[test]
+fn a_webhook_without_its_key_or_with_a_broken_ca_file_is_refused_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = crate::helpers::test_config(dir.path());
+    config.monitoring.webhook_url = Some("https://alerts.example.com/hook".into());
+    let err = gatehouse::startup::preflight(&config, None).unwrap_err().to_string();
+    assert!(err.contains("webhook_secret_file"), "{err}");
+
+    let (_keep, key_file) = webhook_key_file();
+    config.monitoring.webhook_secret_file = Some(key_file.clone());
+    let bad_ca = dir.path().join("ca.pem");
+    std::fs::write(&bad_ca, "not a certificate").unwrap();
+    config.monitoring.webhook_ca_file = Some(bad_ca);
+    let err = gatehouse::startup::preflight(&config, None).unwrap_err().to_string();
+    assert!(err.contains("webhook_ca_file"), "{err}");
+    assert!(!err.contains(WEBHOOK_KEY));
+
+    config.monitoring.webhook_ca_file = None;
+    config.monitoring.webhook_secret_file = Some(dir.path().join("missing-key"));
+    let err = gatehouse::startup::preflight(&config, None).unwrap_err().to_string();
+    assert!(err.contains("missing-key"), "{err}");
+    config.monitoring.webhook_secret_file = Some(key_file);
+    assert!(gatehouse::startup::preflight(&config, None).is_ok());
+    assert!(!dir.path().join("data").exists(), "nothing was written");
+}
+
+#[tokio::test]
+async fn an_https_webhook_is_trusted_through_its_ca_file_only() {
+    // A receiver with a self-signed certificate for 127.0.0.1.
+    let certs = tempfile::tempdir().unwrap();
+    let (cert, key) = (certs.path().join("cert.pem"), certs.path().join("key.pem"));
+    gatehouse::tls::ensure_self_signed(&cert, &key).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let got: Got = Arc::default();
+    let server = {
+        use poem::listener::{Listener, RustlsCertificate, RustlsConfig};
+        use poem::EndpointExt;
+        let tls = RustlsConfig::new()
+            .fallback(RustlsCertificate::new().cert(std::fs::read(&cert).unwrap()).key(std::fs::read(&key).unwrap()));
+        let listener = poem::listener::TcpListener::bind(format!("127.0.0.1:{port}")).rustls(tls);
+        let app = poem::Route::new().at("/hook", poem::post(hook)).data(got.clone());
+        tokio::spawn(async move {
+            let _ = poem::Server::new(listener).run(app).await;
+        })
+    };
+    let (_keep, key_file) = webhook_key_file();
+    let url = format!("https://127.0.0.1:{port}/hook");
+    let with_ca = app_with(|c| {
+        c.monitoring.webhook_url = Some(url.clone());
+        c.monitoring.webhook_secret_file = Some(key_file.clone());
+        c.monitoring.webhook_ca_file = Some(cert.clone());
+    })
+    .await;
+    let without_ca = app_with(|c| {
+        c.monitoring.webhook_url = Some(url.clone());
+        c.monitoring.webhook_secret_file = Some(key_file.clone());
+    })
+    .await;
+    let mut outcomes = Vec::new();
+    for app in [&with_ca, &without_ca] {
+        let (token, _) = admin(app).await;
+        let (_, id, _) = user(app, "nia@example.com").await;
+        grant_admin(app, &token, &id).await;
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let alert = loop {
+            let items = alerts(app, &token, "").await;
+            if let Some(a) = items.first().filter(|a| a["delivery"]["attempts"] == 1) {
+                break a.clone();
+            }
+            assert!(Instant::now() < deadline, "no attempt: {items:?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        outcomes.push(alert["delivery"].clone());
+    }
+    assert_eq!(outcomes[0]["status"], "delivered", "{outcomes:?}");
+    assert_eq!(outcomes[1]["status"], "pending", "an unknown certificate is refused: {outcomes:?}");
+    assert!(outcomes[1]["last_error"].is_string());
+    let posts = got.lock().unwrap().clone();
+    assert_eq!(posts.len(), 1, "only the server that trusts the CA delivered");
+    assert!(signature_ok(WEBHOOK_KEY, &posts[0].0, &posts[0].2));
+    server.abort();
+    with_ca.stop().await;
+    without_ca.stop().await;
+}
