@@ -5,6 +5,7 @@
 //! - `domain/` decides; it never imports poem.
 //! - `crypto/` is the only place that touches argon2, aes-gcm, jsonwebtoken, hmac, hkdf and rand.
 //! - `db/` is the only place that touches rusqlite; all of it runs on the blocking pool.
+//! - `outbound.rs` is the only place that touches reqwest (outgoing calls: the alert webhook).
 //! - `startup.rs` wires the pieces the same way for `gatehouse serve` and for the tests.
 //!
 //! Time comes from [`clock::Clock`]; secrets live in redacting newtypes from [`crypto::secret`].
@@ -35,6 +36,7 @@ pub mod error;
 pub mod http;
 pub mod metrics;
 pub mod ops;
+pub mod outbound;
 pub mod startup;
 pub mod state;
 pub mod telemetry;

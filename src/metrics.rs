@@ -35,6 +35,16 @@ struct SiemLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AlertLabels {
+    rule: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DeliveryLabels {
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct BuildLabels {
     version: &'static str,
 }
@@ -56,6 +66,8 @@ pub struct Metrics {
     siem_forwarded: Family<SiemLabels, Counter>,
     siem_errors: Family<SiemLabels, Counter>,
     siem_backlog: Family<SiemLabels, Gauge>,
+    alerts: Family<AlertLabels, Counter>,
+    deliveries: Family<DeliveryLabels, Counter>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -109,8 +121,27 @@ impl Metrics {
             "Audit records a syslog collector has not confirmed yet",
             siem_backlog.clone(),
         );
+        let alerts = Family::<AlertLabels, Counter>::default();
+        registry.register("security_alerts", "Security alerts raised by the monitor, by rule", alerts.clone());
+        let deliveries = Family::<DeliveryLabels, Counter>::default();
+        registry.register(
+            "security_alert_webhook_deliveries",
+            "Alert webhook delivery attempts by outcome (delivered, failed, gave_up)",
+            deliveries.clone(),
+        );
         registry.register("build_info", "Build information", build);
-        Self { registry, requests, latency, db, security, siem_forwarded, siem_errors, siem_backlog }
+        Self {
+            registry,
+            requests,
+            latency,
+            db,
+            security,
+            siem_forwarded,
+            siem_errors,
+            siem_backlog,
+            alerts,
+            deliveries,
+        }
     }
 
     /// Count a request. `route` is a route template (or `unmatched`), never a raw path.
@@ -137,6 +168,16 @@ impl Metrics {
     /// Records the syslog collector `target` has not confirmed yet.
     pub fn siem_backlog(&self, target: &str, records: i64) {
         self.siem_backlog.get_or_create(&SiemLabels { target: target.to_string() }).set(records);
+    }
+
+    /// Count an alert raised by `rule`.
+    pub fn alert_raised(&self, rule: &'static str) {
+        self.alerts.get_or_create(&AlertLabels { rule }).inc();
+    }
+
+    /// Count a webhook delivery attempt: `delivered`, `failed` (will retry) or `gave_up`.
+    pub fn alert_delivery(&self, outcome: &'static str) {
+        self.deliveries.get_or_create(&DeliveryLabels { outcome }).inc();
     }
 
     pub fn observe_db(&self, op: &'static str, elapsed: Duration) {

@@ -64,6 +64,8 @@ pub struct Prepared {
     pub vault: Arc<crate::domain::vault::Vault>,
     pub metrics: Arc<Metrics>,
     pub metrics_token: Option<SecretString>,
+    /// The HMAC key of the alert webhook (`monitoring.webhook_secret_file` or the credential).
+    pub webhook_secret: Option<SecretString>,
     /// The one-time password of the admin created at this start, if any.
     pub bootstrap_password: Option<SecretString>,
     /// Held for the life of the process: `restore` refuses while it is taken.
@@ -131,6 +133,7 @@ pub struct Preflight {
     pub key_source: MasterKeySource,
     pub db_path: PathBuf,
     pub metrics_token: Option<SecretString>,
+    pub webhook_secret: Option<SecretString>,
     /// The checked certificate and key, when TLS is on and they exist already.
     pub tls_pair: Option<tls::PemPair>,
 }
@@ -184,14 +187,30 @@ pub fn preflight(config: &Config, creds: Option<&Path>) -> Result<Preflight, Fat
         Some(p) => Some(read_secret_file(&p, "metrics token file")?),
         None => None,
     };
-    Ok(Preflight { existing_key, key_source, db_path, metrics_token, tls_pair })
+    let webhook_secret = match config.webhook_secret_path(creds) {
+        Some(p) => Some(read_secret_file(&p, "webhook secret file")?),
+        None => None,
+    };
+    if config.monitoring.webhook_url.is_some() {
+        if webhook_secret.is_none() {
+            return Err(FatalError::new(
+                "monitoring.webhook_url is set but there is no webhook key: set monitoring.webhook_secret_file \
+                 (or the systemd credential `webhook_secret`)",
+            ));
+        }
+        // The CA file parses (the client is built again, the same way, at start).
+        let ca = config.monitoring.webhook_ca_file.as_deref();
+        crate::outbound::HttpClient::new(ca, Duration::from_secs(1), Duration::from_secs(1))
+            .map_err(|e| FatalError::new(format!("monitoring.webhook_ca_file: {e}")))?;
+    }
+    Ok(Preflight { existing_key, key_source, db_path, metrics_token, webhook_secret, tls_pair })
 }
 
 /// Validate the configuration and open the data folder, creating what a first start needs.
 /// Nothing is written until every check that can fail on existing files has passed.
 pub async fn prepare(config: Config, opts: &BuildOptions) -> Result<Prepared, FatalError> {
     // 1. Checks on what already exists; nothing is written yet.
-    let Preflight { existing_key, key_source, db_path, metrics_token, mut tls_pair } =
+    let Preflight { existing_key, key_source, db_path, metrics_token, webhook_secret, mut tls_pair } =
         preflight(&config, opts.credentials_dir.as_deref())?;
     let (cert_path, key_path, generated_tls) = config.tls_paths();
 
@@ -261,6 +280,7 @@ pub async fn prepare(config: Config, opts: &BuildOptions) -> Result<Prepared, Fa
         vault,
         metrics,
         metrics_token,
+        webhook_secret,
         bootstrap_password: None,
         lock,
         tls_pair,
@@ -398,6 +418,8 @@ impl Application {
         let settings = AuthSettings::from_config(&config.auth);
         let hashes = config.auth.password.max_concurrent_hashes;
         let auth = AuthService::new(settings, p.sealing.clone(), p.pseudonyms.clone(), hashes)?;
+        let monitoring = crate::domain::monitoring::MonitorService::new(&config.monitoring, p.webhook_secret.clone())
+            .map_err(FatalError::new)?;
         let state = AppState::new(Inner {
             db: p.db,
             clock: opts.clock.clone(),
@@ -408,6 +430,7 @@ impl Application {
             vault: p.vault.clone(),
             metrics: p.metrics,
             metrics_token: p.metrics_token,
+            monitoring,
             http: HttpSettings {
                 tls: config.tls.enabled,
                 max_body_bytes: config.server.max_body_bytes,
@@ -427,6 +450,10 @@ impl Application {
         let since = crate::domain::unix_ms(state.clock.now()) - state.auth.settings.life.access_ms - 60_000;
         let st = state.clone();
         state.db.read(move |tx| st.auth.revocations.load(tx, since)).await?;
+        // The monitor's first start begins at the head of the audit log, before any request.
+        if state.monitoring.enabled {
+            crate::domain::monitoring::start_cursor(&state).await?;
+        }
         // Recorded once bound: connections wait in the backlog until the server runs.
         record_system_event(
             &state,
@@ -485,7 +512,7 @@ impl Application {
         let state = self.state.clone();
         let app = crate::http::app(state.clone());
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-        let housekeeping = tokio::spawn(housekeeping(state.clone(), stop_rx));
+        let housekeeping = tokio::spawn(housekeeping(state.clone(), stop_rx.clone()));
         let (audit_stop_tx, audit_stop_rx) = tokio::sync::watch::channel(false);
         let mut audit_tasks = vec![tokio::spawn(crate::domain::siem::log_security_events(
             state.db.clone(),
@@ -495,11 +522,15 @@ impl Application {
         for forwarder in self.forwarders {
             audit_tasks.push(tokio::spawn(forwarder.run(audit_stop_rx.clone())));
         }
+        let monitor = tokio::spawn(crate::domain::monitoring::run_monitor(state.clone(), stop_rx.clone()));
+        let delivery = tokio::spawn(crate::domain::monitoring::run_delivery(state.clone(), stop_rx));
         let result = poem::Server::new_with_acceptor(self.acceptor)
             .run_with_graceful_shutdown(app, shutdown, Some(self.grace))
             .await;
         let _ = stop_tx.send(true);
         let _ = housekeeping.await;
+        let _ = monitor.await;
+        let _ = delivery.await;
         if let Err(e) = crate::domain::auth::flush_token_uses(&state).await {
             tracing::error!(error = %e, "could not record the last use of tokens");
         }

@@ -34,6 +34,8 @@ pub struct Inner {
     pub metrics: Arc<Metrics>,
     /// Bearer token that opens `/metrics` to non-loopback clients.
     pub metrics_token: Option<SecretString>,
+    /// Security monitoring: thresholds, the webhook, the delivery task's wake-up.
+    pub monitoring: crate::domain::monitoring::MonitorService,
     pub http: HttpSettings,
     pub audit: AuditSettings,
 }

@@ -11,6 +11,7 @@ pub mod secret;
 pub mod token;
 pub mod totp;
 pub mod vault;
+pub mod webhook;
 
 pub use master_key::{AuditKey, MasterKey, PseudonymKey};
 pub use secret::{ct_eq, SecretString};

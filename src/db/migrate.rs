@@ -16,6 +16,7 @@ const MIGRATIONS: &[Migration] = &[
     Migration { version: 3, name: "workspaces", sql: include_str!("migrations/0003_workspaces.sql") },
     Migration { version: 4, name: "vault", sql: include_str!("migrations/0004_vault.sql") },
     Migration { version: 5, name: "audit", sql: include_str!("migrations/0005_audit.sql") },
+    Migration { version: 6, name: "monitoring", sql: include_str!("migrations/0006_monitoring.sql") },
 ];
 
 /// The schema version this binary writes.

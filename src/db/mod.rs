@@ -3,6 +3,7 @@
 //! runs on the blocking pool inside the caller's tracing span. Driver errors become [`DbError`]
 //! here; policy is decided elsewhere.
 
+mod alerts;
 mod audit;
 mod credentials;
 mod meta;
@@ -12,6 +13,7 @@ mod users;
 mod vault;
 mod workspaces;
 
+pub use alerts::{AlertFilter, AlertRow};
 pub use audit::{ActorFilter, AuditFilter, AuditHead, AuditRow, CheckpointRow, PurgeCandidate};
 pub use credentials::{PatAuthRow, PatRow, SigningKeyRow};
 pub use sessions::{ChallengeRow, RefreshRow, SessionRow};

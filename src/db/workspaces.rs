@@ -396,4 +396,9 @@ impl Tx<'_> {
             params![id, ip, at_ms],
         )? > 0)
     }
+
+    /// How many addresses an API key was used from.
+    pub fn api_key_ip_count(&self, id: &str) -> Result<i64, DbError> {
+        Ok(self.conn().query_row("SELECT count(*) FROM api_key_ips WHERE key_id = ?1", [id], |r| r.get(0))?)
+    }
 }

@@ -114,6 +114,9 @@ pub struct AuthService {
     buckets: Mutex<HashMap<IpAddr, Bucket>>,
     unknown: Mutex<HashMap<String, Failures>>,
     pat_uses: Mutex<HashMap<String, (i64, Option<String>)>>,
+    /// Addresses each personal access token was seen from (for `token.used_from_new_ip`),
+    /// bounded by [`TABLE_CAP`] addresses in all.
+    pat_ips: Mutex<HashMap<String, std::collections::HashSet<String>>>,
     /// Sessions seen since the last flush: last-seen time and address, written in batches.
     session_uses: Mutex<HashMap<String, (i64, Option<String>)>>,
     /// Access tokens whose signature, issuer and audience already checked out, by SHA-256 of
@@ -152,6 +155,7 @@ impl AuthService {
             buckets: Mutex::new(HashMap::new()),
             unknown: Mutex::new(HashMap::new()),
             pat_uses: Mutex::new(HashMap::new()),
+            pat_ips: Mutex::new(HashMap::new()),
             session_uses: Mutex::new(HashMap::new()),
             verified: std::sync::RwLock::new(HashMap::new()),
         })
@@ -1034,6 +1038,7 @@ pub async fn authenticate_pat(
     state: &AppState,
     token: SecretString,
     ip: Option<String>,
+    origin: impl FnOnce() -> Origin,
 ) -> Result<Principal, AppError> {
     if !token::well_formed(token.expose(), Kind::PersonalAccessToken) {
         state.metrics.security_event("auth.token.rejected");
@@ -1049,6 +1054,9 @@ pub async fn authenticate_pat(
                 && !f.user_disabled
                 && !state.auth.revocations.user_blocked(&f.pat.user_id) =>
         {
+            if let Some(ip) = &ip {
+                note_pat_ip(state, &f.pat.user_id, &f.pat.id, ip, now_ms, origin).await?;
+            }
             state.auth.note_pat_use(&f.pat.id, now_ms, ip);
             Ok(Principal { user_id: f.pat.user_id, credential: Credential::PersonalAccessToken { token_id: f.pat.id } })
         }
@@ -1057,6 +1065,47 @@ pub async fn authenticate_pat(
             Err(unauthorized("The personal access token is invalid, expired or revoked."))
         }
     }
+}
+
+/// Audit a token's first use from an address (`token.used_from_new_ip`), once per address: the
+/// addresses are kept in `pat_ips`, and the ones seen lately in memory so that a known address
+/// costs no write.
+async fn note_pat_ip(
+    state: &AppState,
+    user_id: &str,
+    token_id: &str,
+    ip: &str,
+    now_ms: i64,
+    origin: impl FnOnce() -> Origin,
+) -> Result<(), AppError> {
+    let seen = state.auth.pat_ips.lock().is_ok_and(|s| s.get(token_id).is_some_and(|ips| ips.contains(ip)));
+    if seen {
+        return Ok(());
+    }
+    let event = Event::new("token.used_from_new_ip", Actor::Token(user_id.to_string(), token_id.to_string()))
+        .target(token_id.to_string())
+        .origin(&origin());
+    let (key, now) = (state.auditor.clone(), state.clock.now());
+    let (tid, addr) = (token_id.to_string(), ip.to_string());
+    state
+        .db
+        .write(move |tx| {
+            if let Some(known) = tx.pat_ip_first_seen(&tid, &addr, now_ms)? {
+                // `first_address`: the token's very first use, which the monitor does not alert on.
+                let event = event.details(serde_json::json!({ "ip": addr, "first_address": known == 0 }));
+                audit::record(tx, &key, now, &event)?;
+            }
+            Ok::<_, AppError>(())
+        })
+        .await?;
+    if let Ok(mut s) = state.auth.pat_ips.lock() {
+        // Bounded by addresses, not tokens: one token seen from many addresses must not grow it.
+        if s.values().map(std::collections::HashSet::len).sum::<usize>() >= TABLE_CAP {
+            s.clear();
+        }
+        s.entry(token_id.to_string()).or_default().insert(ip.to_string());
+    }
+    Ok(())
 }
 
 /// Check a session cookie; a request that changes state must also carry the session's CSRF

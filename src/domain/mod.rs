@@ -8,6 +8,7 @@ pub mod auth;
 pub mod authz;
 pub mod keys;
 pub mod mfa;
+pub mod monitoring;
 pub mod secrets;
 pub mod sessions;
 pub mod siem;

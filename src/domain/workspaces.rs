@@ -1407,13 +1407,15 @@ async fn note_key_ip(
     let event = Event::new("api_key.used_from_new_ip", Actor::ApiKey(key.id.clone()))
         .workspace(key.workspace_id.clone())
         .target(key.id.clone())
-        .origin(origin)
-        .details(json!({ "ip": ip }));
+        .origin(origin);
     let (kid, addr) = pair.clone();
     state
         .db
         .write(move |tx| {
+            let known = tx.api_key_ip_count(&kid)?;
             if tx.api_key_ip_first_seen(&kid, &addr, now_ms)? {
+                // `first_address`: the key's very first use, which the monitor does not alert on.
+                let event = event.details(json!({ "ip": addr, "first_address": known == 0 }));
                 audit::record(tx, &audit_key, now, &event)?;
             }
             Ok::<_, AppError>(())

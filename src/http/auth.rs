@@ -80,7 +80,7 @@ pub async fn authenticate(state: &AppState, req: &mut Request, info: &RequestInf
         .map(|t| SecretString::new(t.trim().to_string()));
     let result = if let Some(token) = bearer {
         if token.expose().starts_with("gthp_") {
-            auth::authenticate_pat(state, token, info.client_ip.map(|ip| ip.to_string())).await
+            auth::authenticate_pat(state, token, info.client_ip.map(|ip| ip.to_string()), || origin(info)).await
         } else {
             auth::authenticate_jwt(state, token.expose(), info.client_ip)
         }

@@ -4,6 +4,7 @@
 
 pub mod accounts;
 pub mod audit;
+pub mod alerts;
 pub mod auth;
 pub mod docs;
 pub mod edge;
@@ -36,6 +37,8 @@ pub enum ApiTags {
     Secrets,
     /// The tamper-evident audit log: query, export, verification, signed checkpoints.
     Audit,
+    /// Security monitoring: alerts raised by threshold rules over the audit log (platform admin).
+    Security,
 }
 
 const DESCRIPTION: &str = "Gatehouse is the single public entrance of a multi-tenant platform: it signs people and \
@@ -51,6 +54,7 @@ type Apis = (
     workspaces::WorkspacesApi,
     secrets::SecretsApi,
     audit::AuditApi,
+    alerts::AlertsApi,
 );
 
 pub fn api_service() -> OpenApiService<Apis, ()> {
@@ -62,6 +66,7 @@ pub fn api_service() -> OpenApiService<Apis, ()> {
             workspaces::WorkspacesApi,
             secrets::SecretsApi,
             audit::AuditApi,
+            alerts::AlertsApi,
         ),
         "Gatehouse",
         env!("CARGO_PKG_VERSION"),

@@ -13,6 +13,7 @@ mod config_doc;
 mod errors;
 mod health;
 mod logs;
+mod monitoring;
 mod openapi;
 mod siem;
 mod tls;

@@ -762,6 +762,7 @@ fn need(method: &str, path: &str) -> Option<Need> {
         (_, p) if p.starts_with("/v1/users") => Admin,
         (_, p) if p.starts_with("/v1/audit") => Admin,
         ("get", "/v1/workspaces/{ws}/audit") => Role(0),
+        (_, p) if p.starts_with("/v1/security/alerts") => Admin,
         ("get" | "post", "/v1/workspaces") => SignedIn,
         (
             "get",
@@ -813,6 +814,7 @@ async fn every_operation_with_every_role() {
                     let body = match path.as_str() {
                         "/v1/users" => json!({"email": "made@example.com", "password": PW}),
                         "/v1/users/invites" => json!({"email": "invited@example.com"}),
+                        "/v1/security/alerts/{id}/acknowledge" => json!({"note": "seen"}),
                         _ => json!({}),
                     };
                     let (s, _) = call(&app, m.clone(), &concrete, Cred::None, Some(body.clone())).await;
