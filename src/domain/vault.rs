@@ -279,7 +279,7 @@ impl Vault {
             Some(row) => self.unwrap(&row)?,
             None if create => {
                 let key = SealingKey::generate(CHECKPOINT_KEY_ID);
-                self.store(tx, &key, "audit_signing", None, now_ms)?;
+                self.store(tx, &key, "audit", None, now_ms)?;
                 key
             }
             None => return Ok(None),

@@ -378,8 +378,14 @@ impl Endpoint for Edge {
             };
             let resp = match result {
                 Ok(resp) => resp,
-                // An operation's own problem answer (with its headers, e.g. Retry-After).
-                Err(err) if err.is_from_response() && err.status().is_client_error() => err.into_response(),
+                // An operation's own problem answer (with its headers, e.g. Retry-After); a 503
+                // we wrote says what is unavailable (never an internal detail).
+                Err(err)
+                    if err.is_from_response()
+                        && (err.status().is_client_error() || err.status() == StatusCode::SERVICE_UNAVAILABLE) =>
+                {
+                    err.into_response()
+                }
                 Err(err) => self.error_response(&err, &info),
             };
             // An operation that needed a credential refused it: say why the credential failed
