@@ -3,8 +3,8 @@
 //! map the result. Nothing here runs SQL or crypto.
 
 pub mod accounts;
-pub mod audit;
 pub mod alerts;
+pub mod audit;
 pub mod auth;
 pub mod docs;
 pub mod edge;
