@@ -8,6 +8,7 @@ mod helpers;
 mod accounts;
 mod audit;
 mod browser;
+mod catalogue;
 mod cli;
 mod config_doc;
 mod errors;
