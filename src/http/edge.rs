@@ -291,6 +291,19 @@ impl Edge {
 }
 
 impl Edge {
+    /// A credential the request carried was refused (invalid, expired, revoked; a cookie without
+    /// its CSRF token): an authentication event, recorded whatever the operation.
+    async fn record_rejected(&self, reason: String, route: &str, status: u16, info: &RequestInfo) {
+        use crate::domain::audit::{record_alone, Actor, Event, Outcome};
+        let event = Event::new("auth.credential.rejected", Actor::Anonymous)
+            .origin(&super::auth::origin(info))
+            .outcome(Outcome::Denied)
+            .details(serde_json::json!({"reason": reason, "route": route, "status": status}));
+        if let Err(e) = record_alone(&self.state.db, &self.state.auditor, self.state.clock.now(), event).await {
+            tracing::error!(error = %e, "could not record a refused credential");
+        }
+    }
+
     /// `audit.record_reads`: who read which API route (the audit API records its own reads).
     async fn record_read(
         &self,
@@ -355,6 +368,7 @@ impl Endpoint for Edge {
             // One credential check per request; the security schemes read its outcome.
             let mut refused = None;
             let mut reader = None;
+            let mut rejected = None;
             if let Some(outcome) = super::auth::authenticate(&self.state, &mut req, &info).await {
                 match &outcome.0 {
                     Ok(p) => {
@@ -368,7 +382,10 @@ impl Endpoint for Edge {
                             refused = Some((StatusCode::FORBIDDEN, super::auth::API_KEY_ELSEWHERE.to_string()));
                         }
                     }
-                    Err(e) => refused = Some(e.clone()),
+                    Err(e) => {
+                        rejected = Some(e.1.clone());
+                        refused = Some(e.clone());
+                    }
                 }
                 req.extensions_mut().insert(outcome);
             }
@@ -405,6 +422,9 @@ impl Endpoint for Edge {
             let status = resp.status().as_u16();
             if let Some((who, path)) = reader {
                 self.record_read(&who, path, &route, status, &info).await;
+            }
+            if let Some(reason) = rejected {
+                self.record_rejected(reason, &route, status, &info).await;
             }
             let elapsed = started.elapsed();
             self.state.metrics.observe_request(method_label(&method), route.clone(), status, elapsed);

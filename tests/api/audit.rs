@@ -460,8 +460,19 @@ mod api {
             assert_eq!(s, StatusCode::OK);
             let (s, _) = get(&app, "/v1/workspaces/nope", &alice).await;
             assert_eq!(s, StatusCode::NOT_FOUND);
+            // A refused credential is an authentication event: always recorded.
+            let (s, _) = get(&app, "/v1/me", "eyJhbGciOiJub25lIn0.e30.").await;
+            assert_eq!(s, StatusCode::UNAUTHORIZED);
             let db = app.config.database_path();
             let conn = rusqlite::Connection::open(&db).unwrap();
+            let (outcome, route): (String, String) = conn
+                .query_row(
+                    "SELECT outcome, json_extract(details, '$.route') FROM audit_log WHERE action = 'auth.credential.rejected'",
+                    [],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .unwrap();
+            assert_eq!((outcome.as_str(), route.as_str()), ("denied", "/v1/me"));
             let mut stmt = conn
                 .prepare("SELECT target, outcome, actor_id FROM audit_log WHERE action = 'api.read' ORDER BY seq")
                 .unwrap();

@@ -32,10 +32,10 @@ fn committed_page_matches_the_catalogue() {
 /// here must still occur in the code and must not be in the catalogue.
 const NOT_EVENTS: &[(&str, &str)] = &[
     ("audit.write_failed", "a metrics label (`Metrics::security_event`): an audit write that failed is not audited"),
-    ("auth.api_key.rejected", "a metrics label only: a refused API key is counted, not audited"),
-    ("auth.csrf.rejected", "a metrics label only: a refused CSRF token is counted, not audited"),
-    ("auth.token.rejected", "a metrics label only: a refused access token or PAT is counted, not audited"),
-    ("auth.token.revoked", "a metrics label only: a token of an ended session is counted, not audited"),
+    ("auth.api_key.rejected", "a metrics label: the refusal is audited as `auth.credential.rejected`"),
+    ("auth.csrf.rejected", "a metrics label: the refusal is audited as `auth.credential.rejected`"),
+    ("auth.token.rejected", "a metrics label: the refusal is audited as `auth.credential.rejected`"),
+    ("auth.token.revoked", "a metrics label: the refusal is audited as `auth.credential.rejected`"),
     ("server.listn", "a misspelt configuration key in a config.rs test of unknown-key rejection"),
 ];
 

@@ -125,7 +125,7 @@ pub const EVENTS: &[Entry] = &[
         "audit.verified",
         "—",
         &["ok", "records", "checkpoints", "first_broken"],
-        "a platform admin verifies the chain through the API (`GET /v1/audit/verify`); outcome success even when \
+        "a platform admin verifies the chain through the API (`GET /v1/audit/verify`); outcome failure when \
          `ok` is false.",
     ),
     e(
@@ -134,6 +134,14 @@ pub const EVENTS: &[Entry] = &[
         &["failures", "locked_until_ms"],
         "a failed login or re-authentication brings a known account to the lock threshold, right after its \
          `auth.login.failed`; actor `system`, outcome denied.",
+    ),
+    e(
+        "auth.credential.rejected",
+        "—",
+        &["reason", "route", "status"],
+        "a request carried an access token, personal access token, API key or session cookie that was refused \
+         (malformed, unknown, expired, revoked, its user disabled; a cookie request that changes state without its \
+         CSRF token), whatever the operation; actor `anonymous`, outcome denied.",
     ),
     e(
         "auth.login.failed",

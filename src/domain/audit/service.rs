@@ -10,11 +10,28 @@ use crate::error::AppError;
 use crate::state::AppState;
 use serde_json::json;
 
+/// The filters of a query, for its own audit record (absent ones left out).
 fn filters_of(p: &Params, workspace: Option<&str>) -> serde_json::Value {
-    json!({
-        "since": p.since, "until": p.until, "actor": p.actor, "action": p.action, "target": p.target,
-        "outcome": p.outcome, "ip": p.ip, "workspace": workspace, "cursor": p.cursor.is_some(),
-    })
+    let all = [
+        ("since", p.since.as_deref()),
+        ("until", p.until.as_deref()),
+        ("actor", p.actor.as_deref()),
+        ("action", p.action.as_deref()),
+        ("target", p.target.as_deref()),
+        ("outcome", p.outcome.as_deref()),
+        ("ip", p.ip.as_deref()),
+        ("workspace", workspace),
+    ];
+    let mut m = serde_json::Map::new();
+    for (k, v) in all {
+        if let Some(v) = v {
+            m.insert(k.to_string(), json!(v));
+        }
+    }
+    if p.cursor.is_some() {
+        m.insert("cursor".into(), json!(true));
+    }
+    serde_json::Value::Object(m)
 }
 
 /// `GET /v1/audit` (platform administrators): every workspace, or the one `workspace` names.
@@ -81,7 +98,8 @@ pub async fn export_filter(
 pub async fn verify(state: &AppState, who: &Principal, origin: &Origin) -> Result<Verification, AppError> {
     crate::domain::users::require_admin(state, who).await?;
     let report = integrity::verify(&state.db, &state.auditor, &state.vault, Vec::new()).await?;
-    let event = Event::new("audit.verified", who.actor()).origin(origin).details(json!({
+    let outcome = if report.first_broken.is_none() { super::Outcome::Success } else { super::Outcome::Failure };
+    let event = Event::new("audit.verified", who.actor()).origin(origin).outcome(outcome).details(json!({
         "ok": report.first_broken.is_none(),
         "records": report.records,
         "checkpoints": report.checkpoints,
