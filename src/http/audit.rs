@@ -18,6 +18,7 @@ use poem_openapi::{ApiResponse, Object, OpenApi};
 
 /// One audit record.
 #[derive(Debug, Object)]
+#[oai(skip_serializing_if_is_none)]
 pub struct AuditRecord {
     /// Position in the chain (ascending, gap-free until retention purges).
     pub seq: i64,
@@ -65,6 +66,7 @@ impl From<AuditRow> for AuditRecord {
 
 /// A page of records, newest first.
 #[derive(Debug, Object)]
+#[oai(skip_serializing_if_is_none)]
 pub struct AuditPage {
     pub items: Vec<AuditRecord>,
     /// Pass as `cursor`, with the same filters, for the next (older) page.
@@ -73,6 +75,7 @@ pub struct AuditPage {
 
 /// The outcome of `GET /v1/audit/verify`.
 #[derive(Debug, Object)]
+#[oai(skip_serializing_if_is_none)]
 pub struct VerifyReport {
     /// Whether everything verified.
     pub ok: bool,
@@ -97,6 +100,7 @@ pub struct VerifyReport {
 
 /// One signed checkpoint, as exported for anchoring.
 #[derive(Debug, Object)]
+#[oai(skip_serializing_if_is_none)]
 pub struct Checkpoint {
     pub id: i64,
     pub time: String,
@@ -145,6 +149,7 @@ impl From<CheckpointView> for Checkpoint {
 
 /// Checkpoints, newest first, and the key that signs them.
 #[derive(Debug, Object)]
+#[oai(skip_serializing_if_is_none)]
 pub struct CheckpointPage {
     pub key_id: Option<String>,
     /// The Ed25519 public key, raw 32 bytes in base64.

@@ -146,6 +146,23 @@ def main():
              "%s s" % os.environ.get("ROTATE_SECONDS"), "", "recorded"),
         ]
 
+    # Audit (issue 6), when run.sh measured it.
+    if os.environ.get("AUDIT_JSON"):
+        a = json.loads(os.environ["AUDIT_JSON"])
+        rows += [
+            ("audit appends/s, 64 writers, chained (group commit)", "%.0f" % a["appends_per_s"], ">= 20000",
+             verdict(a["appends_per_s"] >= 20000)),
+            ("audit appends/s, one at a time (baseline)", "%.0f" % a["sequential_appends_per_s"], "", ""),
+            ("ratio group commit / one at a time", "%.1f" % a["group_commit_ratio"], "", "recorded"),
+            ("query by actor + one-day range, %d records, p99" % a["records"], "%.2f ms" % a["query_p99_ms"],
+             "<= 50 ms", verdict(a["query_p99_ms"] <= 50)),
+            ("newest page, no filter, p99 (baseline)", "%.2f ms" % a["newest_p99_ms"], "", ""),
+            ("ratio filtered / newest p99", "%.2f" % (a["query_p99_ms"] / a["newest_p99_ms"]), "", "recorded"),
+            ("NDJSON export, %d records" % a["export_records"], "%.1f s" % a["export_seconds"], "", ""),
+            ("export peak RSS growth", "%.1f MB" % a["export_rss_growth_mb"], "<= 20 MB",
+             verdict(a["export_rss_growth_mb"] <= 20)),
+        ]
+
     width = max(len(r[0]) for r in rows)
     print()
     print("%-*s  %12s  %10s  %s" % (width, "figure", "value", "target", "verdict"))

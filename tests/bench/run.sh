@@ -21,6 +21,11 @@
 #   (g) vault (issue 5), on the accounts server: PUT of a secret (a new version each time) and its
 #       reveal, each as a ratio of /healthz in the same rounds; `keys rotate-master` over the data
 #       keys of BENCH_VAULT_WORKSPACES (10000) workspaces, in seconds, the server running.
+#   (h) audit (issue 6), bench-audit (tests/bench/audit.rs) in-process: chained appends per second
+#       by 64 concurrent writers (group commit; target >= 20,000) and as a ratio of one-at-a-time
+#       appends; then, over BENCH_AUDIT_RECORDS (1,000,000) records, the p99 of a query by actor and
+#       one-day range over HTTPS (target <= 50 ms) and of the unfiltered newest page (baseline);
+#       the NDJSON export of every record and the growth of resident memory (target <= 20 MB).
 # Prints a table and writes tests/bench/out/results.md. Loopback addresses only.
 #
 # Knobs (environment): BENCH_ROUNDS (default 3), BENCH_DURATION (wrk -d, default 10s),
@@ -112,7 +117,7 @@ fi
 # --- build ---------------------------------------------------------------------------------------
 if [ "${BENCH_SKIP_BUILD:-0}" != 1 ]; then
     log "building release (cargo waits if another build holds the target dir)"
-    (cd "$ROOT" && cargo build --release --locked --bin gatehouse --example bench-ceiling --example bench-argon2)
+    (cd "$ROOT" && cargo build --release --locked --bin gatehouse --example bench-ceiling --example bench-argon2 --example bench-audit)
 fi
 [ -x "$BIN" ] || die "$BIN is missing"
 [ -x "$CEIL" ] || die "$CEIL is missing"
@@ -299,6 +304,10 @@ READY_PORT="$(free_port)"
 log "start to READY=1: $READY_RUNS starts on the existing data folder"
 READY_JSON="$(python3 "$HERE/ready_time.py" "$READY_RUNS" "$OUT/ready.log" -- \
     "$BIN" serve --data-dir "$DATA" --listen "127.0.0.1:$READY_PORT" 9>&-)"
+
+# --- (h) audit (issue 6): appends, queries over 1,000,000 records, export memory -------------------
+log "audit: appends, fill to ${BENCH_AUDIT_RECORDS:-1000000} records, queries, export (bench-audit)"
+export AUDIT_JSON="$("$TARGET/release/examples/bench-audit" 2>"$OUT/audit.log" 9>&-)" || die "bench-audit failed (see $OUT/audit.log)"
 
 # --- (d) binary size -----------------------------------------------------------------------------
 BIN_BYTES="$(stat -c %s "$BIN")"
