@@ -163,7 +163,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         let chunk = chunk?;
         lines += chunk.iter().filter(|b| **b == b'\n').count() as u64;
         chunks += 1;
-        if chunks % 64 == 0 {
+        if chunks.is_multiple_of(64) {
             peak = peak.max(rss_kb());
         }
     }
