@@ -400,7 +400,7 @@ impl Application {
                 ConfigFirst(TcpListener::bind(listen)).rustls(stream).into_acceptor().await.map_err(bind_error)?;
             (acceptor.boxed(), Some(tx))
         } else {
-            let acceptor = TcpListener::bind(listen).into_acceptor().await.map_err(bind_error)?;
+            let acceptor = ConfigFirst(TcpListener::bind(listen)).into_acceptor().await.map_err(bind_error)?;
             (acceptor.boxed(), None)
         };
         let local_addr = acceptor
@@ -554,7 +554,7 @@ impl Application {
 /// A listener whose first `accept` yields once before accepting. poem's TLS acceptor races its
 /// certificate stream against `accept` with an unbiased `select!`: a connection already waiting
 /// at start could be picked before the first certificate is loaded and dropped. Yielding on the
-/// first call lets the certificate win.
+/// first call lets the certificate win. Each accepted connection gets TCP_NODELAY.
 struct ConfigFirst<L>(L);
 
 struct ConfigFirstAcceptor<A> {
@@ -562,7 +562,10 @@ struct ConfigFirstAcceptor<A> {
     first: bool,
 }
 
-impl<L: Listener> Listener for ConfigFirst<L> {
+impl<L: Listener> Listener for ConfigFirst<L>
+where
+    <L::Acceptor as Acceptor>::Io: NoDelay,
+{
     type Acceptor = ConfigFirstAcceptor<L::Acceptor>;
 
     async fn into_acceptor(self) -> std::io::Result<Self::Acceptor> {
@@ -570,7 +573,21 @@ impl<L: Listener> Listener for ConfigFirst<L> {
     }
 }
 
-impl<A: Acceptor> Acceptor for ConfigFirstAcceptor<A> {
+/// A stream whose Nagle delay can be turned off.
+trait NoDelay {
+    fn no_delay(&self);
+}
+
+impl NoDelay for tokio::net::TcpStream {
+    fn no_delay(&self) {
+        let _ = self.set_nodelay(true);
+    }
+}
+
+impl<A: Acceptor> Acceptor for ConfigFirstAcceptor<A>
+where
+    A::Io: NoDelay,
+{
     type Io = A::Io;
 
     fn local_addr(&self) -> Vec<poem::web::LocalAddr> {
@@ -584,7 +601,11 @@ impl<A: Acceptor> Acceptor for ConfigFirstAcceptor<A> {
             self.first = false;
             tokio::task::yield_now().await;
         }
-        self.inner.accept().await
+        let (io, local, remote, scheme) = self.inner.accept().await?;
+        // Without TCP_NODELAY, the end of a response larger than a segment can wait for the
+        // client's delayed ACK (40 ms on Linux).
+        io.no_delay();
+        Ok((io, local, remote, scheme))
     }
 }
 

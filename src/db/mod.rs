@@ -78,23 +78,6 @@ impl Tx<'_> {
         self.conn
     }
 
-    /// Run `f` in a savepoint: when it fails its changes are undone and the transaction goes on.
-    pub fn savepoint<T, E: From<DbError>>(&self, f: impl FnOnce() -> Result<T, E>) -> Result<T, E> {
-        self.conn.execute_batch("SAVEPOINT gatehouse_inner").map_err(DbError::from)?;
-        match f() {
-            Ok(v) => {
-                self.conn.execute_batch("RELEASE gatehouse_inner").map_err(DbError::from)?;
-                Ok(v)
-            }
-            Err(e) => {
-                if !self.conn.is_autocommit() {
-                    let _ = self.conn.execute_batch("ROLLBACK TO gatehouse_inner; RELEASE gatehouse_inner");
-                }
-                Err(e)
-            }
-        }
-    }
-
     /// Whether the transaction is still open (a failed statement can make SQLite end it).
     pub fn is_open(&self) -> bool {
         !self.conn.is_autocommit()
@@ -561,7 +544,7 @@ fn run_batch(inner: &Inner, conn: &Connection, batch: Vec<(Job, tracing::Span)>)
             }
             open = true;
         }
-        if let Err(e) = conn.execute_batch("SAVEPOINT gatehouse_write") {
+        if let Err(e) = run_cached(conn, "SAVEPOINT gatehouse_write") {
             out.push((job(Err(DbError::from(e))).deliver, None));
             continue;
         }
@@ -576,7 +559,7 @@ fn run_batch(inner: &Inner, conn: &Connection, batch: Vec<(Job, tracing::Span)>)
             continue;
         }
         let undo = if outcome.keep {
-            conn.execute_batch("RELEASE gatehouse_write")
+            run_cached(conn, "RELEASE gatehouse_write")
         } else {
             conn.execute_batch("ROLLBACK TO gatehouse_write; RELEASE gatehouse_write")
         };
@@ -598,6 +581,11 @@ fn run_batch(inner: &Inner, conn: &Connection, batch: Vec<(Job, tracing::Span)>)
         }
     }
     out
+}
+
+/// Run a statement without parsing it again each time (savepoints, once per write).
+fn run_cached(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
+    conn.prepare_cached(sql)?.execute([]).map(|_| ())
 }
 
 /// Roll back the open transaction (if SQLite has not already) and fail every job in it.

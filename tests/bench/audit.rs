@@ -68,8 +68,32 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             .await;
     });
 
-    // (1) Appends: one at a time (baseline), then 64 writers at once (group commit).
+    // (1) Fill to `total` records spread over the next 30 days (record times never go backwards:
+    // the records of start-up are older), 10,000 per transaction.
     let now = || time::OffsetDateTime::now_utc();
+    let have = state.db.read(|tx| tx.audit_head()).await?.map_or(0, |h| h.seq) as u64;
+    let span_ms: i64 = 30 * 86_400_000;
+    let t0 = now() + time::Duration::minutes(1);
+    let fill_started = Instant::now();
+    let mut i = have;
+    while i < total {
+        let (from, to) = (i, (i + 10_000).min(total));
+        let auditor = state.auditor.clone();
+        state
+            .db
+            .write(move |tx| {
+                for k in from..to {
+                    let at = t0 + time::Duration::milliseconds(span_ms * k as i64 / total as i64);
+                    audit::record(tx, &auditor, at, &event(k))?;
+                }
+                Ok::<_, gatehouse::error::AppError>(())
+            })
+            .await?;
+        i = to;
+    }
+    let fill_seconds = fill_started.elapsed().as_secs_f64();
+
+    // (2) Appends: one at a time (baseline), then 64 writers at once (group commit).
     let started = Instant::now();
     let mut sequential = 0u64;
     while started.elapsed() < Duration::from_secs(3) {
@@ -96,29 +120,6 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         w.await?;
     }
     let group_rate = count.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64();
-
-    // (2) Fill to `total` records over the last 30 days, 10,000 per transaction.
-    let have = state.db.read(|tx| tx.audit_head()).await?.map_or(0, |h| h.seq) as u64;
-    let span_ms: i64 = 30 * 86_400_000;
-    let t0 = now() - time::Duration::days(31);
-    let fill_started = Instant::now();
-    let mut i = have;
-    while i < total {
-        let (from, to) = (i, (i + 10_000).min(total));
-        let auditor = state.auditor.clone();
-        state
-            .db
-            .write(move |tx| {
-                for k in from..to {
-                    let at = t0 + time::Duration::milliseconds(span_ms * k as i64 / total as i64);
-                    audit::record(tx, &auditor, at, &event(k))?;
-                }
-                Ok::<_, gatehouse::error::AppError>(())
-            })
-            .await?;
-        i = to;
-    }
-    let fill_seconds = fill_started.elapsed().as_secs_f64();
 
     // (3) Queries over HTTPS.
     let client = reqwest::Client::builder().danger_accept_invalid_certs(true).build()?;

@@ -213,8 +213,9 @@ pub async fn record_alone(db: &Db, auditor: &Auditor, now: OffsetDateTime, event
 /// With `audit.require`, the failure fails the caller's transaction: nothing changes.
 pub fn record(tx: &Tx<'_>, auditor: &Auditor, now: OffsetDateTime, event: &Event) -> Result<i64, AppError> {
     debug_assert!(catalogue::find(event.action).is_some(), "audit event {} is not in the catalogue", event.action);
-    let appended = tx.savepoint(|| append(tx, &auditor.key, now, event));
-    match appended {
+    // The one write is a single INSERT: when it fails, SQLite has undone it and the caller's
+    // transaction goes on as if it had not been tried.
+    match append(tx, &auditor.key, now, event) {
         Ok(seq) => Ok(seq),
         Err(e) => {
             if let Some(m) = &auditor.metrics {
