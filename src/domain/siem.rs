@@ -16,7 +16,6 @@ use crate::db::{AuditRow, Db, DbError};
 use crate::metrics::Metrics;
 use futures_util::FutureExt;
 use rustls::pki_types::ServerName;
-use serde::Serialize;
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -89,61 +88,15 @@ pub enum SiemError {
     Db(#[from] DbError),
 }
 
-/// The RFC 3339 UTC time with milliseconds of a record.
+/// The RFC 5424 TIMESTAMP of a record.
 pub fn timestamp(ts_ms: i64) -> String {
-    let format =
-        time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z");
-    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ts_ms) * 1_000_000)
-        .ok()
-        .and_then(|t| t.format(&format).ok())
-        .unwrap_or_else(|| "-".into())
-}
-
-/// A record as one JSON object: the columns, the time in RFC 3339, the details as JSON and the
-/// chain hash in hex. Absent values are left out.
-#[derive(Serialize)]
-struct RecordJson<'a> {
-    seq: i64,
-    time: String,
-    actor_type: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    actor_id: Option<&'a str>,
-    action: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    target: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    workspace_id: Option<&'a str>,
-    outcome: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    client_ip: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    user_agent: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    request_id: Option<&'a str>,
-    details: serde_json::Value,
-    hash: String,
+    crate::domain::audit::query::format_ms(ts_ms)
 }
 
 /// The record as one line of JSON.
 pub fn record_json(row: &AuditRow) -> String {
-    let details = serde_json::from_str(&row.details).unwrap_or_else(|_| serde_json::Value::String(row.details.clone()));
-    let json = RecordJson {
-        seq: row.seq,
-        time: timestamp(row.ts_ms),
-        actor_type: &row.actor_type,
-        actor_id: row.actor_id.as_deref(),
-        action: &row.action,
-        target: row.target.as_deref(),
-        workspace_id: row.workspace_id.as_deref(),
-        outcome: &row.outcome,
-        client_ip: row.client_ip.as_deref(),
-        user_agent: row.user_agent.as_deref(),
-        request_id: row.request_id.as_deref(),
-        details,
-        hash: hex::encode(&row.hash),
-    };
     // Serializing strings and a JSON value cannot fail.
-    serde_json::to_string(&json).unwrap_or_default()
+    serde_json::to_string(&crate::domain::audit::query::RecordView::from(row.clone())).unwrap_or_default()
 }
 
 /// RFC 5424 severity: `alert.*` actions are alerts (1), failures and denials warnings (4), the

@@ -104,7 +104,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let count = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
     let mut writers = Vec::new();
-    for w in 0..64u64 {
+    let writers_n: u64 = std::env::var("BENCH_AUDIT_WRITERS").ok().and_then(|v| v.parse().ok()).unwrap_or(64);
+    for w in 0..writers_n {
         let (state, count) = (state.clone(), count.clone());
         writers.push(tokio::spawn(async move {
             let mut i = w;
@@ -112,7 +113,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 if audit::record_alone(&state.db, &state.auditor, now(), event(i)).await.is_ok() {
                     count.fetch_add(1, Ordering::Relaxed);
                 }
-                i += 64;
+                i += writers_n;
             }
         }));
     }

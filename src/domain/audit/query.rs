@@ -159,30 +159,39 @@ pub async fn search(db: &Db, q: &Query) -> Result<(Vec<AuditRow>, Option<String>
     .await
 }
 
-/// A record as the API and the export show it.
+/// A record as the API, the export, syslog and the security log show it: the columns, the time
+/// in RFC 3339, the details as JSON and the chain hash in hex; absent values left out.
 #[derive(Debug, Clone, Serialize)]
 pub struct RecordView {
     pub seq: i64,
     pub time: String,
     pub actor_type: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub actor_id: Option<String>,
     pub action: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub target: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub workspace_id: Option<String>,
     pub outcome: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub client_ip: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub user_agent: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub request_id: Option<String>,
     pub details: serde_json::Value,
     pub hash: String,
 }
 
-/// RFC 3339 with milliseconds, UTC.
+/// RFC 3339 with milliseconds, UTC (`2026-11-29T12:00:00.000Z`), as RFC 5424 wants it too.
 pub fn format_ms(ms: i64) -> String {
+    let format =
+        time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z");
     OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
         .ok()
-        .and_then(|t| t.format(&Rfc3339).ok())
-        .unwrap_or_default()
+        .and_then(|t| t.format(&format).ok())
+        .unwrap_or_else(|| "-".into())
 }
 
 impl From<AuditRow> for RecordView {
@@ -199,7 +208,7 @@ impl From<AuditRow> for RecordView {
             client_ip: r.client_ip,
             user_agent: r.user_agent,
             request_id: r.request_id,
-            details: serde_json::from_str(&r.details).unwrap_or(serde_json::Value::Null),
+            details: serde_json::from_str(&r.details).unwrap_or(serde_json::Value::String(r.details)),
             hash: hex::encode(r.hash),
         }
     }
