@@ -519,6 +519,15 @@ mod api {
         assert!(auth_before >= 5);
         let others_before = count("SELECT count(*) FROM audit_log WHERE action NOT LIKE 'auth.%'");
 
+        // The newest record is an auth one too: the purge removes the tail of the chain, and its
+        // own record must go on from the last stub.
+        failed_login(&app, "late@example.com", "10.3.3.3").await;
+        let newest: String = rusqlite::Connection::open(&db)
+            .unwrap()
+            .query_row("SELECT action FROM audit_log ORDER BY seq DESC LIMIT 1", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(newest, "auth.login.failed");
+
         // Two days later the auth records are past their day; the rest within its 30 days.
         app.clock.advance(time::Duration::days(2));
         gatehouse::startup::housekeeping_round(&app.state).await;

@@ -77,16 +77,19 @@ pub fn statement(c: &CheckpointRow) -> Result<Vec<u8>, AppError> {
 }
 
 /// The chain's newest link: the newest record, or the newest stub when retention removed the
-/// tail; `(0, GENESIS)` for an empty log.
-fn chain_head(tx: &Tx<'_>) -> Result<(i64, Vec<u8>), AppError> {
+/// tail; `(0, GENESIS)` for an empty log. Also the newest record's time (0 without one): a new
+/// record is never older.
+pub(super) fn chain_head(tx: &Tx<'_>) -> Result<(i64, Vec<u8>, i64), AppError> {
     let live = tx.audit_head()?;
     let stub = tx.audit_last_stub()?;
-    Ok(match (live, stub) {
+    let newest_ms = live.as_ref().map_or(0, |h| h.ts_ms);
+    let (seq, hash) = match (live, stub) {
         (Some(h), Some(s)) if s > h.seq => (s, tx.audit_stub(s)?.unwrap_or_default()),
         (Some(h), _) => (h.seq, h.hash),
         (None, Some(s)) => (s, tx.audit_stub(s)?.unwrap_or_default()),
         (None, None) => (0, GENESIS.to_vec()),
-    })
+    };
+    Ok((seq, hash, newest_ms))
 }
 
 /// The number and digest of the stubs above `base`: SHA-256 over each `seq (8 bytes, big
@@ -125,7 +128,7 @@ fn write_checkpoint(
         (None, None) => (0, GENESIS.to_vec()),
     };
     let (purged_count, purged_digest) = stub_digest(tx, base_seq)?;
-    let (seq, head_hash) = chain_head(tx)?;
+    let (seq, head_hash, _) = chain_head(tx)?;
     let mut row = CheckpointRow {
         id: last.as_ref().map_or(1, |c| c.id + 1),
         ts_ms: now_ms.max(last.as_ref().map_or(0, |c| c.ts_ms)),
@@ -160,7 +163,7 @@ pub async fn checkpoint_if_due(
     let every = i64::try_from(every_records).unwrap_or(i64::MAX);
     let interval_ms = i64::try_from(interval_s).unwrap_or(i64::MAX / 1000) * 1000;
     db.write(move |tx| {
-        let (head, _) = chain_head(tx)?;
+        let (head, _, _) = chain_head(tx)?;
         let reason = match tx.checkpoint_last()? {
             None if head > 0 => Some(Reason::Records),
             None => None,
@@ -186,7 +189,7 @@ pub async fn checkpoint_now(
     let vault = vault.clone();
     let now_ms = unix_ms(now);
     db.write(move |tx| {
-        let (head, _) = chain_head(tx)?;
+        let (head, _, _) = chain_head(tx)?;
         let last = tx.checkpoint_last()?;
         if head == 0 || last.is_some_and(|c| c.seq == head) {
             return Ok(None);
@@ -278,10 +281,11 @@ pub async fn purge(
                     return Ok(None);
                 }
                 tx.audit_purge(&doomed)?;
-                // Move the base past the prefix that is now stubs only.
+                // The base moves past the prefix that is now stubs only. The purge's own record,
+                // appended below after the last link (a stub when the tail went), comes after it.
                 let last = tx.checkpoint_last()?;
                 let (old_base, old_hash) = last.map_or((0, GENESIS.to_vec()), |c| (c.base_seq, c.base_hash));
-                let (head, _) = chain_head(tx)?;
+                let (head, _, _) = chain_head(tx)?;
                 let new_base = match tx.audit_first_seq()? {
                     Some(first) => first - 1,
                     None => head,
@@ -294,7 +298,6 @@ pub async fn purge(
                 } else {
                     (old_base, old_hash)
                 };
-                tx.audit_stubs_drop_through(base.0)?;
                 let removed = doomed.len() as i64;
                 let event = Event::new("audit.purged", Actor::System).details(serde_json::json!({
                     "removed": removed,
@@ -304,6 +307,7 @@ pub async fn purge(
                     "base_seq": base.0,
                 }));
                 record(tx, &auditor, now, &event)?;
+                tx.audit_stubs_drop_through(base.0)?;
                 let base_seq = base.0;
                 write_checkpoint(tx, &vault, now_ms, Reason::Purge, Some(base))?;
                 Ok(Some((removed, base_seq, scanned_to)))

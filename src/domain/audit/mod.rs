@@ -232,20 +232,9 @@ pub fn record(tx: &Tx<'_>, auditor: &Auditor, now: OffsetDateTime, event: &Event
 }
 
 fn append(tx: &Tx<'_>, key: &AuditKey, now: OffsetDateTime, event: &Event) -> Result<i64, AppError> {
-    let head = tx.audit_head()?;
-    let (seq, prev, not_before) = match head {
-        Some(h) => (h.seq + 1, h.hash, h.ts_ms),
-        None => (tx.audit_last_stub()?.unwrap_or(0) + 1, Vec::new(), 0),
-    };
     // After a purge removed the newest records, the chain goes on from the last stub.
-    let prev = if prev.is_empty() {
-        match tx.audit_last_stub()? {
-            Some(last) => tx.audit_stub(last)?.unwrap_or_else(|| GENESIS.to_vec()),
-            None => GENESIS.to_vec(),
-        }
-    } else {
-        prev
-    };
+    let (last, prev, not_before) = integrity::chain_head(tx)?;
+    let seq = last + 1;
     let (actor_type, actor_id) = event.actor.parts();
     let mut row = AuditRow {
         seq,
