@@ -22,6 +22,9 @@ pub struct AuditRow {
     pub hash: Vec<u8>,
 }
 
+/// The `meta` key that marks a purge in progress (migration 0005's delete trigger reads it).
+const PURGING: &str = "audit.purging";
+
 const COLUMNS: &str = "seq, ts_ms, actor_type, actor_id, action, target, workspace_id, outcome, client_ip, user_agent, request_id, details, hash";
 
 fn from_row(r: &Row<'_>) -> rusqlite::Result<AuditRow> {
@@ -149,7 +152,8 @@ impl Tx<'_> {
 
     /// Delete records, keeping a stub (sequence number and hash) of each.
     pub fn audit_purge(&self, records: &[(i64, Vec<u8>)]) -> Result<(), DbError> {
-        self.conn().execute("INSERT INTO meta (key, value) VALUES ('audit.purging', '1')", [])?;
+        // The delete trigger lets rows go only while this mark is in `meta`.
+        self.meta_set(PURGING, "1")?;
         {
             let mut del = self.conn().prepare_cached("DELETE FROM audit_log WHERE seq = ?1")?;
             let mut stub = self.conn().prepare_cached("INSERT INTO audit_purged (seq, hash) VALUES (?1, ?2)")?;
@@ -158,7 +162,7 @@ impl Tx<'_> {
                 stub.execute(params![seq, hash])?;
             }
         }
-        self.conn().execute("DELETE FROM meta WHERE key = 'audit.purging'", [])?;
+        self.meta_delete(PURGING)?;
         Ok(())
     }
 

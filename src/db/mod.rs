@@ -113,7 +113,6 @@ struct Inner {
     readers: Mutex<Vec<Connection>>,
     read_gate: Semaphore,
     writer: Mutex<Connection>,
-    write_gate: Semaphore,
     queue: Mutex<WriteQueue>,
     metrics: Option<Arc<Metrics>>,
     caches: Caches,
@@ -289,7 +288,6 @@ impl Db {
             inner: Arc::new(Inner {
                 path: shown,
                 writer: Mutex::new(writer),
-                write_gate: Semaphore::new(1),
                 queue: Mutex::new(WriteQueue::default()),
                 readers: Mutex::new(readers),
                 read_gate: Semaphore::new(n),
@@ -468,9 +466,9 @@ impl Db {
     /// Fold the WAL back into the database file and truncate it (after a secret is destroyed,
     /// so that no old copy of its pages stays in the WAL). Best effort while readers are busy.
     pub async fn checkpoint(&self) -> Result<(), DbError> {
-        let _permit = self.inner.write_gate.acquire().await.map_err(|_| DbError::Worker)?;
         let inner = self.inner.clone();
         spawn_blocking_in_span(move || {
+            // Holding the writer keeps batched writes out meanwhile.
             let conn = inner.writer.lock().map_err(|_| DbError::Worker)?;
             conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(())).map_err(DbError::from)
         })

@@ -88,11 +88,6 @@ pub enum SiemError {
     Db(#[from] DbError),
 }
 
-/// The RFC 5424 TIMESTAMP of a record.
-pub fn timestamp(ts_ms: i64) -> String {
-    crate::domain::audit::query::format_ms(ts_ms)
-}
-
 /// The record as one line of JSON.
 pub fn record_json(row: &AuditRow) -> String {
     // Serializing strings and a JSON value cannot fail.
@@ -217,7 +212,7 @@ impl Format {
         let pri = u16::from(self.facility) * 8 + u16::from(severity(row));
         let header = format!(
             "<{pri}>1 {} {} {} - {} ",
-            timestamp(row.ts_ms),
+            crate::domain::audit::query::format_ms(row.ts_ms),
             self.hostname,
             self.app_name,
             header_field(&row.action, 32)

@@ -6,9 +6,11 @@ use super::auth::{origin, AnyAuth, WorkspaceAuth};
 use super::edge::RequestInfo;
 use super::error::{fail, ApiError};
 use super::ApiTags;
-use crate::db::AuditRow;
-use crate::domain::audit::query::{CheckpointView, Params, RecordView};
+use crate::db::{AuditRow, CheckpointRow};
+use crate::domain::audit::integrity;
+use crate::domain::audit::query::{format_ms, Params, RecordView};
 use crate::domain::audit::service;
+use crate::error::AppError;
 use crate::state::AppState;
 use poem::web::Data;
 use poem::Body;
@@ -127,23 +129,26 @@ pub struct Checkpoint {
     pub signature: String,
 }
 
-impl From<CheckpointView> for Checkpoint {
-    fn from(c: CheckpointView) -> Self {
-        Self {
+impl Checkpoint {
+    /// The stored checkpoint with its signed statement, hashes in hex, signature in base64.
+    fn of(c: &CheckpointRow) -> Result<Self, AppError> {
+        use base64::Engine;
+        let statement = String::from_utf8(integrity::statement(c)?).map_err(AppError::internal)?;
+        Ok(Self {
             id: c.id,
-            time: c.time,
+            time: format_ms(c.ts_ms),
             seq: c.seq,
-            head_hash: c.head_hash,
+            head_hash: hex::encode(&c.head_hash),
             base_seq: c.base_seq,
-            base_hash: c.base_hash,
+            base_hash: hex::encode(&c.base_hash),
             purged_count: c.purged_count,
-            purged_digest: c.purged_digest,
-            prev: c.prev,
-            reason: c.reason,
-            key_id: c.key_id,
-            statement: c.statement,
-            signature: c.signature,
-        }
+            purged_digest: hex::encode(&c.purged_digest),
+            prev: hex::encode(&c.prev),
+            reason: c.reason.clone(),
+            key_id: c.key_id.clone(),
+            statement,
+            signature: base64::engine::general_purpose::STANDARD.encode(&c.signature),
+        })
     }
 }
 
@@ -309,7 +314,7 @@ impl AuditApi {
             key_id: public.as_ref().map(|p| p.key_id.clone()),
             public_key: public.as_ref().map(|p| base64::engine::general_purpose::STANDARD.encode(p.raw)),
             public_key_pem: public.map(|p| p.pem),
-            items: items.into_iter().map(Checkpoint::from).collect(),
+            items: items.iter().map(Checkpoint::of).collect::<Result<_, _>>().map_err(fail(&info))?,
             next_cursor: next,
         }))
     }

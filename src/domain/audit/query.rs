@@ -1,7 +1,7 @@
 //! Reading the audit log back: validated filters, cursors bound to the query that gave them,
 //! records and checkpoints as the API shows them, and the NDJSON export stream.
 
-use super::integrity::{statement, Anchor};
+use super::integrity::Anchor;
 use crate::crypto::checkpoint;
 use crate::db::{ActorFilter, AuditFilter, AuditRow, CheckpointRow, Db};
 use crate::error::AppError;
@@ -268,48 +268,6 @@ pub fn export(db: Db, filter: AuditFilter) -> impl futures_util::Stream<Item = R
     })
 }
 
-/// A checkpoint as exported for anchoring: every signed field, the exact signed statement, and
-/// the signature.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct CheckpointView {
-    pub id: i64,
-    pub time: String,
-    pub seq: i64,
-    pub head_hash: String,
-    pub base_seq: i64,
-    pub base_hash: String,
-    pub purged_count: i64,
-    pub purged_digest: String,
-    pub prev: String,
-    pub reason: String,
-    pub key_id: String,
-    /// The bytes the signature covers (UTF-8 JSON).
-    pub statement: String,
-    /// Ed25519 signature of `statement`, base64.
-    pub signature: String,
-}
-
-impl CheckpointView {
-    pub fn of(c: &CheckpointRow) -> Result<Self, AppError> {
-        let statement = String::from_utf8(statement(c)?).map_err(AppError::internal)?;
-        Ok(Self {
-            id: c.id,
-            time: format_ms(c.ts_ms),
-            seq: c.seq,
-            head_hash: hex::encode(&c.head_hash),
-            base_seq: c.base_seq,
-            base_hash: hex::encode(&c.base_hash),
-            purged_count: c.purged_count,
-            purged_digest: hex::encode(&c.purged_digest),
-            prev: hex::encode(&c.prev),
-            reason: c.reason.clone(),
-            key_id: c.key_id.clone(),
-            statement,
-            signature: B64.encode(&c.signature),
-        })
-    }
-}
-
 /// Read an exported checkpoint (`audit verify --anchor`).
 pub fn parse_anchor(text: &str) -> Result<Anchor, String> {
     #[derive(Deserialize)]
@@ -328,7 +286,7 @@ pub async fn checkpoints(
     db: &Db,
     before: Option<i64>,
     limit: i64,
-) -> Result<(Vec<CheckpointView>, Option<String>), AppError> {
+) -> Result<(Vec<CheckpointRow>, Option<String>), AppError> {
     db.read(move |tx| {
         let mut rows = tx.checkpoints_desc(before.unwrap_or(i64::MAX), limit + 1)?;
         let next = if rows.len() as i64 > limit {
@@ -337,8 +295,7 @@ pub async fn checkpoints(
         } else {
             None
         };
-        let views = rows.iter().map(CheckpointView::of).collect::<Result<Vec<_>, _>>()?;
-        Ok((views, next))
+        Ok((rows, next))
     })
     .await
 }

@@ -1,9 +1,9 @@
 //! The audit log's API operations: who may read what, and reading is itself recorded.
 
 use super::integrity::{self, Verification};
-use super::query::{self, CheckpointView, Params, Query};
+use super::query::{self, Params, Query};
 use super::{record_alone, Event, Origin};
-use crate::db::{AuditFilter, AuditRow};
+use crate::db::{AuditFilter, AuditRow, CheckpointRow};
 use crate::domain::auth::Principal;
 use crate::domain::authz::Resource;
 use crate::error::AppError;
@@ -124,7 +124,7 @@ pub async fn checkpoints(
     origin: &Origin,
     cursor: Option<&str>,
     limit: Option<i64>,
-) -> Result<(Option<PublicKey>, Vec<CheckpointView>, Option<String>), AppError> {
+) -> Result<(Option<PublicKey>, Vec<CheckpointRow>, Option<String>), AppError> {
     crate::domain::users::require_admin(state, who).await?;
     let limit = limit.unwrap_or(100);
     if !(1..=1000).contains(&limit) {
