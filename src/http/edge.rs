@@ -291,17 +291,24 @@ impl Edge {
 }
 
 impl Edge {
+    /// Record an event of the edge's own; a failure is logged (the answer is already decided).
+    async fn record(&self, event: crate::domain::audit::Event) {
+        let action = event.action;
+        let r = crate::domain::audit::record_alone(&self.state.db, &self.state.auditor, self.state.clock.now(), event);
+        if let Err(e) = r.await {
+            tracing::error!(error = %e, action, "could not record an audit event");
+        }
+    }
+
     /// A credential the request carried was refused (invalid, expired, revoked; a cookie without
     /// its CSRF token): an authentication event, recorded whatever the operation.
     async fn record_rejected(&self, reason: String, route: &str, status: u16, info: &RequestInfo) {
-        use crate::domain::audit::{record_alone, Actor, Event, Outcome};
+        use crate::domain::audit::{Actor, Event, Outcome};
         let event = Event::new("auth.credential.rejected", Actor::Anonymous)
             .origin(&super::auth::origin(info))
             .outcome(Outcome::Denied)
             .details(serde_json::json!({"reason": reason, "route": route, "status": status}));
-        if let Err(e) = record_alone(&self.state.db, &self.state.auditor, self.state.clock.now(), event).await {
-            tracing::error!(error = %e, "could not record a refused credential");
-        }
+        self.record(event).await;
     }
 
     /// `audit.record_reads`: who read which API route (the audit API records its own reads).
@@ -313,7 +320,7 @@ impl Edge {
         status: u16,
         info: &RequestInfo,
     ) {
-        use crate::domain::audit::{record_alone, Event, Outcome};
+        use crate::domain::audit::{Event, Outcome};
         if !route.starts_with("/v1/") || route.starts_with("/v1/audit") || route.ends_with("/audit") {
             return;
         }
@@ -327,9 +334,7 @@ impl Edge {
             .origin(&super::auth::origin(info))
             .outcome(outcome)
             .details(serde_json::json!({"route": route, "status": status}));
-        if let Err(e) = record_alone(&self.state.db, &self.state.auditor, self.state.clock.now(), event).await {
-            tracing::error!(error = %e, "could not record a read");
-        }
+        self.record(event).await;
     }
 }
 

@@ -46,10 +46,6 @@ impl Auditor {
     pub fn key(&self) -> &AuditKey {
         &self.key
     }
-
-    pub fn require(&self) -> bool {
-        self.require
-    }
 }
 
 /// The hash the first record chains from.
