@@ -34,6 +34,7 @@ pub struct Config {
     pub auth: AuthConfig,
     pub audit: AuditConfig,
     pub monitoring: MonitoringConfig,
+    pub sso: SsoConfig,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -44,6 +45,9 @@ pub struct ServerConfig {
     pub shutdown_grace_seconds: u64,
     pub trusted_proxies: Vec<IpNet>,
     pub cors_allowed_origins: Vec<String>,
+    /// The address browsers and identity providers reach Gatehouse at (`https://host[:port]`,
+    /// no path): SSO redirect and ACS URLs are built from it. Default: the listen address.
+    pub public_url: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -210,6 +214,156 @@ impl Default for MonitoringConfig {
     }
 }
 
+/// Single sign-on: settings shared by every provider, and the `[[sso.oidc]]` providers.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SsoConfig {
+    /// Origins (`https://host[:port]`) a login's `return_to` may name besides relative paths.
+    pub return_to_origins: Vec<String>,
+    /// Seconds an identity provider's discovery document (and its keys) are kept.
+    pub discovery_ttl_seconds: u64,
+    /// Seconds of clock difference tolerated on ID token and assertion times.
+    pub clock_skew_seconds: u64,
+    /// OpenID Connect providers defined here (read-only through the admin API).
+    pub oidc: Vec<OidcProviderConfig>,
+}
+
+impl Default for SsoConfig {
+    fn default() -> Self {
+        Self { return_to_origins: Vec::new(), discovery_ttl_seconds: 3600, clock_skew_seconds: 60, oidc: Vec::new() }
+    }
+}
+
+/// Whether a login without a linked account creates one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Jit {
+    /// Link by email when `link_by_email` allows, else create the account.
+    #[default]
+    Create,
+    /// Link by email when `link_by_email` allows; never create.
+    LinkOnly,
+    /// Only identities already linked sign in.
+    Off,
+}
+
+/// How an OIDC client authenticates at the token endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum TokenAuth {
+    #[default]
+    ClientSecretBasic,
+    ClientSecretPost,
+}
+
+/// Whether an unknown identity may be linked to an existing account with the same email.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum LinkByEmail {
+    /// Only when the provider says the email is verified.
+    VerifiedOnly,
+    #[default]
+    Never,
+}
+
+/// Where each user attribute is found in the provider's claims: a dotted path
+/// (`realm_access.roles`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClaimPaths {
+    pub email: String,
+    pub email_verified: String,
+    pub name: String,
+    pub groups: String,
+}
+
+impl Default for ClaimPaths {
+    fn default() -> Self {
+        Self {
+            email: "email".into(),
+            email_verified: "email_verified".into(),
+            name: "name".into(),
+            groups: "groups".into(),
+        }
+    }
+}
+
+/// One mapping rule: when the claim at `claim` (a dotted path) equals `value` (or, for a list,
+/// contains it), grant the platform role and/or the roles in the workspace.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct MappingRule {
+    pub claim: String,
+    pub value: String,
+    /// `admin`: a platform admin.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub platform_role: Option<String>,
+    /// A workspace id or slug.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workspace: Option<String>,
+    /// Role names in that workspace.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub roles: Vec<String>,
+}
+
+/// One `[[sso.oidc]]` provider.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct OidcProviderConfig {
+    /// Short name used in URLs (`/v1/sso/{id}/login`): 1 to 64 of `a-z 0-9 -`.
+    pub id: String,
+    pub display_name: String,
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// The issuer URL; discovery is read from `{issuer}/.well-known/openid-configuration`.
+    pub issuer: String,
+    pub client_id: String,
+    /// File holding the client secret (default: the credential `sso-{id}-client-secret`).
+    #[serde(default)]
+    pub client_secret_file: Option<PathBuf>,
+    /// How the client authenticates at the token endpoint.
+    #[serde(default)]
+    pub token_auth: TokenAuth,
+    #[serde(default = "default_oidc_scopes")]
+    pub scopes: Vec<String>,
+    #[serde(default)]
+    pub claims: ClaimPaths,
+    /// When not empty, only emails in these domains sign in.
+    #[serde(default)]
+    pub allowed_email_domains: Vec<String>,
+    #[serde(default)]
+    pub jit: Jit,
+    #[serde(default)]
+    pub link_by_email: LinkByEmail,
+    /// Also read the userinfo endpoint and merge its claims (the ID token's win on conflict).
+    #[serde(default)]
+    pub userinfo: bool,
+    /// ID token signature algorithms accepted.
+    #[serde(default = "default_oidc_algorithms")]
+    pub algorithms: Vec<String>,
+    /// PEM file of the CA for a provider with a private certificate (system roots otherwise).
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    #[serde(default)]
+    pub mapping: Vec<MappingRule>,
+    /// The mapping decides the user's roles in every workspace it names (roles given by hand
+    /// there are removed) and, when a rule names a platform role, the platform role.
+    #[serde(default)]
+    pub authoritative: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+pub fn default_oidc_scopes() -> Vec<String> {
+    ["openid", "email", "profile"].map(String::from).to_vec()
+}
+
+pub fn default_oidc_algorithms() -> Vec<String> {
+    ["RS256", "ES256"].map(String::from).to_vec()
+}
+
 #[derive(Debug, Clone, Deserialize, Serialize, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct MetricsConfig {
@@ -238,6 +392,7 @@ impl Default for Config {
             auth: AuthConfig::default(),
             audit: AuditConfig::default(),
             monitoring: MonitoringConfig::default(),
+            sso: SsoConfig::default(),
         }
     }
 }
@@ -250,6 +405,7 @@ impl Default for ServerConfig {
             shutdown_grace_seconds: 10,
             trusted_proxies: Vec::new(),
             cors_allowed_origins: Vec::new(),
+            public_url: None,
         }
     }
 }
@@ -510,6 +666,7 @@ impl Config {
         self.validate_auth()?;
         self.validate_audit()?;
         self.validate_monitoring()?;
+        self.validate_sso()?;
         if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
             return Err(ConfigError(format!(
                 "log.level: {:?} is not a valid filter (try \"info\" or \"gatehouse=debug,info\")",
@@ -690,6 +847,49 @@ impl Config {
         Ok(())
     }
 
+    fn validate_sso(&self) -> Result<(), ConfigError> {
+        let s = &self.sso;
+        if let Some(url) = &self.server.public_url {
+            check_origin(url).map_err(|e| ConfigError(format!("server.public_url: {e}")))?;
+        }
+        for origin in &s.return_to_origins {
+            check_origin(origin).map_err(|e| ConfigError(format!("sso.return_to_origins: {e}")))?;
+        }
+        if !(60..=86_400).contains(&s.discovery_ttl_seconds) {
+            return Err(ConfigError("sso.discovery_ttl_seconds must be between 60 and 86400".into()));
+        }
+        if s.clock_skew_seconds > 300 {
+            return Err(ConfigError("sso.clock_skew_seconds must be at most 300".into()));
+        }
+        let mut seen = std::collections::HashSet::new();
+        for p in &s.oidc {
+            let at = format!("sso.oidc '{}'", p.id);
+            check_provider_id(&p.id).map_err(|e| ConfigError(format!("sso.oidc: {e}")))?;
+            if !seen.insert(p.id.as_str()) {
+                return Err(ConfigError(format!("{at}: the id is used twice; provider ids must be unique")));
+            }
+            check_oidc_fields(&p.display_name, &p.issuer, &p.client_id, &p.scopes, &p.algorithms)
+                .and_then(|()| check_mapping(&p.mapping))
+                .and_then(|()| check_email_domains(&p.allowed_email_domains))
+                .map_err(|e| ConfigError(format!("{at}: {e}")))?;
+            for (name, path) in [("client_secret_file", &p.client_secret_file), ("ca_file", &p.ca_file)] {
+                if let Some(path) = path {
+                    std::fs::metadata(path)
+                        .map_err(|e| ConfigError(format!("{at}: {name}: cannot read {}: {e}", path.display())))?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The file holding the client secret of the OIDC provider `id`, if any.
+    pub fn sso_secret_path(&self, p: &OidcProviderConfig, credentials_dir: Option<&Path>) -> Option<PathBuf> {
+        if let Some(f) = &p.client_secret_file {
+            return Some(f.clone());
+        }
+        credentials_dir.map(|d| d.join(format!("sso-{}-client-secret", p.id))).filter(|f| f.exists())
+    }
+
     /// The file holding the alert webhook's HMAC secret, if any.
     pub fn webhook_secret_path(&self, credentials_dir: Option<&Path>) -> Option<PathBuf> {
         if let Some(p) = &self.monitoring.webhook_secret_file {
@@ -745,6 +945,142 @@ impl Config {
         }
         credentials_dir.map(|d| d.join(CREDENTIAL_METRICS_TOKEN)).filter(|p| p.exists())
     }
+}
+
+/// An origin: `https://host[:port]` (`http://` only for a loopback host), no path.
+pub fn check_origin(origin: &str) -> Result<(), String> {
+    let rest = origin
+        .strip_prefix("https://")
+        .or_else(|| origin.strip_prefix("http://").filter(|r| is_loopback_host(r)))
+        .ok_or_else(|| format!("{origin:?} must start with https:// (http:// only for a loopback address)"))?;
+    let ok = !rest.is_empty()
+        && rest.bytes().all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b))
+        && !rest.starts_with(':');
+    if !ok {
+        return Err(format!("{origin:?} is not an origin; write scheme://host[:port] without a path"));
+    }
+    Ok(())
+}
+
+fn is_loopback_host(rest: &str) -> bool {
+    let host = rest.split(['/', '?', '#']).next().unwrap_or("");
+    let host = if host.starts_with('[') {
+        host.split(']').next().map(|h| &h[1..]).unwrap_or("")
+    } else {
+        host.rsplit_once(':').map_or(host, |(h, _)| h)
+    };
+    host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+/// A provider id: 1 to 64 of `a-z 0-9 -`, starting with a letter or digit.
+pub fn check_provider_id(id: &str) -> Result<(), String> {
+    let ok = (1..=64).contains(&id.len())
+        && id.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !id.starts_with('-');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("id {id:?} must be 1 to 64 of a-z, 0-9 and -, not starting with -"))
+    }
+}
+
+/// ID token algorithms Gatehouse verifies (asymmetric only: a client secret never signs).
+pub const OIDC_ALGORITHMS: [&str; 9] =
+    ["RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA"];
+
+/// The fields of an OIDC provider that need more than their type.
+pub fn check_oidc_fields(
+    display_name: &str,
+    issuer: &str,
+    client_id: &str,
+    scopes: &[String],
+    algorithms: &[String],
+) -> Result<(), String> {
+    if display_name.trim().is_empty() || display_name.chars().count() > 100 {
+        return Err("display_name: 1 to 100 characters".into());
+    }
+    let rest = issuer
+        .strip_prefix("https://")
+        .or_else(|| issuer.strip_prefix("http://").filter(|r| is_loopback_host(r)))
+        .ok_or_else(|| format!("issuer: {issuer:?} must be an https:// URL"))?;
+    if rest.is_empty() || issuer.len() > 512 || issuer.contains(char::is_whitespace) || issuer.contains(['?', '#']) {
+        return Err(format!("issuer: {issuer:?} is not a usable issuer URL"));
+    }
+    if client_id.is_empty() || client_id.len() > 256 || client_id.contains(char::is_control) {
+        return Err("client_id: 1 to 256 printable characters".into());
+    }
+    if !scopes.iter().any(|s| s == "openid") {
+        return Err("scopes: must include \"openid\"".into());
+    }
+    if scopes.len() > 32
+        || scopes.iter().any(|s| {
+            s.is_empty() || s.len() > 128 || !s.bytes().all(|b| (33..=126).contains(&b) && b != b'"' && b != b'\\')
+        })
+    {
+        return Err("scopes: at most 32 scope tokens of printable ASCII".into());
+    }
+    if algorithms.is_empty() {
+        return Err(format!("algorithms: name at least one of {}", OIDC_ALGORITHMS.join(", ")));
+    }
+    for alg in algorithms {
+        if !OIDC_ALGORITHMS.contains(&alg.as_str()) {
+            return Err(format!("algorithms: {alg:?} is not accepted; use {}", OIDC_ALGORITHMS.join(", ")));
+        }
+    }
+    Ok(())
+}
+
+/// Email domains: lower-case host names.
+pub fn check_email_domains(domains: &[String]) -> Result<(), String> {
+    for d in domains {
+        let ok = !d.is_empty()
+            && d.len() <= 253
+            && d.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+            && !d.starts_with('.')
+            && !d.ends_with('.');
+        if !ok {
+            return Err(format!("allowed_email_domains: {d:?} is not a lower-case domain name"));
+        }
+    }
+    Ok(())
+}
+
+/// Mapping rules: each grants something, a role needs its workspace.
+pub fn check_mapping(rules: &[MappingRule]) -> Result<(), String> {
+    if rules.len() > 256 {
+        return Err("mapping: at most 256 rules".into());
+    }
+    for (i, r) in rules.iter().enumerate() {
+        let at = format!("mapping[{i}]");
+        if r.claim.is_empty() || r.claim.len() > 256 || r.claim.split('.').any(str::is_empty) {
+            return Err(format!("{at}.claim: a dotted claim path such as \"groups\" or \"realm_access.roles\""));
+        }
+        if r.value.len() > 512 {
+            return Err(format!("{at}.value: at most 512 characters"));
+        }
+        if let Some(role) = &r.platform_role {
+            if role != "admin" {
+                return Err(format!("{at}.platform_role: {role:?} is not a platform role; the one there is \"admin\""));
+            }
+        }
+        match (&r.workspace, r.roles.is_empty()) {
+            (Some(_), true) => return Err(format!("{at}.roles: name the roles to grant in the workspace")),
+            (None, false) => return Err(format!("{at}.workspace: roles need the workspace they are granted in")),
+            (None, true) if r.platform_role.is_none() => {
+                return Err(format!("{at}: a rule grants a platform_role, or roles in a workspace"))
+            }
+            _ => {}
+        }
+        if let Some(ws) = &r.workspace {
+            if ws.is_empty() || ws.len() > 64 {
+                return Err(format!("{at}.workspace: a workspace id or slug"));
+            }
+        }
+        if r.roles.len() > 64 || r.roles.iter().any(|n| n.is_empty() || n.len() > 64) {
+            return Err(format!("{at}.roles: 1 to 64 role names"));
+        }
+    }
+    Ok(())
 }
 
 /// `$CREDENTIALS_DIRECTORY`, where systemd puts `LoadCredential=` files.

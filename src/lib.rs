@@ -5,7 +5,8 @@
 //! - `domain/` decides; it never imports poem.
 //! - `crypto/` is the only place that touches argon2, aes-gcm, jsonwebtoken, hmac, hkdf and rand.
 //! - `db/` is the only place that touches rusqlite; all of it runs on the blocking pool.
-//! - `outbound.rs` is the only place that touches reqwest (outgoing calls: the alert webhook).
+//! - `outbound.rs` is the only place that touches reqwest (outgoing calls: the alert webhook,
+//!   identity providers); `sso/` the only place that touches openidconnect.
 //! - `startup.rs` wires the pieces the same way for `gatehouse serve` and for the tests.
 //!
 //! Time comes from [`clock::Clock`]; secrets live in redacting newtypes from [`crypto::secret`].
@@ -37,6 +38,7 @@ pub mod http;
 pub mod metrics;
 pub mod ops;
 pub mod outbound;
+pub mod sso;
 pub mod startup;
 pub mod state;
 pub mod telemetry;

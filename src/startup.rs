@@ -66,6 +66,10 @@ pub struct Prepared {
     pub metrics_token: Option<SecretString>,
     /// The HMAC key of the alert webhook (`monitoring.webhook_secret_file` or the credential).
     pub webhook_secret: Option<SecretString>,
+    /// Client secrets of the `[[sso.oidc]]` providers, by provider id.
+    pub sso_secrets: std::collections::HashMap<String, SecretString>,
+    /// CA certificates (PEM) of the `[[sso.oidc]]` providers that name a `ca_file`.
+    pub sso_ca: std::collections::HashMap<String, String>,
     /// The one-time password of the admin created at this start, if any.
     pub bootstrap_password: Option<SecretString>,
     /// Held for the life of the process: `restore` refuses while it is taken.
@@ -136,6 +140,8 @@ pub struct Preflight {
     pub webhook_secret: Option<SecretString>,
     /// The checked certificate and key, when TLS is on and they exist already.
     pub tls_pair: Option<tls::PemPair>,
+    pub sso_secrets: std::collections::HashMap<String, SecretString>,
+    pub sso_ca: std::collections::HashMap<String, String>,
 }
 
 /// Validate the configuration and check every file it names that exists already: certificate
@@ -203,15 +209,58 @@ pub fn preflight(config: &Config, creds: Option<&Path>) -> Result<Preflight, Fat
         crate::outbound::HttpClient::new(ca, Duration::from_secs(1), Duration::from_secs(1))
             .map_err(|e| FatalError::new(format!("monitoring.webhook_ca_file: {e}")))?;
     }
-    Ok(Preflight { existing_key, key_source, db_path, metrics_token, webhook_secret, tls_pair })
+    let (sso_secrets, sso_ca) = sso_files(&config, creds)?;
+    Ok(Preflight { existing_key, key_source, db_path, metrics_token, webhook_secret, tls_pair, sso_secrets, sso_ca })
+}
+
+/// Each `[[sso.oidc]]` provider's client secret and CA certificates, read from their files.
+type SsoFiles = (std::collections::HashMap<String, SecretString>, std::collections::HashMap<String, String>);
+
+fn sso_files(config: &Config, creds: Option<&Path>) -> Result<SsoFiles, FatalError> {
+    let mut secrets = std::collections::HashMap::new();
+    let mut cas = std::collections::HashMap::new();
+    for p in &config.sso.oidc {
+        match config.sso_secret_path(p, creds) {
+            Some(path) => {
+                secrets.insert(p.id.clone(), read_secret_file(&path, &format!("sso.oidc '{}' client secret file", p.id))?);
+            }
+            None => {
+                return Err(FatalError::new(format!(
+                    "sso.oidc '{}': no client secret: set client_secret_file (or the systemd credential `sso-{}-client-secret`)",
+                    p.id, p.id
+                )))
+            }
+        }
+        if let Some(path) = &p.ca_file {
+            let pem = std::fs::read_to_string(path).map_err(|e| {
+                FatalError::new(format!("sso.oidc '{}': cannot read ca_file {}: {e}", p.id, path.display()))
+            })?;
+            crate::outbound::HttpClient::with_ca_pem(
+                Some(pem.as_bytes()),
+                Duration::from_secs(1),
+                Duration::from_secs(1),
+            )
+            .map_err(|e| FatalError::new(format!("sso.oidc '{}': ca_file {}: {e}", p.id, path.display())))?;
+            cas.insert(p.id.clone(), pem);
+        }
+    }
+    Ok((secrets, cas))
 }
 
 /// Validate the configuration and open the data folder, creating what a first start needs.
 /// Nothing is written until every check that can fail on existing files has passed.
 pub async fn prepare(config: Config, opts: &BuildOptions) -> Result<Prepared, FatalError> {
     // 1. Checks on what already exists; nothing is written yet.
-    let Preflight { existing_key, key_source, db_path, metrics_token, webhook_secret, mut tls_pair } =
-        preflight(&config, opts.credentials_dir.as_deref())?;
+    let Preflight {
+        existing_key,
+        key_source,
+        db_path,
+        metrics_token,
+        webhook_secret,
+        mut tls_pair,
+        sso_secrets,
+        sso_ca,
+    } = preflight(&config, opts.credentials_dir.as_deref())?;
     let (cert_path, key_path, generated_tls) = config.tls_paths();
 
     // 2. Create what a first start needs.
@@ -281,6 +330,8 @@ pub async fn prepare(config: Config, opts: &BuildOptions) -> Result<Prepared, Fa
         metrics,
         metrics_token,
         webhook_secret,
+        sso_secrets,
+        sso_ca,
         bootstrap_password: None,
         lock,
         tls_pair,
@@ -420,7 +471,15 @@ impl Application {
         let auth = AuthService::new(settings, p.sealing.clone(), p.pseudonyms.clone(), hashes)?;
         let monitoring = crate::domain::monitoring::MonitorService::new(&config.monitoring, p.webhook_secret.clone())
             .map_err(FatalError::new)?;
+        let public_url = config
+            .server
+            .public_url
+            .clone()
+            .unwrap_or_else(|| format!("{}://{}", if config.tls.enabled { "https" } else { "http" }, local_addr));
+        let sso = crate::domain::sso::SsoService::new(&config.sso, public_url);
+        let (sso_secrets, sso_ca) = (p.sso_secrets, p.sso_ca);
         let state = AppState::new(Inner {
+            sso,
             db: p.db,
             clock: opts.clock.clone(),
             auditor: p.auditor,
@@ -447,6 +506,9 @@ impl Application {
         });
         // Signing keys ready and the revocation view loaded before the first request.
         maintain_keys(&state).await?;
+        crate::domain::sso::sync_config(&state, &config.sso.oidc, sso_secrets, sso_ca)
+            .await
+            .map_err(|e| FatalError::new(format!("cannot load the SSO providers: {e}")))?;
         let since = crate::domain::unix_ms(state.clock.now()) - state.auth.settings.life.access_ms - 60_000;
         let st = state.clone();
         state.db.read(move |tx| st.auth.revocations.load(tx, since)).await?;

@@ -38,6 +38,8 @@ pub struct Inner {
     pub monitoring: crate::domain::monitoring::MonitorService,
     pub http: HttpSettings,
     pub audit: AuditSettings,
+    /// Single sign-on: identity providers and login settings.
+    pub sso: crate::domain::sso::SsoService,
 }
 
 /// `[audit]` settings the running server applies.

@@ -9,7 +9,7 @@
 #         with its own configuration, pid file and loopback ports; the system rsyslog service
 #         the package may start listens on no network port and is left alone),
 #         node/npm and python3-venv if missing
-#   npm:  tests/peers/node_modules from tests/peers/package-lock.json (playwright-core, no browser)
+#   npm:  tests/peers/node_modules from tests/peers/package-lock.json (playwright-core, no browser; oidc-provider, jose: tests/peers/oidc)
 #   pip:  tests/peers/venv with schemathesis (OpenAPI fuzzer)
 set -euo pipefail
 

@@ -20,6 +20,10 @@ pub enum Kind {
     MfaChallenge,
     Invite,
     ApiKey,
+    /// A one-time SSO code an API client exchanges for tokens.
+    SsoCode,
+    /// Binds an SSO login in flight to the browser that started it.
+    SsoBrowser,
 }
 
 impl Kind {
@@ -32,6 +36,8 @@ impl Kind {
             Kind::MfaChallenge => "gthm",
             Kind::Invite => "gthi",
             Kind::ApiKey => "gthk",
+            Kind::SsoCode => "gthc",
+            Kind::SsoBrowser => "gthb",
         }
     }
 }

@@ -17,6 +17,7 @@ const MIGRATIONS: &[Migration] = &[
     Migration { version: 4, name: "vault", sql: include_str!("migrations/0004_vault.sql") },
     Migration { version: 5, name: "audit", sql: include_str!("migrations/0005_audit.sql") },
     Migration { version: 6, name: "monitoring", sql: include_str!("migrations/0006_monitoring.sql") },
+    Migration { version: 7, name: "sso", sql: include_str!("migrations/0007_sso.sql") },
 ];
 
 /// The schema version this binary writes.

@@ -346,7 +346,8 @@ fn sign_access(state: &AppState, row: &SessionRow, now: OffsetDateTime) -> Resul
     Ok((SecretString::new(jwt), u64::try_from(claims.exp - claims.iat).unwrap_or(0)))
 }
 
-fn issued(state: &AppState, new: sessions::NewSession, now: OffsetDateTime) -> Result<Issued, AppError> {
+/// The tokens of a session just started (its access token signed now).
+pub fn issued(state: &AppState, new: sessions::NewSession, now: OffsetDateTime) -> Result<Issued, AppError> {
     let (access_token, expires_in) = sign_access(state, &new.row, now)?;
     Ok(Issued {
         session_id: new.row.id.clone(),

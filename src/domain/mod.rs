@@ -12,6 +12,7 @@ pub mod monitoring;
 pub mod secrets;
 pub mod sessions;
 pub mod siem;
+pub mod sso;
 pub mod tokens;
 pub mod users;
 pub mod vault;

@@ -48,6 +48,8 @@ impl TimeClaims for AccessClaims {
 pub enum Method {
     Password,
     Anonymous,
+    /// Single sign-on through an identity provider.
+    Sso,
 }
 
 impl Method {
@@ -55,6 +57,7 @@ impl Method {
         match self {
             Method::Password => "password",
             Method::Anonymous => "anonymous",
+            Method::Sso => "sso",
         }
     }
 }

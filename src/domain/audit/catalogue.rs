@@ -337,6 +337,103 @@ pub const EVENTS: &[Entry] = &[
         "a user ends one of their sessions (`DELETE /v1/me/sessions/{id}`); `sessions` holds its id.",
     ),
     e(
+        "sso.admin.granted",
+        "user id",
+        &["provider"],
+        "an SSO login's mapping makes the user a platform admin (a rule with `platform_role = \"admin\"` matched).",
+    ),
+    e(
+        "sso.admin.revoked",
+        "user id",
+        &["provider"],
+        "an SSO login's mapping takes the platform admin role back: the mapping granted it and no rule matches any \
+         more (or the provider is authoritative); never the last admin.",
+    ),
+    e(
+        "sso.code.exchanged",
+        "session id",
+        &["provider", "mode"],
+        "an API client exchanges the one-time code of an SSO login for a session (`POST /v1/sso/exchange`).",
+    ),
+    e(
+        "sso.identity.linked",
+        "user id",
+        &["provider", "issuer", "subject", "by"],
+        "an SSO identity seen for the first time is linked to the existing account with the same verified email \
+         (`link_by_email = \"verified_only\"`).",
+    ),
+    e(
+        "sso.login.failed",
+        "provider id",
+        &["provider", "reason"],
+        "an SSO login fails at the callback (state unknown, used, expired or from another browser; the provider's \
+         error; an ID token that fails a check; a refused account) or a one-time code is refused; `reason` is the \
+         short reason the page shows, never the provider's answer.",
+    ),
+    e(
+        "sso.login.succeeded",
+        "session id (cookie mode); user id (code mode)",
+        &["provider", "mode", "subject"],
+        "an SSO login completes: the identity was matched, linked or created, the mapping applied, and a browser \
+         session opened (`cookie`) or a one-time code minted (`code`).",
+    ),
+    e(
+        "sso.membership.changed",
+        "user id",
+        &["provider", "added", "removed", "before", "after"],
+        "an SSO login's mapping adds or removes roles in a workspace (role names); the record's workspace is that \
+         workspace.",
+    ),
+    e(
+        "sso.profile.updated",
+        "user id",
+        &["provider", "fields"],
+        "an SSO login brings a changed email or name from the provider; `fields` names what changed.",
+    ),
+    e(
+        "sso.provider.created",
+        "provider id",
+        &[
+            "issuer",
+            "client_id",
+            "enabled",
+            "jit",
+            "link_by_email",
+            "mapping_rules",
+            "authoritative",
+            "client_secret_changed",
+        ],
+        "a platform admin adds an identity provider (`POST /v1/sso-providers`); never the client secret.",
+    ),
+    e("sso.provider.deleted", "provider id", &[], "a platform admin deletes an identity provider."),
+    e(
+        "sso.provider.previewed",
+        "provider id",
+        &["subject"],
+        "a platform admin runs the dry-run preview of a provider's provisioning and mapping; nothing changes.",
+    ),
+    e(
+        "sso.provider.updated",
+        "provider id",
+        &[
+            "issuer",
+            "client_id",
+            "enabled",
+            "jit",
+            "link_by_email",
+            "mapping_rules",
+            "authoritative",
+            "client_secret_changed",
+        ],
+        "a platform admin replaces an identity provider's settings (`PUT /v1/sso-providers/{id}`).",
+    ),
+    e(
+        "sso.user.provisioned",
+        "user id",
+        &["provider", "issuer", "subject"],
+        "an SSO login creates the account of an identity seen for the first time (`jit = \"create\"`).",
+    ),
+    e(
         "tls.certificate.reloaded",
         "—",
         &["cert_file"],

@@ -1,0 +1,810 @@
+//! Single sign-on: the identity providers (from the configuration file and the admin API), the
+//! login flow (start, callback, one-time codes) and the dry-run preview. The protocol work is in
+//! `crate::sso`; who the identity becomes is [`provision`].
+//!
+//! A login in flight is a row keyed by the SHA-256 of its `state`, bound to the browser that
+//! started it by the SHA-256 of a cookie, holding the nonce and PKCE verifier sealed by the
+//! vault, and taken (deleted) by the first callback that names it: a state works once, for ten
+//! minutes, in one browser.
+
+pub mod provision;
+
+use crate::config::{ClaimPaths, Jit, LinkByEmail, MappingRule, OidcProviderConfig, SsoConfig, TokenAuth};
+use crate::crypto::token::{self, Kind};
+use crate::crypto::{ct_eq, SecretString};
+use crate::db::{LoginRow, ProviderRow};
+use crate::domain::audit::{self, Actor, Event, Origin, Outcome};
+use crate::domain::auth::{Issued, Principal};
+use crate::domain::sessions::{self, Method};
+use crate::domain::unix_ms;
+use crate::error::AppError;
+use crate::outbound::HttpClient;
+use crate::sso::oidc::{OidcProvider, OidcSettings};
+use crate::sso::ExternalIdentity;
+use crate::state::AppState;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+/// How long a login may take from start to callback.
+pub const LOGIN_TTL_MS: i64 = 10 * 60 * 1000;
+/// How long a one-time code lives.
+pub const CODE_TTL_MS: i64 = 2 * 60 * 1000;
+/// Where a browser lands when the login named no `return_to`.
+pub const DEFAULT_RETURN_TO: &str = "/docs/";
+
+/// An OIDC provider's settings as stored (no secret: the client secret is sealed apart).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OidcStored {
+    pub display_name: String,
+    pub issuer: String,
+    pub client_id: String,
+    pub token_auth: TokenAuth,
+    pub scopes: Vec<String>,
+    pub claims: ClaimPaths,
+    pub allowed_email_domains: Vec<String>,
+    pub jit: Jit,
+    pub link_by_email: LinkByEmail,
+    pub userinfo: bool,
+    pub algorithms: Vec<String>,
+    /// PEM of the CA that signed the provider's certificate (system roots otherwise).
+    pub ca_pem: Option<String>,
+    pub mapping: Vec<MappingRule>,
+    pub authoritative: bool,
+}
+
+impl OidcStored {
+    /// Check what the types do not; the error names the field.
+    pub fn check(&self) -> Result<(), AppError> {
+        crate::config::check_oidc_fields(
+            &self.display_name,
+            &self.issuer,
+            &self.client_id,
+            &self.scopes,
+            &self.algorithms,
+        )
+        .and_then(|()| crate::config::check_mapping(&self.mapping))
+        .and_then(|()| crate::config::check_email_domains(&self.allowed_email_domains))
+        .map_err(AppError::Invalid)?;
+        for (name, path) in [
+            ("claims.email", &self.claims.email),
+            ("claims.email_verified", &self.claims.email_verified),
+            ("claims.name", &self.claims.name),
+            ("claims.groups", &self.claims.groups),
+        ] {
+            if path.is_empty() || path.len() > 256 || path.split('.').any(str::is_empty) {
+                return Err(AppError::Invalid(format!("{name}: a dotted claim path such as \"email\"")));
+            }
+        }
+        if let Some(pem) = &self.ca_pem {
+            if pem.len() > 65_536 || !pem.contains("-----BEGIN CERTIFICATE-----") {
+                return Err(AppError::Invalid("ca_pem: one or more PEM certificates (at most 64 KiB)".into()));
+            }
+        }
+        Ok(())
+    }
+
+    fn policy(&self, provider_id: &str) -> provision::Policy {
+        provision::Policy {
+            provider_id: provider_id.to_string(),
+            jit: self.jit,
+            link_by_email: self.link_by_email,
+            allowed_email_domains: self.allowed_email_domains.clone(),
+            mapping: self.mapping.clone(),
+            authoritative: self.authoritative,
+        }
+    }
+}
+
+/// A provider the server can use.
+#[derive(Debug)]
+pub struct Provider {
+    pub row: ProviderRow,
+    pub settings: OidcStored,
+    pub oidc: OidcProvider,
+}
+
+/// Providers and the settings every login shares.
+#[derive(Debug)]
+pub struct SsoService {
+    /// `https://host[:port]` browsers and providers reach Gatehouse at.
+    pub public_url: String,
+    pub return_to_origins: Vec<String>,
+    ttl: Duration,
+    skew: Duration,
+    providers: RwLock<HashMap<String, Arc<Provider>>>,
+}
+
+impl SsoService {
+    pub fn new(config: &SsoConfig, public_url: String) -> Self {
+        Self {
+            public_url: public_url.trim_end_matches('/').to_string(),
+            return_to_origins: config.return_to_origins.clone(),
+            ttl: Duration::from_secs(config.discovery_ttl_seconds),
+            skew: Duration::from_secs(config.clock_skew_seconds),
+            providers: RwLock::new(HashMap::new()),
+        }
+    }
+
+    /// The callback URL to register at the provider.
+    pub fn redirect_uri(&self, provider_id: &str) -> String {
+        format!("{}/v1/sso/oidc/{provider_id}/callback", self.public_url)
+    }
+
+    pub fn provider(&self, id: &str) -> Option<Arc<Provider>> {
+        self.providers.read().ok().and_then(|m| m.get(id).cloned())
+    }
+
+    fn all(&self) -> Vec<Arc<Provider>> {
+        let mut all: Vec<_> = self.providers.read().map(|m| m.values().cloned().collect()).unwrap_or_default();
+        all.sort_by(|a, b| a.row.id.cmp(&b.row.id));
+        all
+    }
+
+    fn build(&self, row: ProviderRow, secret: Option<SecretString>) -> Result<Provider, String> {
+        let settings: OidcStored =
+            serde_json::from_str(&row.settings).map_err(|e| format!("stored settings unreadable: {e}"))?;
+        let http = http_client(settings.ca_pem.as_deref())?;
+        let oidc = OidcProvider::new(
+            OidcSettings {
+                id: row.id.clone(),
+                issuer: settings.issuer.clone(),
+                client_id: settings.client_id.clone(),
+                client_secret: secret,
+                token_auth: settings.token_auth,
+                scopes: settings.scopes.clone(),
+                algorithms: settings.algorithms.clone(),
+                claims: settings.claims.clone(),
+                userinfo: settings.userinfo,
+            },
+            http,
+            self.ttl,
+            self.skew,
+        )
+        .map_err(|e| e.0)?;
+        Ok(Provider { row, settings, oidc })
+    }
+}
+
+fn http_client(ca_pem: Option<&str>) -> Result<HttpClient, String> {
+    HttpClient::with_ca_pem(ca_pem.map(str::as_bytes), Duration::from_secs(5), Duration::from_secs(10))
+}
+
+fn secret_aad(provider_id: &str) -> String {
+    format!("sso_secret:{provider_id}")
+}
+
+fn login_aad(provider_id: &str) -> String {
+    format!("sso_login:{provider_id}")
+}
+
+/// Load every stored provider into the service (at start, and after each change).
+pub async fn reload(state: &AppState) -> Result<(), AppError> {
+    let rows = state.db.read(|tx| tx.sso_providers().map_err(AppError::from)).await?;
+    let mut map = HashMap::new();
+    for row in rows {
+        let secret = match &row.secret_sealed {
+            Some(sealed) => match state.auth.sealing.open(sealed, &secret_aad(&row.id)) {
+                Ok(bytes) => Some(SecretString::new(String::from_utf8_lossy(&bytes).into_owned())),
+                Err(e) => {
+                    tracing::error!(provider = %row.id, error = %e, "cannot open the provider's client secret; provider unavailable");
+                    continue;
+                }
+            },
+            None => None,
+        };
+        let id = row.id.clone();
+        match state.sso.build(row, secret) {
+            Ok(p) => {
+                map.insert(id, Arc::new(p));
+            }
+            Err(e) => tracing::error!(provider = %id, error = %e, "identity provider unavailable"),
+        }
+    }
+    if let Ok(mut m) = state.sso.providers.write() {
+        *m = map;
+    }
+    Ok(())
+}
+
+/// Make the stored `config` providers what the configuration file says: add or replace each
+/// one, remove those no longer there. `secrets` holds each provider's client secret as read
+/// from its file; `ca` its CA PEM.
+pub async fn sync_config(
+    state: &AppState,
+    providers: &[OidcProviderConfig],
+    secrets: HashMap<String, SecretString>,
+    ca: HashMap<String, String>,
+) -> Result<(), AppError> {
+    let now = state.clock.now();
+    let now_ms = unix_ms(now);
+    let mut rows = Vec::new();
+    for p in providers {
+        let stored = OidcStored {
+            display_name: p.display_name.clone(),
+            issuer: p.issuer.clone(),
+            client_id: p.client_id.clone(),
+            token_auth: p.token_auth,
+            scopes: p.scopes.clone(),
+            claims: p.claims.clone(),
+            allowed_email_domains: p.allowed_email_domains.clone(),
+            jit: p.jit,
+            link_by_email: p.link_by_email,
+            userinfo: p.userinfo,
+            algorithms: p.algorithms.clone(),
+            ca_pem: ca.get(&p.id).cloned(),
+            mapping: p.mapping.clone(),
+            authoritative: p.authoritative,
+        };
+        stored.check().map_err(|e| AppError::Invalid(format!("sso.oidc '{}': {e}", p.id)))?;
+        let sealed = match secrets.get(&p.id) {
+            Some(s) => Some(state.auth.sealing.seal(s.expose().as_bytes(), &secret_aad(&p.id))?),
+            None => None,
+        };
+        rows.push(ProviderRow {
+            id: p.id.clone(),
+            kind: "oidc".into(),
+            source: "config".into(),
+            enabled: p.enabled,
+            settings: serde_json::to_string(&stored).map_err(AppError::internal)?,
+            secret_sealed: sealed,
+            created_at_ms: now_ms,
+            updated_at_ms: now_ms,
+        });
+    }
+    state
+        .db
+        .write(move |tx| {
+            let existing = tx.sso_providers()?;
+            for old in existing.iter().filter(|o| o.source == "config") {
+                if !rows.iter().any(|r| r.id == old.id) {
+                    tx.sso_provider_delete(&old.id)?;
+                }
+            }
+            for row in &rows {
+                if let Some(old) = existing.iter().find(|o| o.id == row.id) {
+                    if old.source == "api" {
+                        return Err(AppError::Invalid(format!(
+                            "sso.oidc '{}': a provider with this id was created through the API; delete it there or \
+                             choose another id",
+                            row.id
+                        )));
+                    }
+                    let same = old.settings == row.settings && old.enabled == row.enabled;
+                    let mut keep = row.clone();
+                    keep.created_at_ms = old.created_at_ms;
+                    if same {
+                        keep.updated_at_ms = old.updated_at_ms;
+                    }
+                    tx.sso_provider_upsert(&keep)?;
+                } else {
+                    tx.sso_provider_upsert(row)?;
+                }
+            }
+            Ok::<_, AppError>(())
+        })
+        .await?;
+    reload(state).await
+}
+
+// ---------------------------------------------------------------------------------------------
+// Admin API
+
+/// A provider as the admin API shows it (never its secret).
+#[derive(Debug, Clone)]
+pub struct ProviderView {
+    pub row: ProviderRow,
+    pub settings: OidcStored,
+    pub has_client_secret: bool,
+    pub redirect_uri: String,
+}
+
+fn view(state: &AppState, row: ProviderRow) -> Result<ProviderView, AppError> {
+    let settings: OidcStored = serde_json::from_str(&row.settings).map_err(AppError::internal)?;
+    Ok(ProviderView {
+        has_client_secret: row.secret_sealed.is_some(),
+        redirect_uri: state.sso.redirect_uri(&row.id),
+        settings,
+        row,
+    })
+}
+
+pub async fn list(state: &AppState, who: &Principal) -> Result<Vec<ProviderView>, AppError> {
+    crate::domain::users::require_admin(state, who).await?;
+    let rows = state.db.read(|tx| tx.sso_providers().map_err(AppError::from)).await?;
+    rows.into_iter().map(|r| view(state, r)).collect()
+}
+
+pub async fn get(state: &AppState, who: &Principal, id: &str) -> Result<ProviderView, AppError> {
+    crate::domain::users::require_admin(state, who).await?;
+    let id = id.to_string();
+    let row = state.db.read(move |tx| tx.sso_provider(&id).map_err(AppError::from)).await?.ok_or(AppError::NotFound)?;
+    view(state, row)
+}
+
+/// A provider to create or replace through the API.
+#[derive(Debug)]
+pub struct ProviderInput {
+    pub enabled: bool,
+    pub settings: OidcStored,
+    /// `None` on replace keeps the stored secret.
+    pub client_secret: Option<SecretString>,
+}
+
+/// `POST /v1/sso-providers` (`id` new) and `PUT /v1/sso-providers/{id}` (`replace`).
+pub async fn save(
+    state: &AppState,
+    who: &Principal,
+    id: &str,
+    input: ProviderInput,
+    replace: bool,
+    origin: &Origin,
+) -> Result<(ProviderView, bool), AppError> {
+    crate::domain::users::require_admin(state, who).await?;
+    crate::config::check_provider_id(id).map_err(AppError::Invalid)?;
+    input.settings.check()?;
+    if let Some(s) = &input.client_secret {
+        if s.expose().is_empty() || s.expose().len() > 1024 {
+            return Err(AppError::Invalid("client_secret: 1 to 1024 characters".into()));
+        }
+    }
+    // The client and CA must load before anything is stored.
+    http_client(input.settings.ca_pem.as_deref()).map_err(|e| AppError::Invalid(format!("ca_pem: {e}")))?;
+    let now = state.clock.now();
+    let now_ms = unix_ms(now);
+    let sealed = match &input.client_secret {
+        Some(s) => Some(state.auth.sealing.seal(s.expose().as_bytes(), &secret_aad(id))?),
+        None => None,
+    };
+    let settings = serde_json::to_string(&input.settings).map_err(AppError::internal)?;
+    let key = state.auditor.clone();
+    let actor = who.actor();
+    let origin = origin.clone();
+    let id = id.to_string();
+    let enabled = input.enabled;
+    let summary = json!({
+        "issuer": input.settings.issuer, "client_id": input.settings.client_id, "enabled": enabled,
+        "jit": input.settings.jit, "link_by_email": input.settings.link_by_email,
+        "mapping_rules": input.settings.mapping.len(), "authoritative": input.settings.authoritative,
+        "client_secret_changed": input.client_secret.is_some(),
+    });
+    let (row, created) = state
+        .db
+        .write(move |tx| {
+            let existing = tx.sso_provider(&id)?;
+            match (&existing, replace) {
+                (Some(_), false) => return Err(AppError::Conflict(format!("id: a provider {id:?} exists"))),
+                (None, true) => return Err(AppError::NotFound),
+                (Some(old), true) if old.source == "config" => {
+                    return Err(AppError::Conflict(
+                        "This provider is defined in the configuration file; change it there.".into(),
+                    ))
+                }
+                _ => {}
+            }
+            let row = ProviderRow {
+                id: id.clone(),
+                kind: "oidc".into(),
+                source: "api".into(),
+                enabled,
+                settings,
+                secret_sealed: sealed.or_else(|| existing.as_ref().and_then(|o| o.secret_sealed.clone())),
+                created_at_ms: existing.as_ref().map_or(now_ms, |o| o.created_at_ms),
+                updated_at_ms: now_ms,
+            };
+            tx.sso_provider_upsert(&row)?;
+            let action = if existing.is_some() { "sso.provider.updated" } else { "sso.provider.created" };
+            audit::record(
+                tx,
+                &key,
+                now,
+                &Event::new(action, actor).target(id.clone()).origin(&origin).details(summary),
+            )?;
+            Ok((row, existing.is_none()))
+        })
+        .await?;
+    reload(state).await?;
+    Ok((view(state, row)?, created))
+}
+
+pub async fn delete(state: &AppState, who: &Principal, id: &str, origin: &Origin) -> Result<(), AppError> {
+    crate::domain::users::require_admin(state, who).await?;
+    let now = state.clock.now();
+    let key = state.auditor.clone();
+    let actor = who.actor();
+    let origin = origin.clone();
+    let id = id.to_string();
+    state
+        .db
+        .write(move |tx| {
+            let old = tx.sso_provider(&id)?.ok_or(AppError::NotFound)?;
+            if old.source == "config" {
+                return Err(AppError::Conflict(
+                    "This provider is defined in the configuration file; remove it there.".into(),
+                ));
+            }
+            tx.sso_provider_delete(&id)?;
+            audit::record(
+                tx,
+                &key,
+                now,
+                &Event::new("sso.provider.deleted", actor).target(id.clone()).origin(&origin),
+            )?;
+            Ok(())
+        })
+        .await?;
+    reload(state).await
+}
+
+/// What the preview is given: claims as a provider would send them, or an ID token (decoded
+/// without any check).
+#[derive(Debug)]
+pub enum PreviewInput {
+    Claims(serde_json::Map<String, serde_json::Value>),
+    IdToken(String),
+}
+
+/// The dry run: what a login with these claims would do. Changes nothing.
+pub async fn preview(
+    state: &AppState,
+    who: &Principal,
+    id: &str,
+    input: PreviewInput,
+    origin: &Origin,
+) -> Result<(ExternalIdentity, provision::Plan), AppError> {
+    crate::domain::users::require_admin(state, who).await?;
+    let provider = state.sso.provider(id).ok_or(AppError::NotFound)?;
+    let claims = match input {
+        PreviewInput::Claims(c) => c,
+        PreviewInput::IdToken(t) => {
+            crate::sso::oidc::payload_of(&t).map_err(|e| AppError::Invalid(format!("id_token: {e}")))?
+        }
+    };
+    let subject = claims.get("sub").and_then(|v| v.as_str()).unwrap_or_default().to_string();
+    if subject.is_empty() {
+        return Err(AppError::Invalid("claims.sub: the subject is required".into()));
+    }
+    let issuer =
+        claims.get("iss").and_then(|v| v.as_str()).map_or_else(|| provider.settings.issuer.clone(), str::to_string);
+    let identity =
+        ExternalIdentity::from_claims(&provider.row.id, &issuer, &subject, claims, &provider.settings.claims);
+    let policy = provider.settings.policy(&provider.row.id);
+    let ident = identity.clone();
+    let plan = state.db.read(move |tx| provision::plan(tx, &policy, &ident)).await?;
+    let event = Event::new("sso.provider.previewed", who.actor())
+        .target(provider.row.id.clone())
+        .origin(origin)
+        .details(json!({"subject": identity.subject}));
+    audit::record_alone(&state.db, &state.auditor, state.clock.now(), event).await?;
+    Ok((identity, plan))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Login flow
+
+/// How the login ends: a browser session (cookie), or a one-time code for an API client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Cookie,
+    Code,
+}
+
+impl Mode {
+    fn as_str(self) -> &'static str {
+        match self {
+            Mode::Cookie => "cookie",
+            Mode::Code => "code",
+        }
+    }
+}
+
+/// A login's start: where to send the browser, and the cookie that binds the login to it.
+#[derive(Debug)]
+pub struct Started {
+    pub location: String,
+    pub browser: SecretString,
+}
+
+/// `return_to` accepts a path on this server, or a URL on an allow-listed origin.
+pub fn check_return_to(state: &AppState, return_to: Option<&str>) -> Result<String, AppError> {
+    let Some(r) = return_to.filter(|r| !r.is_empty()) else { return Ok(DEFAULT_RETURN_TO.to_string()) };
+    let bad = || {
+        AppError::Invalid(
+            "return_to: a path on this server (/...) or a URL on an origin in sso.return_to_origins".into(),
+        )
+    };
+    if r.len() > 2048 || r.contains('\\') || r.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        return Err(bad());
+    }
+    if r.starts_with('/') {
+        return if r.starts_with("//") { Err(bad()) } else { Ok(r.to_string()) };
+    }
+    let allowed =
+        state.sso.return_to_origins.iter().chain(std::iter::once(&state.sso.public_url)).any(|o| {
+            r.strip_prefix(o.as_str()).is_some_and(|rest| rest.is_empty() || rest.starts_with(['/', '?', '#']))
+        });
+    if allowed {
+        Ok(r.to_string())
+    } else {
+        Err(bad())
+    }
+}
+
+/// `GET /v1/sso/{provider}/login`.
+pub async fn begin(
+    state: &AppState,
+    provider_id: &str,
+    return_to: Option<&str>,
+    mode: Mode,
+    browser: Option<SecretString>,
+) -> Result<Started, AppError> {
+    let provider = state.sso.provider(provider_id).filter(|p| p.row.enabled).ok_or(AppError::NotFound)?;
+    let return_to = check_return_to(state, return_to)?;
+    let redirect_uri = state.sso.redirect_uri(provider_id);
+    let request = provider.oidc.begin(&redirect_uri).await.map_err(|e| AppError::Unavailable(e.0))?;
+    // One binding cookie per browser: a second tab's login keeps the first one's working.
+    let browser = browser
+        .filter(|b| token::well_formed(b.expose(), Kind::SsoBrowser))
+        .unwrap_or_else(|| token::generate(Kind::SsoBrowser));
+    let now = state.clock.now();
+    let now_ms = unix_ms(now);
+    let secrets = json!({"nonce": request.nonce.expose(), "verifier": request.pkce_verifier.expose()}).to_string();
+    let sealed = state.auth.sealing.seal(secrets.as_bytes(), &login_aad(provider_id))?;
+    let row = LoginRow {
+        provider_id: provider_id.to_string(),
+        browser_hash: token::digest(browser.expose()).to_vec(),
+        secrets: sealed,
+        return_to,
+        mode: mode.as_str().to_string(),
+        expires_at_ms: now_ms + LOGIN_TTL_MS,
+    };
+    let state_hash = token::digest(request.state.expose());
+    state
+        .db
+        .write(move |tx| {
+            tx.sso_expired_purge(now_ms)?;
+            tx.sso_login_insert(&state_hash, &row, now_ms)?;
+            Ok::<_, AppError>(())
+        })
+        .await?;
+    Ok(Started { location: request.url, browser })
+}
+
+/// What the provider sent back to the callback.
+#[derive(Debug, Default)]
+pub struct CallbackInput {
+    pub code: Option<String>,
+    pub state: Option<String>,
+    pub error: Option<String>,
+}
+
+/// How a login ended well.
+#[derive(Debug)]
+pub enum Finished {
+    Session { issued: Issued, return_to: String },
+    Code { code: SecretString, return_to: String },
+}
+
+/// A failed login: the reason (short, safe to show) and the status to answer with.
+#[derive(Debug, Clone)]
+pub struct Failure {
+    pub status: u16,
+    pub reason: String,
+}
+
+impl Failure {
+    fn new(status: u16, reason: impl Into<String>) -> Self {
+        Self { status, reason: reason.into() }
+    }
+}
+
+/// `GET /v1/sso/oidc/{provider}/callback`. Every failure is audited as `sso.login.failed`.
+pub async fn callback(
+    state: &AppState,
+    provider_id: &str,
+    input: CallbackInput,
+    browser: Option<SecretString>,
+    origin: &Origin,
+) -> Result<Finished, Failure> {
+    let result = finish(state, provider_id, input, browser, origin).await;
+    if let Err(f) = &result {
+        let event = Event::new("sso.login.failed", Actor::Anonymous)
+            .target(provider_id.chars().take(64).collect::<String>())
+            .origin(origin)
+            .outcome(if f.status == 403 { Outcome::Denied } else { Outcome::Failure })
+            .details(json!({"provider": provider_id.chars().take(64).collect::<String>(), "reason": f.reason}));
+        if let Err(e) = audit::record_alone(&state.db, &state.auditor, state.clock.now(), event).await {
+            tracing::error!(error = %e, "could not audit a failed SSO login");
+        }
+        tracing::warn!(target: "gatehouse::security", provider = provider_id, reason = %f.reason, "SSO login failed");
+    }
+    result
+}
+
+fn internal(e: AppError) -> Failure {
+    match e {
+        AppError::Forbidden(reason) => Failure::new(403, reason),
+        AppError::AuditUnavailable => Failure::new(503, "the audit log cannot be written"),
+        other => {
+            tracing::error!(error = %other, "SSO login failed inside Gatehouse");
+            Failure::new(500, "internal error")
+        }
+    }
+}
+
+async fn finish(
+    state: &AppState,
+    provider_id: &str,
+    input: CallbackInput,
+    browser: Option<SecretString>,
+    origin: &Origin,
+) -> Result<Finished, Failure> {
+    let provider = state
+        .sso
+        .provider(provider_id)
+        .filter(|p| p.row.enabled)
+        .ok_or_else(|| Failure::new(404, "unknown identity provider"))?;
+    let given_state =
+        input.state.filter(|s| !s.is_empty() && s.len() <= 512).ok_or_else(|| Failure::new(400, "state missing"))?;
+    let now = state.clock.now();
+    let now_ms = unix_ms(now);
+    let state_hash = token::digest(&given_state);
+    let login = state
+        .db
+        .write(move |tx| tx.sso_login_take(&state_hash).map_err(AppError::from))
+        .await
+        .map_err(internal)?
+        .ok_or_else(|| Failure::new(400, "unknown or already used login state"))?;
+    if login.provider_id != provider_id {
+        return Err(Failure::new(400, "the login was started with another provider"));
+    }
+    if login.expires_at_ms < now_ms {
+        return Err(Failure::new(400, "the login expired; start again"));
+    }
+    let same_browser = browser.is_some_and(|b| ct_eq(&token::digest(b.expose()), &login.browser_hash));
+    if !same_browser {
+        return Err(Failure::new(400, "the login was started in another browser"));
+    }
+    if let Some(error) = input.error {
+        // Only the standard error code, never the provider's description.
+        let code: String = error.chars().filter(|c| c.is_ascii_lowercase() || *c == '_').take(40).collect();
+        return Err(Failure::new(400, format!("the provider refused the login ({code})")));
+    }
+    let code =
+        input.code.filter(|c| !c.is_empty() && c.len() <= 2048).ok_or_else(|| Failure::new(400, "code missing"))?;
+    let secrets =
+        state.auth.sealing.open(&login.secrets, &login_aad(provider_id)).map_err(|e| internal(AppError::from(e)))?;
+    let secrets: serde_json::Value = serde_json::from_slice(&secrets).map_err(|e| internal(AppError::internal(e)))?;
+    let nonce = secrets["nonce"].as_str().unwrap_or_default();
+    let verifier = secrets["verifier"].as_str().unwrap_or_default();
+    let redirect_uri = state.sso.redirect_uri(provider_id);
+    let identity = provider
+        .oidc
+        .finish(&redirect_uri, &code, verifier, nonce, now)
+        .await
+        .map_err(|e| Failure::new(if e.0.starts_with("ID token") { 400 } else { 502 }, e.0))?;
+    let mode = if login.mode == "code" { Mode::Code } else { Mode::Cookie };
+    sign_in(state, &provider, identity, mode, login.return_to, origin).await.map_err(internal)
+}
+
+/// Provision the identity and open its session (cookie mode) or mint its one-time code, in one
+/// transaction with the audit records.
+async fn sign_in(
+    state: &AppState,
+    provider: &Provider,
+    identity: ExternalIdentity,
+    mode: Mode,
+    return_to: String,
+    origin: &Origin,
+) -> Result<Finished, AppError> {
+    let now = state.clock.now();
+    let now_ms = unix_ms(now);
+    let policy = provider.settings.policy(&provider.row.id);
+    let key = state.auditor.clone();
+    let life = state.auth.settings.life;
+    let origin = origin.clone();
+    let code = (mode == Mode::Code).then(|| token::generate(Kind::SsoCode));
+    let code_hash = code.as_ref().map(|c| token::digest(c.expose()));
+    let provider_id = provider.row.id.clone();
+    let new = state
+        .db
+        .write(move |tx| {
+            let plan = provision::plan(tx, &policy, &identity)?;
+            let user_id = provision::apply(tx, &key, now, &policy, &identity, &plan, &origin)?;
+            let details = json!({"provider": provider_id, "mode": mode.as_str(), "subject": identity.subject});
+            match code_hash {
+                Some(hash) => {
+                    tx.sso_code_insert(&hash, &user_id, &provider_id, now_ms, now_ms + CODE_TTL_MS)?;
+                    let event = Event::new("sso.login.succeeded", Actor::User(user_id.clone()))
+                        .target(user_id.clone())
+                        .origin(&origin)
+                        .details(details);
+                    audit::record(tx, &key, now, &event)?;
+                    Ok::<_, AppError>(None)
+                }
+                None => {
+                    let new = sessions::start(tx, &user_id, Method::Sso, &["sso"], false, true, life, &origin, now)?;
+                    let event = Event::new("sso.login.succeeded", Actor::User(user_id.clone()))
+                        .target(new.row.id.clone())
+                        .origin(&origin)
+                        .details(details);
+                    audit::record(tx, &key, now, &event)?;
+                    Ok(Some(new))
+                }
+            }
+        })
+        .await?;
+    match (new, code) {
+        (Some(new), _) => Ok(Finished::Session { issued: crate::domain::auth::issued(state, new, now)?, return_to }),
+        (None, Some(code)) => Ok(Finished::Code { code, return_to }),
+        (None, None) => Err(AppError::internal("an SSO login ended with neither a session nor a code")),
+    }
+}
+
+/// `POST /v1/sso/exchange`: a one-time code for a session's tokens (bearer, or cookie mode).
+pub async fn exchange(
+    state: &AppState,
+    code: SecretString,
+    cookie_mode: bool,
+    origin: Origin,
+) -> Result<Issued, AppError> {
+    let now = state.clock.now();
+    let now_ms = unix_ms(now);
+    let key = state.auditor.clone();
+    let life = state.auth.settings.life;
+    let well_formed = token::well_formed(code.expose(), Kind::SsoCode);
+    let hash = token::digest(code.expose());
+    let o = origin.clone();
+    let new = state
+        .db
+        .write(move |tx| {
+            let taken = if well_formed { tx.sso_code_take(&hash, now_ms)? } else { None };
+            let Some((user_id, provider_id)) = taken else { return Ok(None) };
+            let user = tx.user_by_id(&user_id)?.filter(|u| !u.disabled);
+            let Some(user) = user else { return Ok(None) };
+            let new = sessions::start(tx, &user.id, Method::Sso, &["sso"], false, cookie_mode, life, &o, now)?;
+            let event = Event::new("sso.code.exchanged", Actor::User(user.id.clone()))
+                .target(new.row.id.clone())
+                .origin(&o)
+                .details(json!({"provider": provider_id, "mode": if cookie_mode { "cookie" } else { "bearer" }}));
+            audit::record(tx, &key, now, &event)?;
+            Ok::<_, AppError>(Some(new))
+        })
+        .await?;
+    match new {
+        Some(new) => crate::domain::auth::issued(state, new, now),
+        None => {
+            let event = Event::new("sso.login.failed", Actor::Anonymous)
+                .origin(&origin)
+                .outcome(Outcome::Denied)
+                .details(json!({"reason": "one-time code invalid, expired or already used"}));
+            audit::record_alone(&state.db, &state.auditor, now, event).await?;
+            Err(AppError::Unauthorized("The code is invalid, expired or already used.".into()))
+        }
+    }
+}
+
+/// An enabled provider as a login page lists it.
+#[derive(Debug, Clone)]
+pub struct LoginOption {
+    pub id: String,
+    pub display_name: String,
+    pub kind: String,
+}
+
+/// `GET /v1/sso/providers`: the enabled providers.
+pub fn login_options(state: &AppState) -> Vec<LoginOption> {
+    state
+        .sso
+        .all()
+        .into_iter()
+        .filter(|p| p.row.enabled)
+        .map(|p| LoginOption {
+            id: p.row.id.clone(),
+            display_name: p.settings.display_name.clone(),
+            kind: p.row.kind.clone(),
+        })
+        .collect()
+}
