@@ -102,7 +102,7 @@ pub enum SessionResponse {
     MfaRequired(Json<MfaChallenge>),
 }
 
-fn token_response(i: Issued, cookie_mode: bool) -> SessionResponse {
+pub fn token_response(i: Issued, cookie_mode: bool) -> SessionResponse {
     if cookie_mode {
         let cookie = session_cookie(i.cookie.as_ref(), i.session_expires_in);
         SessionResponse::Ok(

@@ -1,5 +1,5 @@
-//! The playground at `/docs` (Swagger UI, embedded from `static/docs`, no CDN) and the spec at
-//! `/openapi.json`. Works air-gapped: every asset comes from this binary.
+//! The playground at `/docs` (Swagger UI, embedded from `static/docs`, no CDN), the sign-in page
+//! at `/login` (from `static/login`) and the spec at `/openapi.json`. Works air-gapped: every asset comes from this binary.
 
 use poem::http::{header, StatusCode};
 use poem::web::Path;
@@ -9,8 +9,16 @@ use poem::{handler, Endpoint, EndpointExt, IntoResponse, Response, Route};
 #[folder = "static/docs/"]
 struct DocsAssets;
 
+#[derive(rust_embed::RustEmbed)]
+#[folder = "static/login/"]
+struct LoginAssets;
+
 fn asset(name: &str) -> Option<Response> {
     let file = DocsAssets::get(name)?;
+    Some(typed(name, file.data.into_owned()))
+}
+
+fn typed(name: &str, data: Vec<u8>) -> Response {
     let mime = match name.rsplit('.').next() {
         Some("html") => "text/html; charset=utf-8",
         Some("js") => "text/javascript; charset=utf-8",
@@ -18,12 +26,7 @@ fn asset(name: &str) -> Option<Response> {
         Some("png") => "image/png",
         _ => "application/octet-stream",
     };
-    Some(
-        Response::builder()
-            .content_type(mime)
-            .header(header::CACHE_CONTROL, "public, max-age=3600")
-            .body(file.data.into_owned()),
-    )
+    Response::builder().content_type(mime).header(header::CACHE_CONTROL, "public, max-age=3600").body(data)
 }
 
 #[handler]
@@ -42,6 +45,30 @@ fn assets(Path(name): Path<String>) -> Response {
 /// Routes under `/docs`.
 pub fn playground() -> Route {
     Route::new().at("/", poem::get(index)).at("/assets/:name", poem::get(assets))
+}
+
+fn login_asset(name: &str) -> Option<Response> {
+    LoginAssets::get(name).map(|f| typed(name, f.data.into_owned()))
+}
+
+#[handler]
+fn login_index() -> Response {
+    let mut r = login_asset("index.html").unwrap_or_else(|| StatusCode::NOT_FOUND.into_response());
+    r.headers_mut().insert(header::CACHE_CONTROL, header::HeaderValue::from_static("no-store"));
+    r
+}
+
+#[handler]
+fn login_assets(Path(name): Path<String>) -> Response {
+    if name.ends_with(".html") {
+        return StatusCode::NOT_FOUND.into_response();
+    }
+    login_asset(&name).unwrap_or_else(|| StatusCode::NOT_FOUND.into_response())
+}
+
+/// The sign-in page at `/login` (a button per identity provider), from `static/login`.
+pub fn login_page() -> Route {
+    Route::new().at("/", poem::get(login_index)).at("/assets/:name", poem::get(login_assets))
 }
 
 /// `/openapi.json`.

@@ -187,6 +187,11 @@ fn replace_body(resp: Response, problem: &Problem) -> Response {
     fresh
 }
 
+/// An HTML page Gatehouse wrote for a browser (the SSO callback's error page): kept as it is.
+fn is_page(resp: &Response) -> bool {
+    resp.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|v| v.starts_with("text/html"))
+}
+
 fn is_problem(resp: &Response) -> bool {
     resp.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|v| v.starts_with(PROBLEM_JSON))
 }
@@ -260,10 +265,12 @@ impl Edge {
 
     fn finish(&self, mut resp: Response, info: &RequestInfo, docs: bool) -> Response {
         let status = resp.status();
-        // A 500 is always replaced by the generic body; other 5xx keep a problem body we wrote.
-        if status.is_server_error() && (!is_problem(&resp) || status == StatusCode::INTERNAL_SERVER_ERROR) {
+        // A 500 is always replaced by the generic body (unless it is a page we wrote, which never
+        // holds a detail); other 5xx keep a problem body or page we wrote.
+        let ours = is_problem(&resp) || is_page(&resp);
+        if status.is_server_error() && (!ours || (status == StatusCode::INTERNAL_SERVER_ERROR && !is_page(&resp))) {
             resp = replace_body(resp, &Problem::internal(&info.request_id));
-        } else if status.is_client_error() && !is_problem(&resp) {
+        } else if status.is_client_error() && !is_problem(&resp) && !is_page(&resp) {
             resp = replace_body(resp, &Problem::new(status, detail_for(status, ""), &info.request_id));
         }
         let h = resp.headers_mut();
@@ -358,7 +365,9 @@ impl Endpoint for Edge {
                 .map(|s| Arc::from(s.chars().take(256).collect::<String>())),
         };
         let method = req.method().clone();
-        let docs = req.uri().path() == "/docs" || req.uri().path().starts_with("/docs/");
+        // The playground and the sign-in page run their own scripts: their CSP allows them.
+        let path = req.uri().path();
+        let docs = path == "/docs" || path.starts_with("/docs/") || path == "/login" || path.starts_with("/login/");
         req.extensions_mut().insert(info.clone());
         // The span carries who and what; route, status and latency ride on the one access event
         // at the end (recording them into the span would format them a second time).

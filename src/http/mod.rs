@@ -13,6 +13,7 @@ pub mod health;
 pub mod json;
 pub mod metrics;
 pub mod secrets;
+pub mod sso;
 pub mod workspaces;
 
 use crate::state::AppState;
@@ -39,6 +40,9 @@ pub enum ApiTags {
     Audit,
     /// Security monitoring: alerts raised by threshold rules over the audit log (platform admin).
     Security,
+    /// Single sign-on through corporate identity providers (OIDC): login, callback, one-time
+    /// codes, and the platform admin's provider management with a dry-run preview.
+    Sso,
 }
 
 const DESCRIPTION: &str = "Gatehouse is the single public entrance of a multi-tenant platform: it signs people and \
@@ -55,6 +59,7 @@ type Apis = (
     secrets::SecretsApi,
     audit::AuditApi,
     alerts::AlertsApi,
+    sso::SsoApi,
 );
 
 pub fn api_service() -> OpenApiService<Apis, ()> {
@@ -67,6 +72,7 @@ pub fn api_service() -> OpenApiService<Apis, ()> {
             secrets::SecretsApi,
             audit::AuditApi,
             alerts::AlertsApi,
+            sso::SsoApi,
         ),
         "Gatehouse",
         env!("CARGO_PKG_VERSION"),
@@ -127,13 +133,14 @@ pub fn app(state: AppState) -> impl Endpoint {
     let spec = with_credential_schemes(api.spec());
     let mut allow = allowed_methods(&spec);
     let mut labels = route_labels(&spec);
-    for path in ["/openapi.json", "/docs", "/docs/", "/docs/assets/:name"] {
+    for path in ["/openapi.json", "/docs", "/docs/", "/docs/assets/:name", "/login", "/login/", "/login/assets/:name"] {
         allow.insert(path.to_string(), "GET, HEAD".to_string());
         labels.insert(path.to_string(), path.to_string());
     }
     let routes = Route::new()
         .at("/openapi.json", poem::get(docs::spec_endpoint(spec)))
         .nest("/docs", docs::playground())
+        .nest("/login", docs::login_page())
         .nest_no_strip("/", api);
     edge::Edge::wrap(routes.data(state.clone()), state).with_allow(allow, labels)
 }

@@ -120,9 +120,13 @@ impl OidcProvider {
         self.http.send(req, MAX_ANSWER_BYTES).await
     }
 
+    fn client(&self) -> Http {
+        Http(self.http.clone())
+    }
+
     /// The discovery document and keys, from the cache while fresh.
     async fn metadata(&self, refresh_keys: bool) -> Result<CoreProviderMetadata, OidcError> {
-        let http = |req| self.call(req);
+        let http = self.client();
         let mut cache = self.cache.lock().await;
         let fresh = cache.as_ref().filter(|c| c.fetched.elapsed() < self.ttl);
         match (fresh, refresh_keys) {
@@ -189,7 +193,7 @@ impl OidcProvider {
             TokenAuth::ClientSecretBasic => AuthType::BasicAuth,
             TokenAuth::ClientSecretPost => AuthType::RequestBody,
         });
-        let http = |req| self.call(req);
+        let http = self.client();
         let token = client
             .exchange_code(AuthorizationCode::new(code.to_string()))
             .map_err(|_| OidcError::new("the provider has no token endpoint"))?
@@ -287,6 +291,18 @@ impl OidcProvider {
             return Err(OidcError::new("the provider's userinfo is about another subject"));
         }
         Ok(claims)
+    }
+}
+
+/// openidconnect's HTTP client: ours (no redirects, time limits, answers capped in size).
+struct Http(HttpClient);
+
+impl<'c> openidconnect::AsyncHttpClient<'c> for Http {
+    type Error = OutboundError;
+    type Future = std::pin::Pin<Box<dyn std::future::Future<Output = Result<HttpResponse, OutboundError>> + Send + 'c>>;
+
+    fn call(&'c self, request: HttpRequest) -> Self::Future {
+        Box::pin(self.0.send(request, MAX_ANSWER_BYTES))
     }
 }
 

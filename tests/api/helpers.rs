@@ -81,7 +81,12 @@ pub async fn spawn_app_with(tweak: impl FnOnce(&mut Config)) -> TestApp {
 
 /// Start the app on an existing temporary folder (a restart) with `config`.
 pub async fn spawn_app_in(dir: TempDir, config: Config) -> TestApp {
-    let clock = Arc::new(ManualClock::new(test_time()));
+    spawn_app_at(dir, config, test_time()).await
+}
+
+/// Start the app with its clock at `at` (the real time, for peers that use theirs).
+pub async fn spawn_app_at(dir: TempDir, config: Config, at: time::OffsetDateTime) -> TestApp {
+    let clock = Arc::new(ManualClock::new(at));
     let opts = BuildOptions { clock: clock.clone(), credentials_dir: None, bootstrap_admin: true, exclusive: true };
     let mut app = Application::build(config.clone(), opts).await.expect("app builds");
     let base = app.base_url();

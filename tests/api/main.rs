@@ -17,6 +17,7 @@ mod logs;
 mod monitoring;
 mod openapi;
 mod siem;
+mod sso;
 mod tls;
 mod vault;
 mod workspaces;

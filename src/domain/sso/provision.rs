@@ -138,7 +138,7 @@ pub fn plan(tx: &Tx<'_>, policy: &Policy, identity: &ExternalIdentity) -> Result
                     if let Some(e) = &email {
                         if tx.user_by_email(e)?.is_some() {
                             return Ok(refuse(
-                                "an account with this email exists and this provider does not link by email",
+                                "an account with this email exists and cannot be linked (this provider links verified emails only, or never)",
                             ));
                         }
                     }
