@@ -209,7 +209,7 @@ pub fn preflight(config: &Config, creds: Option<&Path>) -> Result<Preflight, Fat
         crate::outbound::HttpClient::new(ca, Duration::from_secs(1), Duration::from_secs(1))
             .map_err(|e| FatalError::new(format!("monitoring.webhook_ca_file: {e}")))?;
     }
-    let (sso_secrets, sso_ca) = sso_files(&config, creds)?;
+    let (sso_secrets, sso_ca) = sso_files(config, creds)?;
     Ok(Preflight { existing_key, key_source, db_path, metrics_token, webhook_secret, tls_pair, sso_secrets, sso_ca })
 }
 

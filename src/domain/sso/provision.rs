@@ -95,7 +95,7 @@ fn email_domain_allowed(policy: &Policy, email: Option<&str>) -> bool {
     let Some(domain) = email.and_then(|e| e.rsplit_once('@')).map(|(_, d)| d.to_ascii_lowercase()) else {
         return false;
     };
-    policy.allowed_email_domains.iter().any(|d| *d == domain)
+    policy.allowed_email_domains.contains(&domain)
 }
 
 /// Work out what a login of `identity` would do, reading only.
