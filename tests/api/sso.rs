@@ -841,3 +841,29 @@ async fn config_file_providers_are_loaded_and_read_only() {
     assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_real_browser_signs_in_through_the_provider() {
+    assert!(std::path::Path::new("/usr/bin/chromium").exists(), "chromium is missing: run tests/run.sh");
+    let app = start_app().await;
+    let idp = Idp::start(&app, true);
+    let token = admin(&app).await;
+    let (st, b) =
+        call(&app, Method::POST, "/v1/sso-providers", &token, Some(provider_body("corp", &idp, "rs", json!({})))).await;
+    assert_eq!(st, StatusCode::CREATED, "{b}");
+    let out = tokio::process::Command::new("node")
+        .arg(repo_root().join("tests/browser/sso.mjs"))
+        .args([app.base.as_str(), "corp", "alice@corp.example", "alice-password"])
+        .current_dir(repo_root())
+        .env("PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD", "1")
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(90), out).await.expect("the browser test ends").unwrap();
+    let report = format!("{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{report}");
+    assert!(report.contains("back in Gatehouse: Signed in as alice@corp.example"), "{report}");
+    let events = audit_actions(&app, &token, "sso.login.succeeded").await;
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0]["details"]["mode"], "cookie");
+    app.stop().await;
+}
