@@ -377,6 +377,15 @@ async fn oidc_login_provisions_maps_and_follows_group_changes() {
     assert!(page.contains("cannot be linked"), "{page}");
     assert!(page.contains("request-id"), "{page}");
 
+    // The ES256 client signs Bob in (a new account: JIT), mapped by his groups.
+    let mut bobs = Browser::new();
+    let r = login(&mut bobs, &app, &idp, "corp-es", "bob@corp.example", "bob-password").await;
+    assert_eq!(r.status(), StatusCode::FOUND, "{}", r.text().await.unwrap());
+    assert_eq!(idp.last_auth_request().await["client_id"], "es");
+    assert_eq!(me_with_cookie(&app, &bobs).await["email"], "bob@corp.example");
+    assert_eq!(member_roles(&app, &token, "staff-ws", "bob@corp.example").await, Some(vec!["viewer".into()]));
+    assert_eq!(member_roles(&app, &token, "eng", "bob@corp.example").await, None);
+
     // The groups change at the IdP: engineering goes, the admin realm role arrives.
     let mut a = alice();
     a["groups"] = json!(["staff"]);

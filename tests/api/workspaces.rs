@@ -745,6 +745,11 @@ fn need(method: &str, path: &str) -> Option<Need> {
     Some(match (method, path) {
         ("get", "/healthz" | "/readyz" | "/metrics" | "/.well-known/jwks.json") => Public,
         ("post", "/v1/auth/signup" | "/v1/auth/login" | "/v1/auth/anonymous" | "/v1/auth/refresh") => Public,
+        // Single sign-on: the login page's list, the login itself, the callback and the code
+        // exchange are for callers not signed in yet.
+        ("get", "/v1/sso/providers" | "/v1/sso/{provider}/login" | "/v1/sso/oidc/{provider}/callback") => Public,
+        ("post", "/v1/sso/exchange") => Public,
+        (_, p) if p.starts_with("/v1/sso-providers") => Admin,
         (
             "post",
             "/v1/auth/logout" | "/v1/auth/logout-all" | "/v1/auth/mfa/totp/enroll" | "/v1/auth/mfa/totp/verify",
@@ -815,6 +820,10 @@ async fn every_operation_with_every_role() {
                         "/v1/users" => json!({"email": "made@example.com", "password": PW}),
                         "/v1/users/invites" => json!({"email": "invited@example.com"}),
                         "/v1/security/alerts/{id}/acknowledge" => json!({"note": "seen"}),
+                        "/v1/sso-providers" | "/v1/sso-providers/{id}" => json!({
+                            "id": "corp", "display_name": "Corp", "issuer": "https://127.0.0.1:1",
+                            "client_id": "c", "client_secret": "s"}),
+                        "/v1/sso-providers/{id}/preview" => json!({"claims": {"sub": "x"}}),
                         _ => json!({}),
                     };
                     let (s, _) = call(&app, m.clone(), &concrete, Cred::None, Some(body.clone())).await;
