@@ -476,7 +476,11 @@ pub async fn verify(db: &Db, vault: &Arc<Vault>) -> Result<VerifyReport, AppErro
                 signing.into_iter().map(|(kid, env)| (format!("signing key {kid}"), env, super::keys::aad(&kid)));
             let seeds =
                 seeds.into_iter().map(|(id, env)| (format!("TOTP seed of user {id}"), env, super::mfa::seed_aad(&id)));
-            for (place, envelope, aad) in signing.chain(seeds) {
+            let sso = tx.sso_providers()?.into_iter().filter_map(|p| {
+                let env = p.secret_sealed?;
+                Some((format!("client secret of identity provider {}", p.id), env, super::sso::secret_aad(&p.id)))
+            });
+            for (place, envelope, aad) in signing.chain(seeds).chain(sso) {
                 if system.open(&envelope, &aad).is_ok() {
                     report.system_values += 1;
                 } else {

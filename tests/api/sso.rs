@@ -5,7 +5,7 @@
 //! peer's `/__test/sign`) reach Gatehouse through the real code exchange
 //! (`/__test/override-next-id-token`).
 
-use crate::helpers::{peers_dir, repo_root, spawn_app_at, test_config, TestApp};
+use crate::helpers::{gatehouse, peers_dir, repo_root, run, spawn_app_at, test_config, TestApp};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 use std::collections::HashMap;
@@ -848,7 +848,23 @@ async fn config_file_providers_are_loaded_and_read_only() {
     // An unreachable provider makes a clean 503 at login start, never a 5xx page or a hang.
     let r = app.client.get(app.url("/v1/sso/okta/login")).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
-    app.stop().await;
+    let dir = app.stop().await;
+
+    // The sealed client secret is one of the values `vault verify` opens; a changed byte is named.
+    let data = dir.path().join("data");
+    let (code, out, err) = run(gatehouse(&["vault", "verify", "--data-dir", data.to_str().unwrap()]));
+    assert_eq!(code, 0, "{out}{err}");
+    let db = rusqlite::Connection::open(data.join("gatehouse.db")).unwrap();
+    let sealed: String = db.query_row("SELECT secret_sealed FROM sso_providers WHERE id = 'okta'", [], |r| r.get(0)).unwrap();
+    assert!(!sealed.contains("from-a-file-secret"));
+    let mut bytes = sealed.into_bytes();
+    let last = bytes.len() - 2;
+    bytes[last] = if bytes[last] == b'A' { b'B' } else { b'A' };
+    db.execute("UPDATE sso_providers SET secret_sealed = ?1 WHERE id = 'okta'", [String::from_utf8(bytes).unwrap()]).unwrap();
+    drop(db);
+    let (code, _, err) = run(gatehouse(&["vault", "verify", "--data-dir", data.to_str().unwrap()]));
+    assert_ne!(code, 0);
+    assert!(err.contains("client secret of identity provider okta"), "{err}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -172,7 +172,8 @@ fn http_client(ca_pem: Option<&str>) -> Result<HttpClient, String> {
     HttpClient::with_ca_pem(ca_pem.map(str::as_bytes), Duration::from_secs(5), Duration::from_secs(10))
 }
 
-fn secret_aad(provider_id: &str) -> String {
+/// Where a provider's client secret is sealed (its AAD).
+pub fn secret_aad(provider_id: &str) -> String {
     format!("sso_secret:{provider_id}")
 }
 
