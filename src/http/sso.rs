@@ -513,7 +513,8 @@ impl SsoApi {
     /// bound to this browser by a cookie), `nonce` and PKCE S256 challenge. `return_to` is a
     /// path on this server or a URL on an origin in `sso.return_to_origins` (default `/docs/`).
     /// `mode=code` ends the login with a one-time code on `return_to` instead of a session
-    /// cookie, for API clients (exchange it at `POST /v1/sso/exchange`).
+    /// cookie, for API clients (exchange it at `POST /v1/sso/exchange`). Rate limited per client
+    /// address like the other sign-in endpoints (429 with `Retry-After`).
     #[oai(path = "/v1/sso/:provider/login", method = "get", tag = "ApiTags::Sso", operation_id = "ssoLogin")]
     async fn login(
         &self,
@@ -524,6 +525,10 @@ impl SsoApi {
         return_to: Query<Option<String>>,
         mode: Query<Option<LoginMode>>,
     ) -> Result<Redirect, ApiError> {
+        // Each start stores a login for ten minutes: the sign-in rate limit applies.
+        crate::domain::auth::check_rate(&state, &origin(&info), info.client_ip, "sso.login")
+            .await
+            .map_err(fail(&info))?;
         let mode = match mode.0.unwrap_or_default() {
             LoginMode::Cookie => Mode::Cookie,
             LoginMode::Code => Mode::Code,

@@ -230,6 +230,9 @@ async fn start_app() -> TestApp {
     let dir = tempfile::tempdir().unwrap();
     let mut config = test_config(dir.path());
     config.sso.return_to_origins = vec!["https://app.example.com".into()];
+    // Many logins from one address in a few seconds.
+    config.auth.rate_limit.per_minute = 6000;
+    config.auth.rate_limit.burst = 1000;
     // Real time: the provider signs with its clock.
     spawn_app_at(dir, config, time::OffsetDateTime::now_utc()).await
 }
@@ -848,6 +851,18 @@ async fn config_file_providers_are_loaded_and_read_only() {
     // An unreachable provider makes a clean 503 at login start, never a 5xx page or a hang.
     let r = app.client.get(app.url("/v1/sso/okta/login")).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+    // Login starts are rate limited per address (each stores a login for ten minutes).
+    let mut limited = None;
+    for _ in 0..40 {
+        let r = app.client.get(app.url("/v1/sso/okta/login")).send().await.unwrap();
+        if r.status() == StatusCode::TOO_MANY_REQUESTS {
+            limited = Some(r);
+            break;
+        }
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+    }
+    let limited = limited.expect("the sign-in rate limit stops a flood of login starts");
+    assert!(limited.headers().get("retry-after").is_some());
     let dir = app.stop().await;
 
     // The sealed client secret is one of the values `vault verify` opens; a changed byte is named.
@@ -855,12 +870,14 @@ async fn config_file_providers_are_loaded_and_read_only() {
     let (code, out, err) = run(gatehouse(&["vault", "verify", "--data-dir", data.to_str().unwrap()]));
     assert_eq!(code, 0, "{out}{err}");
     let db = rusqlite::Connection::open(data.join("gatehouse.db")).unwrap();
-    let sealed: String = db.query_row("SELECT secret_sealed FROM sso_providers WHERE id = 'okta'", [], |r| r.get(0)).unwrap();
+    let sealed: String =
+        db.query_row("SELECT secret_sealed FROM sso_providers WHERE id = 'okta'", [], |r| r.get(0)).unwrap();
     assert!(!sealed.contains("from-a-file-secret"));
     let mut bytes = sealed.into_bytes();
     let last = bytes.len() - 2;
     bytes[last] = if bytes[last] == b'A' { b'B' } else { b'A' };
-    db.execute("UPDATE sso_providers SET secret_sealed = ?1 WHERE id = 'okta'", [String::from_utf8(bytes).unwrap()]).unwrap();
+    db.execute("UPDATE sso_providers SET secret_sealed = ?1 WHERE id = 'okta'", [String::from_utf8(bytes).unwrap()])
+        .unwrap();
     drop(db);
     let (code, _, err) = run(gatehouse(&["vault", "verify", "--data-dir", data.to_str().unwrap()]));
     assert_ne!(code, 0);
