@@ -335,6 +335,10 @@ pub struct OidcProviderConfig {
     pub jit: Jit,
     #[serde(default)]
     pub link_by_email: LinkByEmail,
+    /// Take the provider's emails as verified even without `email_verified = true` (Entra ID
+    /// sends no such claim). Only for a provider that owns the mail domains it signs in.
+    #[serde(default)]
+    pub trust_email: bool,
     /// Also read the userinfo endpoint and merge its claims (the ID token's win on conflict).
     #[serde(default)]
     pub userinfo: bool,

@@ -94,6 +94,17 @@ pub fn digest(token: &str) -> [u8; 32] {
     Sha256::digest(token.as_bytes()).into()
 }
 
+/// The PKCE S256 challenge of a verifier (RFC 7636): base64url(SHA-256(verifier)), unpadded.
+pub fn pkce_s256(verifier: &str) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(digest(verifier))
+}
+
+/// A PKCE verifier or challenge: 43 to 128 characters of `A-Z a-z 0-9 - . _ ~` (RFC 7636).
+pub fn pkce_well_formed(value: &str) -> bool {
+    (43..=128).contains(&value.len()) && value.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._~".contains(&b))
+}
+
 /// A short, safe-to-show reminder of a token: its prefix and last four characters.
 pub fn hint(token: &str) -> String {
     let tail: String = token.chars().rev().take(4).collect::<Vec<_>>().into_iter().rev().collect();

@@ -44,6 +44,7 @@ pub struct LoginRow {
     pub secrets: String,
     pub return_to: String,
     pub mode: String,
+    pub code_challenge: Option<String>,
     pub expires_at_ms: i64,
 }
 
@@ -89,8 +90,8 @@ impl Tx<'_> {
 
     pub fn sso_login_insert(&self, state_hash: &[u8; 32], row: &LoginRow, now_ms: i64) -> Result<(), DbError> {
         self.conn().execute(
-            "INSERT INTO sso_logins (state_hash, provider_id, browser_hash, secrets, return_to, mode, created_at, expires_at) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            "INSERT INTO sso_logins (state_hash, provider_id, browser_hash, secrets, return_to, mode, code_challenge, \
+             created_at, expires_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
             params![
                 &state_hash[..],
                 row.provider_id,
@@ -98,6 +99,7 @@ impl Tx<'_> {
                 row.secrets,
                 row.return_to,
                 row.mode,
+                row.code_challenge,
                 now_ms,
                 row.expires_at_ms
             ],
@@ -105,13 +107,13 @@ impl Tx<'_> {
         Ok(())
     }
 
-    /// Take (read and delete) the login a `state` names: a state is good once.
-    pub fn sso_login_take(&self, state_hash: &[u8; 32]) -> Result<Option<LoginRow>, DbError> {
+    /// The login a `state` names.
+    pub fn sso_login_get(&self, state_hash: &[u8; 32]) -> Result<Option<LoginRow>, DbError> {
         Ok(self
             .conn()
             .query_row(
-                "DELETE FROM sso_logins WHERE state_hash = ?1 \
-                 RETURNING provider_id, browser_hash, secrets, return_to, mode, expires_at",
+                "SELECT provider_id, browser_hash, secrets, return_to, mode, expires_at, code_challenge FROM sso_logins \
+                 WHERE state_hash = ?1",
                 [&state_hash[..]],
                 |r| {
                     Ok(LoginRow {
@@ -121,10 +123,17 @@ impl Tx<'_> {
                         return_to: r.get(3)?,
                         mode: r.get(4)?,
                         expires_at_ms: r.get(5)?,
+                        code_challenge: r.get(6)?,
                     })
                 },
             )
             .optional()?)
+    }
+
+    /// A state is good once: its login goes when taken.
+    pub fn sso_login_delete(&self, state_hash: &[u8; 32]) -> Result<(), DbError> {
+        self.conn().execute("DELETE FROM sso_logins WHERE state_hash = ?1", [&state_hash[..]])?;
+        Ok(())
     }
 
     /// Forget logins and codes that expired before `now_ms`.
@@ -140,27 +149,34 @@ impl Tx<'_> {
         code_hash: &[u8; 32],
         user_id: &str,
         provider_id: &str,
+        code_challenge: &str,
         now_ms: i64,
         expires_at_ms: i64,
     ) -> Result<(), DbError> {
         self.conn().execute(
-            "INSERT INTO sso_codes (code_hash, user_id, provider_id, created_at, expires_at) VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![&code_hash[..], user_id, provider_id, now_ms, expires_at_ms],
+            "INSERT INTO sso_codes (code_hash, user_id, provider_id, code_challenge, created_at, expires_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![&code_hash[..], user_id, provider_id, code_challenge, now_ms, expires_at_ms],
         )?;
         Ok(())
     }
 
-    /// Take a one-time code still valid at `now_ms`: `(user id, provider id)`.
-    pub fn sso_code_take(&self, code_hash: &[u8; 32], now_ms: i64) -> Result<Option<(String, String)>, DbError> {
-        let taken: Option<(String, String, i64)> = self
+    /// Take a one-time code (it is gone after this, used or not) still valid at `now_ms`:
+    /// `(user id, provider id, PKCE challenge)`.
+    pub fn sso_code_take(
+        &self,
+        code_hash: &[u8; 32],
+        now_ms: i64,
+    ) -> Result<Option<(String, String, String)>, DbError> {
+        let taken: Option<(String, String, String, i64)> = self
             .conn()
             .query_row(
-                "DELETE FROM sso_codes WHERE code_hash = ?1 RETURNING user_id, provider_id, expires_at",
+                "DELETE FROM sso_codes WHERE code_hash = ?1 RETURNING user_id, provider_id, code_challenge, expires_at",
                 [&code_hash[..]],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
             )
             .optional()?;
-        Ok(taken.filter(|t| t.2 >= now_ms).map(|t| (t.0, t.1)))
+        Ok(taken.filter(|t| t.3 >= now_ms).map(|t| (t.0, t.1, t.2)))
     }
 
     pub fn sso_identity(&self, provider_id: &str, issuer: &str, subject: &str) -> Result<Option<IdentityRow>, DbError> {
@@ -183,6 +199,15 @@ impl Tx<'_> {
                 },
             )
             .optional()?)
+    }
+
+    /// How many identities of `provider_id` the user is linked to.
+    pub fn sso_identity_count(&self, provider_id: &str, user_id: &str) -> Result<i64, DbError> {
+        Ok(self.conn().query_row(
+            "SELECT count(*) FROM sso_identities WHERE provider_id = ?1 AND user_id = ?2",
+            [provider_id, user_id],
+            |r| r.get(0),
+        )?)
     }
 
     pub fn sso_identity_insert(&self, i: &IdentityRow) -> Result<(), DbError> {

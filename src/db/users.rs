@@ -214,6 +214,10 @@ impl Tx<'_> {
         }
         if let Some(admin) = patch.is_admin {
             c.execute("UPDATE users SET is_admin = ?2, updated_at = ?3 WHERE id = ?1", params![id, admin, now_ms])?;
+            if !admin {
+                // An admin role an SSO mapping granted, taken away: the mapping's no more.
+                c.execute("DELETE FROM sso_admin_grants WHERE user_id = ?1", [id])?;
+            }
         }
         Ok(())
     }

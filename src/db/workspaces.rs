@@ -281,6 +281,18 @@ impl Tx<'_> {
             params![workspace_id, user_id, now_ms],
         )?;
         c.execute("DELETE FROM member_roles WHERE workspace_id = ?1 AND user_id = ?2", [workspace_id, user_id])?;
+        // A role an SSO mapping granted and a person now takes away is the mapping's no more:
+        // given again by hand, it stays hand-given.
+        let granted: Vec<String> = c
+            .prepare_cached("SELECT role_id FROM sso_grants WHERE workspace_id = ?1 AND user_id = ?2")?
+            .query_map([workspace_id, user_id], |r| r.get(0))?
+            .collect::<Result<_, _>>()?;
+        for role in granted.iter().filter(|r| !role_ids.contains(r)) {
+            c.execute(
+                "DELETE FROM sso_grants WHERE workspace_id = ?1 AND user_id = ?2 AND role_id = ?3",
+                [workspace_id, user_id, role.as_str()],
+            )?;
+        }
         for role in role_ids {
             c.execute(
                 "INSERT OR IGNORE INTO member_roles (workspace_id, user_id, role_id) VALUES (?1, ?2, ?3)",

@@ -943,11 +943,13 @@ pub enum Credential {
 }
 
 impl Principal {
-    /// Under `auth.require_mfa`, a password session without a second factor may only enrol one.
+    /// Under `auth.require_mfa`, a password session without a second factor may only enrol one
+    /// (anonymous and SSO sessions are not password sessions).
     pub fn mfa_pending(&self, require_mfa: bool) -> bool {
         match &self.credential {
             Credential::Session { amr, .. } => {
-                require_mfa && !amr.iter().any(|m| m == "otp") && !amr.iter().any(|m| m == "anon")
+                // An SSO session's factors are the identity provider's business.
+                require_mfa && !amr.iter().any(|m| m == "otp" || m == "anon" || m == "sso")
             }
             Credential::PersonalAccessToken { .. } | Credential::ApiKey { .. } => false,
         }

@@ -94,6 +94,9 @@ pub enum CallbackPage {
     /// No such provider (or disabled).
     #[oai(status = 404)]
     Unknown(Html<String>),
+    /// Too many callbacks from this address (the sign-in rate limit).
+    #[oai(status = 429)]
+    TooMany(Html<String>),
     /// Gatehouse failed.
     #[oai(status = 500)]
     Internal(Html<String>),
@@ -134,6 +137,8 @@ impl<T: IntoResponse> IntoResponse for WithCookies<T> {
 pub struct ExchangeRequest {
     /// The one-time code from `return_to` (`gthc_…`); it works once, for two minutes.
     pub code: Password,
+    /// The PKCE verifier whose S256 challenge the login started with (`code_challenge`).
+    pub code_verifier: Password,
     /// `bearer` (default) or `cookie`.
     pub mode: Option<SessionMode>,
 }
@@ -245,6 +250,9 @@ pub struct ProviderRequest {
     pub jit: Option<JitDto>,
     /// Default `never`.
     pub link_by_email: Option<LinkByEmailDto>,
+    /// Take the provider's emails as verified even without `email_verified = true` (Entra ID
+    /// sends no such claim). Default `false`: an unverified email is never stored or linked.
+    pub trust_email: Option<bool>,
     /// Also read userinfo and merge its claims (the ID token's win). Default `false`.
     pub userinfo: Option<bool>,
     /// ID token algorithms accepted; default `["RS256", "ES256"]`. Asymmetric only.
@@ -276,6 +284,7 @@ pub struct ProviderDto {
     pub allowed_email_domains: Vec<String>,
     pub jit: JitDto,
     pub link_by_email: LinkByEmailDto,
+    pub trust_email: bool,
     pub userinfo: bool,
     pub algorithms: Vec<String>,
     pub ca_pem: Option<String>,
@@ -320,6 +329,7 @@ impl From<sso::ProviderView> for ProviderDto {
                 LinkByEmail::VerifiedOnly => LinkByEmailDto::VerifiedOnly,
                 LinkByEmail::Never => LinkByEmailDto::Never,
             },
+            trust_email: s.trust_email,
             userinfo: s.userinfo,
             algorithms: s.algorithms,
             ca_pem: s.ca_pem,
@@ -359,6 +369,7 @@ impl ProviderRequest {
                 Some(LinkByEmailDto::VerifiedOnly) => LinkByEmail::VerifiedOnly,
                 _ => LinkByEmail::Never,
             },
+            trust_email: self.trust_email.unwrap_or(false),
             userinfo: self.userinfo.unwrap_or(false),
             algorithms: self.algorithms.unwrap_or_else(crate::config::default_oidc_algorithms),
             ca_pem: self.ca_pem,
@@ -513,9 +524,11 @@ impl SsoApi {
     /// bound to this browser by a cookie), `nonce` and PKCE S256 challenge. `return_to` is a
     /// path on this server or a URL on an origin in `sso.return_to_origins` (default `/docs/`).
     /// `mode=code` ends the login with a one-time code on `return_to` instead of a session
-    /// cookie, for API clients (exchange it at `POST /v1/sso/exchange`). Rate limited per client
+    /// cookie, for API clients: start it with a PKCE S256 `code_challenge` and exchange the code
+    /// with its `code_verifier` at `POST /v1/sso/exchange`. Rate limited per client
     /// address like the other sign-in endpoints (429 with `Retry-After`).
     #[oai(path = "/v1/sso/:provider/login", method = "get", tag = "ApiTags::Sso", operation_id = "ssoLogin")]
+    #[allow(clippy::too_many_arguments)]
     async fn login(
         &self,
         state: Data<&AppState>,
@@ -524,6 +537,9 @@ impl SsoApi {
         provider: Path<String>,
         return_to: Query<Option<String>>,
         mode: Query<Option<LoginMode>>,
+        /// `mode=code` only, and then required: the PKCE S256 challenge
+        /// (base64url(SHA-256(verifier))) of a verifier the API client keeps for the exchange.
+        code_challenge: Query<Option<String>>,
     ) -> Result<Redirect, ApiError> {
         // Each start stores a login for ten minutes: the sign-in rate limit applies.
         crate::domain::auth::check_rate(&state, &origin(&info), info.client_ip, "sso.login")
@@ -533,7 +549,8 @@ impl SsoApi {
             LoginMode::Cookie => Mode::Cookie,
             LoginMode::Code => Mode::Code,
         };
-        let started = sso::begin(&state, &provider.0, return_to.0.as_deref(), mode, cookie(req, BROWSER_COOKIE))
+        let browser = cookie(req, BROWSER_COOKIE);
+        let started = sso::begin(&state, &provider.0, return_to.0.as_deref(), mode, code_challenge.0, browser)
             .await
             .map_err(fail(&info))?;
         let binding = format!(
@@ -568,8 +585,18 @@ impl SsoApi {
         #[oai(name = "state")] login_state: Query<Option<String>>,
         error: Query<Option<String>>,
     ) -> WithCookies<CallbackPage> {
-        let input = CallbackInput { code: code.0, state: login_state.0, error: error.0 };
         let o = origin(&info);
+        // Each callback costs a write and an audit record: the sign-in rate limit applies.
+        if crate::domain::auth::check_rate(&state, &o, info.client_ip, "sso.callback").await.is_err() {
+            let html =
+                Html(page("Sign-in failed", "too many attempts from this address; try again later", &info.request_id));
+            return WithCookies(CallbackPage::TooMany(html), Vec::new());
+        }
+        let input = CallbackInput {
+            code: code.0.map(SecretString::new),
+            state: login_state.0.map(SecretString::new),
+            error: error.0,
+        };
         match sso::callback(&state, &provider.0, input, cookie(req, BROWSER_COOKIE), &o).await {
             Ok(Finished::Session { issued, return_to }) => {
                 WithCookies(CallbackPage::Found(return_to), session_cookies(&issued))
@@ -594,7 +621,9 @@ impl SsoApi {
 
     /// Exchange a one-time SSO code for a session
     ///
-    /// The code an SSO login in `mode=code` put on `return_to`. It works once, for two minutes.
+    /// The code an SSO login in `mode=code` put on `return_to`, with the PKCE verifier of the
+    /// `code_challenge` that login started with. A code works once (right or wrong), for two
+    /// minutes.
     /// Rate limited per client address like the other sign-in endpoints.
     #[oai(path = "/v1/sso/exchange", method = "post", tag = "ApiTags::Sso", operation_id = "ssoExchange")]
     async fn exchange(
@@ -606,8 +635,8 @@ impl SsoApi {
         let o = origin(&info);
         crate::domain::auth::check_rate(&state, &o, info.client_ip, "sso.exchange").await.map_err(fail(&info))?;
         let cookie_mode = body.0.mode.unwrap_or_default() == SessionMode::Cookie;
-        let issued =
-            sso::exchange(&state, SecretString::new(body.0.code.0), cookie_mode, o).await.map_err(fail(&info))?;
+        let (code, verifier) = (SecretString::new(body.0.code.0), SecretString::new(body.0.code_verifier.0));
+        let issued = sso::exchange(&state, code, verifier, cookie_mode, o).await.map_err(fail(&info))?;
         Ok(super::accounts::token_response(issued, cookie_mode))
     }
 

@@ -146,6 +146,17 @@ impl OidcProvider {
             tracing::warn!(provider = %self.settings.id, error = %e, "OIDC discovery failed");
             OidcError::new("the provider's discovery document could not be read")
         })?;
+        // The client secret, the code and the access token go to these: TLS only (plain HTTP to
+        // a loopback address only).
+        let endpoints = [
+            Some(metadata.jwks_uri().url().as_str()),
+            metadata.token_endpoint().map(|u| u.url().as_str()),
+            metadata.userinfo_endpoint().map(|u| u.url().as_str()),
+        ];
+        if endpoints.into_iter().flatten().any(|u| !secure_url(u)) {
+            tracing::warn!(provider = %self.settings.id, "the discovery document names an endpoint that is not https");
+            return Err(OidcError::new("the provider's discovery document names an endpoint that is not https"));
+        }
         *cache = Some(Cached { metadata: metadata.clone(), fetched: Instant::now() });
         Ok(metadata)
     }
@@ -292,6 +303,17 @@ impl OidcProvider {
         }
         Ok(claims)
     }
+}
+
+/// `https://…`, or `http://` to a loopback address.
+fn secure_url(url: &str) -> bool {
+    if url.starts_with("https://") {
+        return true;
+    }
+    let Some(rest) = url.strip_prefix("http://") else { return false };
+    let host = rest.split(['/', '?', '#']).next().unwrap_or("");
+    let host = host.rsplit_once(':').map_or(host, |(h, _)| h);
+    matches!(host, "127.0.0.1" | "localhost" | "[::1]")
 }
 
 /// openidconnect's HTTP client: ours (no redirects, time limits, answers capped in size).

@@ -285,7 +285,7 @@ async fn workspace(app: &TestApp, token: &str, slug: &str) -> String {
 async fn member_roles(app: &TestApp, token: &str, ws: &str, email: &str) -> Option<Vec<String>> {
     let (st, b) = call(app, Method::GET, &format!("/v1/workspaces/{ws}/members"), token, None).await;
     assert_eq!(st, StatusCode::OK, "{b}");
-    b.as_array().unwrap().iter().find(|m| m["email"] == email).map(|m| {
+    b.as_array().unwrap().iter().find(|m| m["email"] == email || m["user_id"] == email).map(|m| {
         let mut r: Vec<String> =
             m["roles"].as_array().unwrap().iter().map(|x| x.as_str().unwrap().to_string()).collect();
         r.sort();
@@ -323,6 +323,7 @@ async fn oidc_login_provisions_maps_and_follows_group_changes() {
     let mapping = json!({"mapping": [
         {"claim": "groups", "value": "engineering", "workspace": "eng", "roles": ["editor"]},
         {"claim": "groups", "value": "staff", "workspace": "staff-ws", "roles": ["viewer"]},
+        {"claim": "groups", "value": "engineering", "workspace": "staff-ws", "roles": ["editor"]},
         {"claim": "realm_access.roles", "value": "admin", "platform_role": "admin"},
     ]});
     for (id, client) in [("corp", "rs"), ("corp-es", "es")] {
@@ -357,19 +358,19 @@ async fn oidc_login_provisions_maps_and_follows_group_changes() {
     let alice_id = me["id"].as_str().unwrap().to_string();
     assert!(browser.cookie(&app.base, "__Host-gatehouse_csrf").is_some());
     assert_eq!(member_roles(&app, &token, "eng", "alice@corp.example").await, Some(vec!["editor".into()]));
-    assert_eq!(member_roles(&app, &token, "staff-ws", "alice@corp.example").await, Some(vec!["viewer".into()]));
+    assert_eq!(
+        member_roles(&app, &token, "staff-ws", "alice@corp.example").await,
+        Some(vec!["editor".into(), "viewer".into()])
+    );
     assert_eq!(me["is_admin"], false);
 
-    // A role given by hand stays through every later login (the provider is not authoritative).
-    let (st, b) = call(
-        &app,
-        Method::PUT,
-        &format!("/v1/workspaces/{eng}/members/alice@corp.example"),
-        &token,
-        Some(json!({"roles": ["editor", "viewer"]})),
-    )
-    .await;
-    assert_eq!(st, StatusCode::OK, "{b}");
+    // Roles given by hand stay through every later login (the provider is not authoritative):
+    // a viewer role added, and the mapping's editor role taken away then given back by hand.
+    for roles in [json!(["viewer"]), json!(["editor", "viewer"])] {
+        let path = format!("/v1/workspaces/{eng}/members/alice@corp.example");
+        let (st, b) = call(&app, Method::PUT, &path, &token, Some(json!({ "roles": roles }))).await;
+        assert_eq!(st, StatusCode::OK, "{b}");
+    }
 
     // Second login through the ES256 client of the same issuer: a different provider, so a
     // different identity; it does not link by email (never), and the email is taken: refused.
@@ -380,7 +381,15 @@ async fn oidc_login_provisions_maps_and_follows_group_changes() {
     assert!(page.contains("cannot be linked"), "{page}");
     assert!(page.contains("request-id"), "{page}");
 
-    // The ES256 client signs Bob in (a new account: JIT), mapped by his groups.
+    // The ES256 client: Bob's email is not verified, so no account is made for him...
+    let mut bobs = Browser::new();
+    let r = login(&mut bobs, &app, &idp, "corp-es", "bob@corp.example", "bob-password").await;
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    assert!(r.text().await.unwrap().contains("did not verify the email"));
+    // ...until the provider verifies it: then JIT makes his account, mapped by his groups.
+    let mut b2 = bob();
+    b2["email_verified"] = json!(true);
+    idp.set_users(json!([alice(), b2]));
     let mut bobs = Browser::new();
     let r = login(&mut bobs, &app, &idp, "corp-es", "bob@corp.example", "bob-password").await;
     assert_eq!(r.status(), StatusCode::FOUND, "{}", r.text().await.unwrap());
@@ -400,8 +409,12 @@ async fn oidc_login_provisions_maps_and_follows_group_changes() {
     let me = me_with_cookie(&app, &again).await;
     assert_eq!(me["id"], alice_id.as_str(), "the second login is the same user");
     assert_eq!(me["is_admin"], true);
-    // The mapping's editor role went; the viewer role given by hand stayed.
-    assert_eq!(member_roles(&app, &token, "eng", "alice@corp.example").await, Some(vec!["viewer".into()]));
+    // The mapping's editor role in staff-ws went; in eng the roles given by hand stayed (the
+    // editor role there is hand-given since it was taken away and given back).
+    assert_eq!(
+        member_roles(&app, &token, "eng", "alice@corp.example").await,
+        Some(vec!["editor".into(), "viewer".into()])
+    );
     assert_eq!(member_roles(&app, &token, "staff-ws", "alice@corp.example").await, Some(vec!["viewer".into()]));
 
     // The IdP rotates its keys mid-run: the next login needs no restart.
@@ -467,17 +480,23 @@ async fn forged_id_tokens_are_refused() {
         ("none", "current", json!({}), "ID token: not signed"),
         ("ES256", "current", json!({}), "ID token: algorithm not accepted"),
         ("RS256", "current", json!({"azp": "another-client"}), "ID token: azp is another client"),
+        ("RS256", "unknown-kid", json!({}), "ID token: signed by a key the provider does not publish"),
     ];
     for (alg, key, changes, reason) in cases {
         let mut b = Browser::new();
         let back = through_idp(&mut b, &app, &idp, "/v1/sso/corp/login", "bob@corp.example", "bob-password").await;
         let auth = idp.last_auth_request().await;
         let mut claims = json!({"iss": idp.issuer, "sub": "u-bob", "aud": "rs", "iat": now, "exp": now + 300,
-                                "nonce": auth["nonce"], "email": "bob@corp.example"});
+                                "nonce": auth["nonce"], "email": "bob@corp.example", "email_verified": true});
         for (k, v) in changes.as_object().unwrap() {
             claims[k] = v.clone();
         }
-        let jwt = idp.control("/__test/sign", json!({"alg": alg, "key": key, "claims": claims})).await;
+        let req = if key == "unknown-kid" {
+            json!({"alg": alg, "key": "foreign", "claims": claims, "header": {"kid": "a-kid-nobody-published"}})
+        } else {
+            json!({"alg": alg, "key": key, "claims": claims})
+        };
+        let jwt = idp.control("/__test/sign", req).await;
         idp.control("/__test/override-next-id-token", json!({"jwt": jwt["jwt"]})).await;
         let r = b.get(&back).await;
         let status = r.status();
@@ -492,7 +511,7 @@ async fn forged_id_tokens_are_refused() {
     let back = through_idp(&mut b, &app, &idp, "/v1/sso/corp/login", "bob@corp.example", "bob-password").await;
     let auth = idp.last_auth_request().await;
     let claims = json!({"iss": idp.issuer, "sub": "u-bob", "aud": "rs", "iat": now, "exp": now + 300,
-                        "nonce": auth["nonce"], "email": "bob@corp.example"});
+                        "nonce": auth["nonce"], "email": "bob@corp.example", "email_verified": true});
     let jwt = idp.control("/__test/sign", json!({"alg": "RS256", "key": "current", "claims": claims})).await;
     idp.control("/__test/override-next-id-token", json!({"jwt": jwt["jwt"]})).await;
     let r = b.get(&back).await;
@@ -501,7 +520,7 @@ async fn forged_id_tokens_are_refused() {
     let (_, users) = call(&app, Method::GET, "/v1/users", &token, None).await;
     assert_eq!(users["items"].as_array().unwrap().iter().filter(|u| u["email"] == "bob@corp.example").count(), 1);
     let failed = audit_actions(&app, &token, "sso.login.failed").await;
-    assert_eq!(failed.len(), 10, "every refusal is audited");
+    assert_eq!(failed.len(), 11, "every refusal is audited");
     app.stop().await;
 }
 
@@ -509,24 +528,35 @@ async fn forged_id_tokens_are_refused() {
 async fn state_code_and_return_to_attacks_fail() {
     let app = start_app().await;
     let idp = Idp::start(&app, true);
+    let mut verified_bob = bob();
+    verified_bob["email_verified"] = json!(true);
+    idp.set_users(json!([alice(), verified_bob]));
     let token = admin(&app).await;
-    let (st, b) =
-        call(&app, Method::POST, "/v1/sso-providers", &token, Some(provider_body("corp", &idp, "rs", json!({})))).await;
-    assert_eq!(st, StatusCode::CREATED, "{b}");
+    for id in ["corp", "corp-off"] {
+        let body = provider_body(id, &idp, "rs", json!({}));
+        let (st, b) = call(&app, Method::POST, "/v1/sso-providers", &token, Some(body)).await;
+        assert_eq!(st, StatusCode::CREATED, "{b}");
+    }
 
-    // State from another browser: the callback without the binding cookie of the browser that
-    // started the login.
+    // State from another browser: the attacker holds a binding cookie of its own (it started a
+    // login too) but not the victim's. The victim's login is not burnt by the attempt.
     let mut victim = Browser::new();
     let back = through_idp(&mut victim, &app, &idp, "/v1/sso/corp/login", "bob@corp.example", "bob-password").await;
     let mut attacker = Browser::new();
+    assert_eq!(attacker.get(&app.url("/v1/sso/corp/login")).await.status(), StatusCode::FOUND);
+    assert!(attacker.cookie(&app.base, "__Host-gatehouse_sso").is_some());
     let r = attacker.get(&back).await;
     assert_eq!(r.status(), StatusCode::BAD_REQUEST);
     assert!(r.text().await.unwrap().contains("another browser"));
-    // The state was used up by that attempt: the victim's own callback now fails too (a state
-    // works once), and so does any replay.
+    assert!(attacker.cookie(&app.base, "__Host-gatehouse_session").is_none());
+    // At another provider's callback, the same state is refused too (and not burnt).
+    let other = back.replace("/v1/sso/oidc/corp/callback", "/v1/sso/oidc/corp-off/callback");
+    let r = victim.get(&other).await;
+    let (status, page) = (r.status(), r.text().await.unwrap());
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{other}: {page}");
+    assert!(page.contains("another provider"), "{page}");
     let r = victim.get(&back).await;
-    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
-    assert!(r.text().await.unwrap().contains("unknown or already used"));
+    assert_eq!(r.status(), StatusCode::FOUND, "the victim's own login still works");
 
     // A good login, then the same callback URL replayed.
     let mut b = Browser::new();
@@ -571,24 +601,42 @@ async fn state_code_and_return_to_attacks_fail() {
         let body: Value = r.json().await.unwrap();
         assert!(body["detail"].as_str().unwrap().starts_with("return_to"), "{body}");
     }
-    // Code mode to an allow-listed origin, then the exchange (once).
-    let mut c = Browser::new();
-    let start = "/v1/sso/corp/login?mode=code&return_to=https%3A%2F%2Fapp.example.com%2Fdone%3Fx%3D1";
-    let back = through_idp(&mut c, &app, &idp, start, "bob@corp.example", "bob-password").await;
-    let r = c.get(&back).await;
-    assert_eq!(r.status(), StatusCode::FOUND);
-    let dest = location(&r, &app.base);
-    assert!(dest.starts_with("https://app.example.com/done?x=1&code=gthc_"), "{dest}");
-    assert!(c.cookie(&app.base, "__Host-gatehouse_session").is_none(), "code mode sets no session cookie");
-    let code = dest.split("code=").nth(1).unwrap().to_string();
-    let r = app.client.post(app.url("/v1/sso/exchange")).json(&json!({"code": code})).send().await.unwrap();
+    // Code mode needs a PKCE challenge.
+    let r = app.client.get(app.url("/v1/sso/corp/login?mode=code")).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    // Code mode to an allow-listed origin, then the exchange: once, and only with the verifier.
+    let verifier = "a-pkce-verifier-of-the-api-client-0123456789-abcdefghij";
+    let challenge = gatehouse::crypto::token::pkce_s256(verifier);
+    let mut codes = Vec::new();
+    for _ in 0..3 {
+        let mut c = Browser::new();
+        let start = format!(
+            "/v1/sso/corp/login?mode=code&code_challenge={challenge}&return_to=https%3A%2F%2Fapp.example.com%2Fdone%3Fx%3D1"
+        );
+        let back = through_idp(&mut c, &app, &idp, &start, "bob@corp.example", "bob-password").await;
+        let r = c.get(&back).await;
+        assert_eq!(r.status(), StatusCode::FOUND);
+        let dest = location(&r, &app.base);
+        assert!(dest.starts_with("https://app.example.com/done?x=1&code=gthc_"), "{dest}");
+        assert!(c.cookie(&app.base, "__Host-gatehouse_session").is_none(), "code mode sets no session cookie");
+        codes.push(dest.split("code=").nth(1).unwrap().to_string());
+    }
+    let exchange = |code: &str, verifier: &str| {
+        app.client.post(app.url("/v1/sso/exchange")).json(&json!({"code": code, "code_verifier": verifier})).send()
+    };
+    // A code carried to a client that does not hold the verifier signs no one in, and is gone.
+    let wrong = "another-clients-verifier-0123456789-abcdefghijklmnopq";
+    assert_eq!(exchange(&codes[0], wrong).await.unwrap().status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(exchange(&codes[0], verifier).await.unwrap().status(), StatusCode::UNAUTHORIZED);
+    let r = app.client.post(app.url("/v1/sso/exchange")).json(&json!({"code": codes[1]})).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST, "the verifier is required");
+    let r = exchange(&codes[2], verifier).await.unwrap();
     assert_eq!(r.status(), StatusCode::OK);
     let tokens: Value = r.json().await.unwrap();
     let (st, me) = call(&app, Method::GET, "/v1/me", tokens["access_token"].as_str().unwrap(), None).await;
     assert_eq!(st, StatusCode::OK);
-    assert_eq!(me["email"], "bob@corp.example");
-    let r = app.client.post(app.url("/v1/sso/exchange")).json(&json!({"code": code})).send().await.unwrap();
-    assert_eq!(r.status(), StatusCode::UNAUTHORIZED, "a code works once");
+    assert_eq!(me["name"], "Bob");
+    assert_eq!(exchange(&codes[2], verifier).await.unwrap().status(), StatusCode::UNAUTHORIZED, "a code works once");
     app.stop().await;
 }
 

@@ -42,6 +42,8 @@ CREATE TABLE sso_logins (
     return_to     TEXT NOT NULL,
     -- `cookie` (a browser session) or `code` (a one-time code for an API client).
     mode          TEXT NOT NULL CHECK (mode IN ('cookie', 'code')),
+    -- Code mode: the API client's PKCE S256 challenge, checked at the exchange.
+    code_challenge TEXT,
     created_at    INTEGER NOT NULL,
     expires_at    INTEGER NOT NULL
 ) STRICT, WITHOUT ROWID;
@@ -53,6 +55,8 @@ CREATE TABLE sso_codes (
     code_hash     BLOB PRIMARY KEY,
     user_id       TEXT NOT NULL REFERENCES users (id) ON DELETE CASCADE,
     provider_id   TEXT NOT NULL REFERENCES sso_providers (id) ON DELETE CASCADE,
+    -- The API client's PKCE S256 challenge: the exchange must show its verifier.
+    code_challenge TEXT NOT NULL,
     created_at    INTEGER NOT NULL,
     expires_at    INTEGER NOT NULL
 ) STRICT, WITHOUT ROWID;

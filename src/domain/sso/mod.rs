@@ -47,6 +47,8 @@ pub struct OidcStored {
     pub allowed_email_domains: Vec<String>,
     pub jit: Jit,
     pub link_by_email: LinkByEmail,
+    #[serde(default)]
+    pub trust_email: bool,
     pub userinfo: bool,
     pub algorithms: Vec<String>,
     /// PEM of the CA that signed the provider's certificate (system roots otherwise).
@@ -94,6 +96,7 @@ impl OidcStored {
             allowed_email_domains: self.allowed_email_domains.clone(),
             mapping: self.mapping.clone(),
             authoritative: self.authoritative,
+            trust_email: self.trust_email,
         }
     }
 }
@@ -233,6 +236,7 @@ pub async fn sync_config(
             allowed_email_domains: p.allowed_email_domains.clone(),
             jit: p.jit,
             link_by_email: p.link_by_email,
+            trust_email: p.trust_email,
             userinfo: p.userinfo,
             algorithms: p.algorithms.clone(),
             ca_pem: ca.get(&p.id).cloned(),
@@ -258,11 +262,29 @@ pub async fn sync_config(
     state
         .db
         .write(move |tx| {
+            let mut rows = rows;
             let existing = tx.sso_providers()?;
             for old in existing.iter().filter(|o| o.source == "config") {
                 if !rows.iter().any(|r| r.id == old.id) {
                     tx.sso_provider_delete(&old.id)?;
                 }
+            }
+            for row in rows.iter_mut() {
+                // Workspace slugs become ids; a workspace that does not exist yet leaves its
+                // rule inactive until the next start.
+                let mut stored: OidcStored = serde_json::from_str(&row.settings).map_err(AppError::internal)?;
+                for r in stored.mapping.iter_mut() {
+                    let Some(reference) = r.workspace.clone() else { continue };
+                    match tx.workspace_by_ref(&reference)? {
+                        Some(ws) => r.workspace = Some(ws.id),
+                        None => tracing::warn!(
+                            provider = %row.id,
+                            workspace = %reference,
+                            "sso.oidc mapping names a workspace that does not exist; the rule applies once it exists and the server restarts"
+                        ),
+                    }
+                }
+                row.settings = serde_json::to_string(&stored).map_err(AppError::internal)?;
             }
             for row in &rows {
                 if let Some(old) = existing.iter().find(|o| o.id == row.id) {
@@ -359,7 +381,7 @@ pub async fn save(
         Some(s) => Some(state.auth.sealing.seal(s.expose().as_bytes(), &secret_aad(id))?),
         None => None,
     };
-    let settings = serde_json::to_string(&input.settings).map_err(AppError::internal)?;
+    let mut stored = input.settings.clone();
     let key = state.auditor.clone();
     let actor = who.actor();
     let origin = origin.clone();
@@ -385,6 +407,11 @@ pub async fn save(
                 }
                 _ => {}
             }
+            // Mapping rules keep workspace ids: a slug renamed later cannot redirect a rule.
+            if let Err((i, reference)) = provision::resolve_workspaces(tx, &mut stored.mapping)? {
+                return Err(AppError::Invalid(format!("mapping[{i}].workspace: there is no workspace {reference:?}")));
+            }
+            let settings = serde_json::to_string(&stored).map_err(AppError::internal)?;
             let row = ProviderRow {
                 id: id.clone(),
                 kind: "oidc".into(),
@@ -539,10 +566,25 @@ pub async fn begin(
     provider_id: &str,
     return_to: Option<&str>,
     mode: Mode,
+    code_challenge: Option<String>,
     browser: Option<SecretString>,
 ) -> Result<Started, AppError> {
     let provider = state.sso.provider(provider_id).filter(|p| p.row.enabled).ok_or(AppError::NotFound)?;
     let return_to = check_return_to(state, return_to)?;
+    // Code mode: the API client proves at the exchange that it started this login (PKCE S256),
+    // so a code carried to another client's page signs no one in there.
+    match (mode, &code_challenge) {
+        (Mode::Code, Some(c)) if token::pkce_well_formed(c) => {}
+        (Mode::Code, _) => {
+            return Err(AppError::Invalid(
+                "code_challenge: mode=code needs a PKCE S256 challenge (43 to 128 of A-Z a-z 0-9 - . _ ~)".into(),
+            ))
+        }
+        (Mode::Cookie, Some(_)) => {
+            return Err(AppError::Invalid("code_challenge: only with mode=code".into()));
+        }
+        (Mode::Cookie, None) => {}
+    }
     let redirect_uri = state.sso.redirect_uri(provider_id);
     let request = provider.oidc.begin(&redirect_uri).await.map_err(|e| AppError::Unavailable(e.0))?;
     // One binding cookie per browser: a second tab's login keeps the first one's working.
@@ -559,6 +601,7 @@ pub async fn begin(
         secrets: sealed,
         return_to,
         mode: mode.as_str().to_string(),
+        code_challenge,
         expires_at_ms: now_ms + LOGIN_TTL_MS,
     };
     let state_hash = token::digest(request.state.expose());
@@ -576,8 +619,8 @@ pub async fn begin(
 /// What the provider sent back to the callback.
 #[derive(Debug, Default)]
 pub struct CallbackInput {
-    pub code: Option<String>,
-    pub state: Option<String>,
+    pub code: Option<SecretString>,
+    pub state: Option<SecretString>,
     pub error: Option<String>,
 }
 
@@ -647,34 +690,47 @@ async fn finish(
         .provider(provider_id)
         .filter(|p| p.row.enabled)
         .ok_or_else(|| Failure::new(404, "unknown identity provider"))?;
-    let given_state =
-        input.state.filter(|s| !s.is_empty() && s.len() <= 512).ok_or_else(|| Failure::new(400, "state missing"))?;
+    let given_state = input
+        .state
+        .filter(|s| !s.expose().is_empty() && s.expose().len() <= 512)
+        .ok_or_else(|| Failure::new(400, "state missing"))?;
     let now = state.clock.now();
     let now_ms = unix_ms(now);
-    let state_hash = token::digest(&given_state);
-    let login = state
+    let state_hash = token::digest(given_state.expose());
+    let browser_hash = browser.map(|b| token::digest(b.expose()));
+    let pid = provider_id.to_string();
+    // The login is taken (single use) only by the browser that started it, at its provider: a
+    // state seen by someone else cannot be burnt by them.
+    let taken = state
         .db
-        .write(move |tx| tx.sso_login_take(&state_hash).map_err(AppError::from))
+        .write(move |tx| {
+            let Some(login) = tx.sso_login_get(&state_hash)? else {
+                return Ok(Err("unknown or already used login state"));
+            };
+            if login.provider_id != pid {
+                return Ok(Err("the login was started with another provider"));
+            }
+            if !browser_hash.is_some_and(|h| ct_eq(&h, &login.browser_hash)) {
+                return Ok(Err("the login was started in another browser"));
+            }
+            tx.sso_login_delete(&state_hash)?;
+            Ok::<_, AppError>(Ok(login))
+        })
         .await
-        .map_err(internal)?
-        .ok_or_else(|| Failure::new(400, "unknown or already used login state"))?;
-    if login.provider_id != provider_id {
-        return Err(Failure::new(400, "the login was started with another provider"));
-    }
+        .map_err(internal)?;
+    let login = taken.map_err(|reason| Failure::new(400, reason))?;
     if login.expires_at_ms < now_ms {
         return Err(Failure::new(400, "the login expired; start again"));
-    }
-    let same_browser = browser.is_some_and(|b| ct_eq(&token::digest(b.expose()), &login.browser_hash));
-    if !same_browser {
-        return Err(Failure::new(400, "the login was started in another browser"));
     }
     if let Some(error) = input.error {
         // Only the standard error code, never the provider's description.
         let code: String = error.chars().filter(|c| c.is_ascii_lowercase() || *c == '_').take(40).collect();
         return Err(Failure::new(400, format!("the provider refused the login ({code})")));
     }
-    let code =
-        input.code.filter(|c| !c.is_empty() && c.len() <= 2048).ok_or_else(|| Failure::new(400, "code missing"))?;
+    let code = input
+        .code
+        .filter(|c| !c.expose().is_empty() && c.expose().len() <= 2048)
+        .ok_or_else(|| Failure::new(400, "code missing"))?;
     let secrets =
         state.auth.sealing.open(&login.secrets, &login_aad(provider_id)).map_err(|e| internal(AppError::from(e)))?;
     let secrets: serde_json::Value = serde_json::from_slice(&secrets).map_err(|e| internal(AppError::internal(e)))?;
@@ -683,11 +739,12 @@ async fn finish(
     let redirect_uri = state.sso.redirect_uri(provider_id);
     let identity = provider
         .oidc
-        .finish(&redirect_uri, &code, verifier, nonce, now)
+        .finish(&redirect_uri, code.expose(), verifier, nonce, now)
         .await
         .map_err(|e| Failure::new(if e.0.starts_with("ID token") { 400 } else { 502 }, e.0))?;
     let mode = if login.mode == "code" { Mode::Code } else { Mode::Cookie };
-    sign_in(state, &provider, identity, mode, login.return_to, origin).await.map_err(internal)
+    let challenge = login.code_challenge.unwrap_or_default();
+    sign_in(state, &provider, identity, mode, challenge, login.return_to, origin).await.map_err(internal)
 }
 
 /// Provision the identity and open its session (cookie mode) or mint its one-time code, in one
@@ -697,6 +754,7 @@ async fn sign_in(
     provider: &Provider,
     identity: ExternalIdentity,
     mode: Mode,
+    code_challenge: String,
     return_to: String,
     origin: &Origin,
 ) -> Result<Finished, AppError> {
@@ -717,7 +775,7 @@ async fn sign_in(
             let details = json!({"provider": provider_id, "mode": mode.as_str(), "subject": identity.subject});
             match code_hash {
                 Some(hash) => {
-                    tx.sso_code_insert(&hash, &user_id, &provider_id, now_ms, now_ms + CODE_TTL_MS)?;
+                    tx.sso_code_insert(&hash, &user_id, &provider_id, &code_challenge, now_ms, now_ms + CODE_TTL_MS)?;
                     let event = Event::new("sso.login.succeeded", Actor::User(user_id.clone()))
                         .target(user_id.clone())
                         .origin(&origin)
@@ -744,10 +802,12 @@ async fn sign_in(
     }
 }
 
-/// `POST /v1/sso/exchange`: a one-time code for a session's tokens (bearer, or cookie mode).
+/// `POST /v1/sso/exchange`: a one-time code and the PKCE verifier of the login that made it, for
+/// a session's tokens (bearer, or cookie mode). A code is gone after one try, right or wrong.
 pub async fn exchange(
     state: &AppState,
     code: SecretString,
+    verifier: SecretString,
     cookie_mode: bool,
     origin: Origin,
 ) -> Result<Issued, AppError> {
@@ -762,7 +822,12 @@ pub async fn exchange(
         .db
         .write(move |tx| {
             let taken = if well_formed { tx.sso_code_take(&hash, now_ms)? } else { None };
-            let Some((user_id, provider_id)) = taken else { return Ok(None) };
+            let Some((user_id, provider_id, challenge)) = taken else { return Ok(None) };
+            let proven = token::pkce_well_formed(verifier.expose())
+                && ct_eq(token::pkce_s256(verifier.expose()).as_bytes(), challenge.as_bytes());
+            if !proven {
+                return Ok(None);
+            }
             let user = tx.user_by_id(&user_id)?.filter(|u| !u.disabled);
             let Some(user) = user else { return Ok(None) };
             let new = sessions::start(tx, &user.id, Method::Sso, &["sso"], false, cookie_mode, life, &o, now)?;
@@ -777,10 +842,10 @@ pub async fn exchange(
     match new {
         Some(new) => crate::domain::auth::issued(state, new, now),
         None => {
-            let event = Event::new("sso.login.failed", Actor::Anonymous)
-                .origin(&origin)
-                .outcome(Outcome::Denied)
-                .details(json!({"reason": "one-time code invalid, expired or already used"}));
+            let event =
+                Event::new("sso.login.failed", Actor::Anonymous).origin(&origin).outcome(Outcome::Denied).details(
+                    json!({"reason": "one-time code invalid, expired, already used or without its PKCE verifier"}),
+                );
             audit::record_alone(&state.db, &state.auditor, now, event).await?;
             Err(AppError::Unauthorized("The code is invalid, expired or already used.".into()))
         }

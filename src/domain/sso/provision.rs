@@ -35,6 +35,8 @@ pub struct Policy {
     pub allowed_email_domains: Vec<String>,
     pub mapping: Vec<MappingRule>,
     pub authoritative: bool,
+    /// Take the provider's emails as verified even without `email_verified` (Entra ID sends none).
+    pub trust_email: bool,
 }
 
 /// Which user the identity is.
@@ -98,24 +100,47 @@ fn email_domain_allowed(policy: &Policy, email: Option<&str>) -> bool {
     policy.allowed_email_domains.contains(&domain)
 }
 
+/// Replace the workspace slugs of `rules` by ids. `Err((index, reference))` names the first rule
+/// whose workspace does not exist.
+pub fn resolve_workspaces(tx: &Tx<'_>, rules: &mut [MappingRule]) -> Result<Result<(), (usize, String)>, AppError> {
+    for (i, r) in rules.iter_mut().enumerate() {
+        if let Some(reference) = &r.workspace {
+            match tx.workspace_by_ref(reference)? {
+                Some(ws) => r.workspace = Some(ws.id),
+                None => return Ok(Err((i, reference.clone()))),
+            }
+        }
+    }
+    Ok(Ok(()))
+}
+
 /// Work out what a login of `identity` would do, reading only.
 pub fn plan(tx: &Tx<'_>, policy: &Policy, identity: &ExternalIdentity) -> Result<Plan, AppError> {
     let email = identity.email.as_deref().and_then(|e| normalize_email(e).ok());
+    // Only an email the provider vouches for may name an account: it links, it is stored, it is
+    // refreshed. An unverified one is never written (members are added and conditions written
+    // by email).
+    let trusted = email.clone().filter(|_| identity.email_verified || policy.trust_email);
+    let name = identity.name.as_deref().map(|n| n.chars().take(200).collect::<String>());
     let refuse = |reason: &str| Plan {
         user: UserMatch::Refuse { reason: reason.to_string() },
-        email: email.clone(),
-        name: identity.name.clone(),
+        email: trusted.clone(),
+        name: name.clone(),
         profile_changes: Vec::new(),
         admin: AdminChange::None,
         admin_after: false,
         memberships: Vec::new(),
         notes: Vec::new(),
     };
-    if identity.subject.is_empty() {
-        return Ok(refuse("the provider named no subject"));
+    if identity.subject.is_empty() || identity.subject.len() > 255 {
+        return Ok(refuse("the provider named no usable subject"));
     }
     if !email_domain_allowed(policy, email.as_deref()) {
         return Ok(refuse("the email's domain is not allowed for this provider"));
+    }
+    let mut notes = Vec::new();
+    if email.is_some() && trusted.is_none() {
+        notes.push("the provider did not verify the email: it is not stored, linked or updated".to_string());
     }
     let linked = tx.sso_identity(&policy.provider_id, &identity.issuer, &identity.subject)?;
     let (user_match, user): (UserMatch, Option<UserRow>) = match linked {
@@ -124,17 +149,22 @@ pub fn plan(tx: &Tx<'_>, policy: &Policy, identity: &ExternalIdentity) -> Result
             (UserMatch::Linked { user_id: link.user_id }, user)
         }
         None => {
-            let by_email = match (&email, policy.link_by_email, policy.jit) {
+            let by_email = match (&trusted, policy.link_by_email, policy.jit) {
                 (_, _, Jit::Off) => None,
-                (Some(e), LinkByEmail::VerifiedOnly, _) if identity.email_verified => tx.user_by_email(e)?,
+                (Some(e), LinkByEmail::VerifiedOnly, _) => tx.user_by_email(e)?,
                 _ => None,
             };
             match by_email {
                 Some(u) if u.kind == "anonymous" => return Ok(refuse("no account is linked to this identity")),
+                // One identity per provider and account: a recycled mailbox does not inherit
+                // the account of the person the provider knew before.
+                Some(u) if tx.sso_identity_count(&policy.provider_id, &u.id)? > 0 => {
+                    return Ok(refuse("the account with this email is linked to another identity of this provider"))
+                }
                 Some(u) => (UserMatch::LinkByEmail { user_id: u.id.clone() }, Some(u)),
                 None if policy.jit == Jit::Create => {
-                    // An account with this email exists but may not be linked: creating a
-                    // second one would split the person in two (and emails are unique).
+                    // An account with this email (verified or not) exists but may not be
+                    // linked: a second one would split the person in two.
                     if let Some(e) = &email {
                         if tx.user_by_email(e)?.is_some() {
                             return Ok(refuse(
@@ -142,7 +172,15 @@ pub fn plan(tx: &Tx<'_>, policy: &Policy, identity: &ExternalIdentity) -> Result
                             ));
                         }
                     }
-                    (UserMatch::Create { email: email.clone(), name: identity.name.clone() }, None)
+                    // A new account needs an email the provider vouches for.
+                    if trusted.is_none() {
+                        return Ok(refuse(if email.is_some() {
+                            "the provider did not verify the email; a new account needs a verified one"
+                        } else {
+                            "the provider sent no email; a new account needs one"
+                        }));
+                    }
+                    (UserMatch::Create { email: trusted.clone(), name: name.clone() }, None)
                 }
                 None => return Ok(refuse("no account is linked to this identity")),
             }
@@ -155,10 +193,9 @@ pub fn plan(tx: &Tx<'_>, policy: &Policy, identity: &ExternalIdentity) -> Result
     } else if !matches!(user_match, UserMatch::Create { .. }) {
         return Ok(refuse("no account is linked to this identity"));
     }
-    let mut notes = Vec::new();
     let mut profile_changes = Vec::new();
     if let Some(u) = &user {
-        if let Some(e) = &email {
+        if let Some(e) = &trusted {
             if u.email.as_deref() != Some(e.as_str()) {
                 match tx.user_by_email(e)? {
                     Some(other) if other.id != u.id => notes
@@ -167,23 +204,14 @@ pub fn plan(tx: &Tx<'_>, policy: &Policy, identity: &ExternalIdentity) -> Result
                 }
             }
         }
-        if identity.name.is_some() && u.name != identity.name {
+        if name.is_some() && u.name != name {
             profile_changes.push("name");
         }
     }
     let user_id = user.as_ref().map(|u| u.id.clone());
     let (admin, admin_after) = plan_admin(tx, policy, identity, user.as_ref(), &mut notes)?;
     let memberships = plan_memberships(tx, policy, identity, user_id.as_deref(), &mut notes)?;
-    Ok(Plan {
-        user: user_match,
-        email,
-        name: identity.name.clone(),
-        profile_changes,
-        admin,
-        admin_after,
-        memberships,
-        notes,
-    })
+    Ok(Plan { user: user_match, email: trusted, name, profile_changes, admin, admin_after, memberships, notes })
 }
 
 fn plan_admin(
@@ -238,7 +266,9 @@ fn plan_memberships(
     let mut role_names: BTreeMap<String, String> = BTreeMap::new();
     let mut owner_roles: BTreeMap<String, String> = BTreeMap::new();
     for reference in &named {
-        let Some(ws) = tx.workspace_by_ref(reference)? else {
+        // Rules hold workspace ids (slugs are resolved when a provider is saved): a workspace
+        // renamed to a slug a rule once named does not inherit its members.
+        let Some(ws) = tx.workspace_by_ref(reference)?.filter(|w| w.id == *reference) else {
             if wanted.contains_key(reference) {
                 notes.push(format!("mapping names workspace {reference:?}, which does not exist"));
             }
@@ -275,7 +305,7 @@ fn plan_memberships(
     for ws_id in granted.keys() {
         if !by_ws.contains_key(ws_id) {
             // A workspace the mapping no longer names: what it granted there goes.
-            if let Some(ws) = tx.workspace_by_ref(ws_id)? {
+            if let Some(ws) = tx.workspace_by_ref(ws_id)?.filter(|w| w.id == *ws_id) {
                 for r in tx.roles_of(&ws.id)? {
                     role_names.insert(r.id.clone(), r.name.clone());
                     if r.builtin && r.name == "owner" {
