@@ -92,6 +92,9 @@ async fn schemathesis_finds_no_server_errors() {
         // are left to the integration tests.
         .args(["--exclude-operation-id", "logout", "--exclude-operation-id", "logoutAll"])
         .args(["--exclude-operation-id", "revokeMySession"])
+        // An identity provider made with a random issuer would send later login starts to a
+        // random host (tests reach loopback only); provider input is covered by tests/api/sso.rs.
+        .args(["--exclude-operation-id", "createSsoProvider", "--exclude-operation-id", "updateSsoProvider"])
         // One worker: hypothesis describing filtered strategies from two threads at once trips a
         // CPython 3.11 parser bug ("AST constructor recursion depth mismatch").
         .args(["--workers", "1"])
@@ -100,7 +103,8 @@ async fn schemathesis_finds_no_server_errors() {
         .arg("--no-color")
         .current_dir(scratch.path())
         .env("NO_COLOR", "1");
-    let out = run_peer(cmd, Duration::from_secs(300), "schemathesis").await;
+    // About 170 s on a loaded 2-core machine; the limit leaves room for a slower one.
+    let out = run_peer(cmd, Duration::from_secs(480), "schemathesis").await;
 
     app.stop().await;
     assert!(out.status.success(), "{}", report("schemathesis", &out));

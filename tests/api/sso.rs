@@ -98,7 +98,7 @@ impl Idp {
             let _ = BufReader::new(stdout).read_line(&mut line);
             let _ = tx.send(line);
         });
-        let line = rx.recv_timeout(Duration::from_secs(30)).expect("the test IdP starts within 30 s");
+        let line = rx.recv_timeout(Duration::from_secs(90)).expect("the test IdP starts within 90 s");
         let ready: Value = serde_json::from_str(line.trim()).unwrap_or_else(|_| panic!("IdP said {line:?}"));
         let http = reqwest::Client::builder()
             .add_root_certificate(reqwest::Certificate::from_pem(ca.pem().as_bytes()).unwrap())
