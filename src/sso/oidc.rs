@@ -77,7 +77,13 @@ pub struct OidcProvider {
     ttl: Duration,
     skew: i64,
     cache: tokio::sync::Mutex<Option<Cached>>,
+    /// When discovery last failed, and why: for `FAILURE_HOLD` the answer is the same at once,
+    /// so that logins do not queue behind a provider that is down.
+    failed: std::sync::Mutex<Option<(Instant, OidcError)>>,
 }
+
+/// How long a failed discovery is answered from memory.
+const FAILURE_HOLD: Duration = Duration::from_secs(5);
 
 impl std::fmt::Debug for OidcProvider {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -109,7 +115,16 @@ impl OidcProvider {
             return Err(OidcError::new("no accepted ID token algorithm"));
         }
         let skew = i64::try_from(skew.as_secs()).unwrap_or(300);
-        Ok(Self { settings, issuer, algorithms, http, ttl, skew, cache: tokio::sync::Mutex::new(None) })
+        Ok(Self {
+            settings,
+            issuer,
+            algorithms,
+            http,
+            ttl,
+            skew,
+            cache: tokio::sync::Mutex::new(None),
+            failed: std::sync::Mutex::new(None),
+        })
     }
 
     pub fn settings(&self) -> &OidcSettings {
@@ -142,10 +157,27 @@ impl OidcProvider {
             }
             (None, _) => {}
         }
-        let metadata = CoreProviderMetadata::discover_async(self.issuer.clone(), &http).await.map_err(|e| {
-            tracing::warn!(provider = %self.settings.id, error = %e, "OIDC discovery failed");
-            OidcError::new("the provider's discovery document could not be read")
-        })?;
+        if let Some((at, e)) = self.failed.lock().ok().and_then(|f| f.clone()) {
+            if at.elapsed() < FAILURE_HOLD {
+                return Err(e);
+            }
+        }
+        let discovered = match CoreProviderMetadata::discover_async(self.issuer.clone(), &http).await {
+            Ok(m) => Ok(m),
+            Err(e) => {
+                tracing::warn!(provider = %self.settings.id, error = %e, "OIDC discovery failed");
+                Err(OidcError::new("the provider's discovery document could not be read"))
+            }
+        };
+        let metadata = match discovered {
+            Ok(m) => m,
+            Err(e) => {
+                if let Ok(mut f) = self.failed.lock() {
+                    *f = Some((Instant::now(), e.clone()));
+                }
+                return Err(e);
+            }
+        };
         // The client secret, the code and the access token go to these: TLS only (plain HTTP to
         // a loopback address only).
         let endpoints = [
