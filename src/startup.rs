@@ -689,8 +689,8 @@ pub async fn maintain_keys(state: &AppState) -> Result<(), FatalError> {
     Ok(())
 }
 
-/// One round of background work: key schedule, expired anonymous users and sessions, batched
-/// token use times, old entries of the revocation view. Errors are logged; the next round retries.
+/// One round of background work: key schedule, expired anonymous users and sessions, expired SSO
+/// logins and codes, batched token use times, old entries of the revocation view. Errors are logged; the next round retries.
 pub async fn housekeeping_round(state: &AppState) {
     if let Err(e) = maintain_keys(state).await {
         tracing::error!(error = %e, "signing key maintenance failed");
@@ -699,6 +699,9 @@ pub async fn housekeeping_round(state: &AppState) {
         Ok(0) => {}
         Ok(n) => tracing::info!(purged = n, "purged expired anonymous users"),
         Err(e) => tracing::error!(error = %e, "purging anonymous users failed"),
+    }
+    if let Err(e) = crate::domain::sso::purge_expired(state).await {
+        tracing::error!(error = %e, "purging expired SSO logins failed");
     }
     if let Err(e) = crate::domain::auth::flush_token_uses(state).await {
         tracing::error!(error = %e, "recording token use failed");

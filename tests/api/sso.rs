@@ -558,6 +558,19 @@ async fn state_code_and_return_to_attacks_fail() {
     let r = victim.get(&back).await;
     assert_eq!(r.status(), StatusCode::FOUND, "the victim's own login still works");
 
+    // A login left ten minutes is expired, then forgotten by housekeeping.
+    let mut late = Browser::new();
+    let stale = through_idp(&mut late, &app, &idp, "/v1/sso/corp/login", "bob@corp.example", "bob-password").await;
+    app.clock.advance(time::Duration::minutes(11));
+    let r = late.get(&stale).await;
+    assert!(r.text().await.unwrap().contains("the login expired"));
+    let stale = through_idp(&mut late, &app, &idp, "/v1/sso/corp/login", "bob@corp.example", "bob-password").await;
+    app.clock.advance(time::Duration::minutes(11));
+    gatehouse::startup::housekeeping_round(&app.state).await;
+    let r = late.get(&stale).await;
+    assert!(r.text().await.unwrap().contains("unknown or already used"), "purged by housekeeping");
+    app.clock.advance(time::Duration::minutes(-22));
+
     // A good login, then the same callback URL replayed.
     let mut b = Browser::new();
     let back = through_idp(&mut b, &app, &idp, "/v1/sso/corp/login", "bob@corp.example", "bob-password").await;

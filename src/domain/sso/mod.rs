@@ -852,6 +852,12 @@ pub async fn exchange(
     }
 }
 
+/// Forget logins in flight and one-time codes past their time (housekeeping).
+pub async fn purge_expired(state: &AppState) -> Result<usize, AppError> {
+    let now_ms = unix_ms(state.clock.now());
+    state.db.write(move |tx| tx.sso_expired_purge(now_ms).map_err(AppError::from)).await
+}
+
 /// An enabled provider as a login page lists it.
 #[derive(Debug, Clone)]
 pub struct LoginOption {
