@@ -29,6 +29,17 @@ const PURGING: &str = "audit.purging";
 /// The `meta` key holding the last sequence number written to `audit_index` (migration 0008).
 const INDEXED_THROUGH: &str = "audit.indexed_through";
 
+/// `audit_index.block` is a record's sequence number shifted right by this many bits: entries
+/// are grouped by block of 65,536 records first, then by key. The indexer's writes then stay
+/// within the newest block's pages, however long the log; a query reads each block of its range
+/// in turn, newest first.
+/// (Unit tests use blocks of 32 records, so that a few hundred records span many.)
+const BLOCK_BITS: u32 = if cfg!(test) { 5 } else { 16 };
+
+fn block_of(seq: i64) -> i64 {
+    seq >> BLOCK_BITS
+}
+
 /// Sequence order of a query's answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Order {
@@ -102,15 +113,15 @@ fn scan_sql(clause: &str, order: Order) -> String {
     )
 }
 
-/// The records filed under one key (`?`, `?`) in a sequence range (`?`, `?`) that match
-/// `clause` (over `l.`), at most `?`. CROSS JOIN keeps the index entries as the outer loop, so
-/// that they come in sequence order and the query stops at the limit.
+/// The records of one block (`?`) filed under one key (`?`, `?`) in a sequence range (`?`,
+/// `?`) that match `clause` (over `l.`), at most `?`. CROSS JOIN keeps the index entries as the
+/// outer loop, so that they come in sequence order and the query stops at the limit.
 fn indexed_sql(clause: &str, order: Order) -> String {
     let columns = COLUMNS.split(", ").map(|c| format!("l.{c}")).collect::<Vec<_>>().join(", ");
     format!(
         "SELECT {columns} FROM audit_index AS i CROSS JOIN audit_log AS l NOT INDEXED \
-         WHERE i.kind = ? AND i.key = ? AND i.seq >= ? AND i.seq <= ? AND l.seq = i.seq AND {clause} \
-         ORDER BY i.seq {} LIMIT ?",
+         WHERE i.block = ? AND i.kind = ? AND i.key = ? AND i.seq >= ? AND i.seq <= ? AND l.seq = i.seq \
+         AND {clause} ORDER BY i.seq {} LIMIT ?",
         order.sql()
     )
 }
@@ -208,7 +219,6 @@ impl Tx<'_> {
         let watermark = self.audit_indexed_through()?;
         let indexed = (lo, hi.min(watermark));
         let tail = (lo.max(watermark.saturating_add(1)), hi);
-        let lead = self.audit_lead_key(&keys, indexed)?;
         let scan_tail = |n: i64| {
             if tail.0 > tail.1 || n <= 0 {
                 return Ok(Vec::new());
@@ -219,7 +229,7 @@ impl Tx<'_> {
             if indexed.0 > indexed.1 || n <= 0 {
                 return Ok(Vec::new());
             }
-            self.audit_scan_indexed(f, lead, indexed.0, indexed.1, order, n)
+            self.audit_scan_indexed(f, &keys, indexed.0, indexed.1, order, n)
         };
         // The tail holds the newest records: first when newest first, last otherwise.
         let mut rows = match order {
@@ -252,43 +262,73 @@ impl Tx<'_> {
         Ok(rows.collect::<Result<Vec<_>, _>>()?)
     }
 
-    /// The entries of one key in `audit_index` over `lo..=hi`, in sequence order, each record
-    /// read and every filter tested on it.
+    /// The records over `lo..=hi` filed in `audit_index` under one of `keys` (in each block, the
+    /// key with the fewest entries leads), in sequence order, block after block until `limit`;
+    /// each record read and every filter tested on it.
     fn audit_scan_indexed(
         &self,
         f: &AuditFilter,
-        (kind, key): (IndexKind, &str),
+        keys: &[(IndexKind, &str)],
         lo: i64,
         hi: i64,
         order: Order,
         limit: i64,
     ) -> Result<Vec<AuditRow>, DbError> {
-        let (clause, mut args) = f.clause("l.");
-        let mut all =
-            vec![Value::Integer(kind as i64), Value::Text(key.to_string()), Value::Integer(lo), Value::Integer(hi)];
-        all.append(&mut args);
-        all.push(Value::Integer(limit));
+        // Blocks below the oldest record (gone by retention) hold nothing.
+        let Some(first) = self.audit_first_seq()? else { return Ok(Vec::new()) };
+        let lo = lo.max(first);
+        if lo > hi {
+            return Ok(Vec::new());
+        }
+        let (clause, args) = f.clause("l.");
         let mut stmt = self.conn().prepare_cached(&indexed_sql(&clause, order))?;
-        let rows = stmt.query_map(params_from_iter(all), from_row)?;
-        Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        let blocks = block_of(lo)..=block_of(hi);
+        let blocks: Box<dyn Iterator<Item = i64>> = match order {
+            Order::NewestFirst => Box::new(blocks.rev()),
+            Order::OldestFirst => Box::new(blocks),
+        };
+        let mut rows = Vec::new();
+        for block in blocks {
+            let (from, to) = (lo.max(block << BLOCK_BITS), hi.min(((block + 1) << BLOCK_BITS) - 1));
+            let (kind, key) = self.audit_lead_key(keys, block, from, to)?;
+            let mut all = vec![
+                Value::Integer(block),
+                Value::Integer(kind as i64),
+                Value::Text(key.to_string()),
+                Value::Integer(from),
+                Value::Integer(to),
+            ];
+            all.extend(args.iter().cloned());
+            all.push(Value::Integer(limit - rows.len() as i64));
+            let found = stmt.query_map(params_from_iter(all), from_row)?;
+            for row in found {
+                rows.push(row?);
+            }
+            if rows.len() as i64 >= limit {
+                break;
+            }
+        }
+        Ok(rows)
     }
 
-    /// Of the filter's keys, the one with the fewest index entries over `lo..=hi` (counted up to
-    /// a bound: past it any of them leads well enough).
+    /// Of the filter's keys, the one with the fewest entries in `block` over `from..=to`
+    /// (counted up to a bound: past it any of them leads well enough).
     fn audit_lead_key<'k>(
         &self,
         keys: &[(IndexKind, &'k str)],
-        (lo, hi): (i64, i64),
+        block: i64,
+        from: i64,
+        to: i64,
     ) -> Result<(IndexKind, &'k str), DbError> {
-        const COUNT_UP_TO: i64 = 2000;
+        const COUNT_UP_TO: i64 = 256;
         let mut best: Option<((IndexKind, &'k str), i64)> = None;
-        if keys.len() > 1 && lo <= hi {
+        if keys.len() > 1 {
             let mut stmt = self.conn().prepare_cached(
                 "SELECT count(*) FROM (SELECT 1 FROM audit_index \
-                 WHERE kind = ?1 AND key = ?2 AND seq >= ?3 AND seq <= ?4 LIMIT ?5)",
+                 WHERE block = ?1 AND kind = ?2 AND key = ?3 AND seq >= ?4 AND seq <= ?5 LIMIT ?6)",
             )?;
             for &(kind, key) in keys {
-                let n: i64 = stmt.query_row(params![kind as i64, key, lo, hi, COUNT_UP_TO], |r| r.get(0))?;
+                let n: i64 = stmt.query_row(params![block, kind as i64, key, from, to, COUNT_UP_TO], |r| r.get(0))?;
                 if best.is_none_or(|(_, b)| n < b) {
                     best = Some(((kind, key), n));
                 }
@@ -315,7 +355,7 @@ impl Tx<'_> {
     /// and move the watermark past them. Returns the new watermark and how many were indexed.
     pub fn audit_index_pending(&self, max: i64) -> Result<(i64, i64), DbError> {
         let watermark = self.audit_indexed_through()?;
-        let mut entries: Vec<(IndexKind, String, i64)> = Vec::new();
+        let mut entries: Vec<(i64, IndexKind, String, i64)> = Vec::new();
         let mut last = watermark;
         let mut count = 0;
         {
@@ -333,7 +373,7 @@ impl Tx<'_> {
                     workspace_id: r.get(4)?,
                     client_ip: r.get(5)?,
                 };
-                keys.for_each_key(|kind, key| entries.push((kind, key.to_string(), seq)));
+                keys.for_each_key(|kind, key| entries.push((block_of(seq), kind, key.to_string(), seq)));
                 last = seq;
                 count += 1;
             }
@@ -343,10 +383,11 @@ impl Tx<'_> {
         }
         // In key order, a batch dirties each leaf page of audit_index once.
         entries.sort_unstable();
-        let mut insert =
-            self.conn().prepare_cached("INSERT OR IGNORE INTO audit_index (kind, key, seq) VALUES (?1, ?2, ?3)")?;
-        for (kind, key, seq) in &entries {
-            insert.execute(params![*kind as i64, key, seq])?;
+        let mut insert = self
+            .conn()
+            .prepare_cached("INSERT OR IGNORE INTO audit_index (block, kind, key, seq) VALUES (?1, ?2, ?3, ?4)")?;
+        for (block, kind, key, seq) in &entries {
+            insert.execute(params![block, *kind as i64, key, seq])?;
         }
         self.meta_set(INDEXED_THROUGH, &last.to_string())?;
         Ok((last, count))
@@ -378,7 +419,7 @@ impl Tx<'_> {
 
     /// The oldest record still present.
     pub fn audit_first_seq(&self) -> Result<Option<i64>, DbError> {
-        Ok(self.conn().query_row("SELECT min(seq) FROM audit_log", [], |r| r.get(0))?)
+        Ok(self.conn().prepare_cached("SELECT min(seq) FROM audit_log")?.query_row([], |r| r.get(0))?)
     }
 
     /// Records older than `before_ms` after `after`, oldest first: what a purge may remove.
@@ -407,8 +448,9 @@ impl Tx<'_> {
             let mut read = self.conn().prepare_cached(
                 "SELECT actor_id, action, target, workspace_id, client_ip FROM audit_log WHERE seq = ?1",
             )?;
-            let mut unindex =
-                self.conn().prepare_cached("DELETE FROM audit_index WHERE kind = ?1 AND key = ?2 AND seq = ?3")?;
+            let mut unindex = self
+                .conn()
+                .prepare_cached("DELETE FROM audit_index WHERE block = ?1 AND kind = ?2 AND key = ?3 AND seq = ?4")?;
             let mut del = self.conn().prepare_cached("DELETE FROM audit_log WHERE seq = ?1")?;
             let mut stub = self.conn().prepare_cached("INSERT INTO audit_purged (seq, hash) VALUES (?1, ?2)")?;
             for (seq, hash) in records {
@@ -428,7 +470,7 @@ impl Tx<'_> {
                         let mut failed = None;
                         keys.for_each_key(|kind, key| {
                             if failed.is_none() {
-                                failed = unindex.execute(params![kind as i64, key, seq]).err();
+                                failed = unindex.execute(params![block_of(*seq), kind as i64, key, seq]).err();
                             }
                         });
                         if let Some(e) = failed {
@@ -459,7 +501,8 @@ impl Tx<'_> {
 
     /// The largest stub sequence number.
     pub fn audit_last_stub(&self) -> Result<Option<i64>, DbError> {
-        Ok(self.conn().query_row("SELECT max(seq) FROM audit_purged", [], |r| r.get(0))?)
+        // Read at every append: prepared once.
+        Ok(self.conn().prepare_cached("SELECT max(seq) FROM audit_purged")?.query_row([], |r| r.get(0))?)
     }
 
     /// Drop the stubs at or below `seq` (the chain's new base covers them).
@@ -578,8 +621,8 @@ pub enum ActorFilter {
 }
 
 /// The filters of an audit query, already validated. Time bounds are given both as times and
-/// as the sequence range they cover (records' times never go backwards), so that every filter
-/// is an index range.
+/// as the sequence range they cover (records' times never go backwards), so that a time range
+/// is a range of the rowid and of `audit_index`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct AuditFilter {
     pub since_ms: Option<i64>,
@@ -694,7 +737,7 @@ mod tests {
 
     /// Records with every shape a filter distinguishes: ids that are prefixes of others (`u1`,
     /// `u10`, `u1/t1`), actions at every depth and a category that starts like another
-    /// (`auth`, `authz`), absent values.
+    /// (`door`, `doorz`), absent values.
     fn fill(tx: &Tx<'_>, n: i64) {
         let actors: [(&str, Option<&str>); 8] = [
             ("system", None),
@@ -706,7 +749,8 @@ mod tests {
             ("token", Some("u1/t2")),
             ("api_key", Some("k1")),
         ];
-        let actions = ["auth.login.failed", "auth.login", "auth", "auth.logout", "authz.x", "api.read", "a.b.c.d"];
+        // A made-up category: a real one's names would read as events the catalogue lacks.
+        let actions = ["door.lock.failed", "door.lock", "door", "door.unlock", "doorz.x", "api.read", "a.b.c.d"];
         let targets = [None, Some("t1"), Some("t10"), Some("t2")];
         let workspaces = [None, Some("w1"), Some("w2")];
         let ips = [None, Some("10.0.0.1"), Some("10.0.0.10"), Some("::1"), Some("10.0.0.1")];
@@ -749,7 +793,7 @@ mod tests {
         for ty in ["system", "anonymous"] {
             single.push((0, AuditFilter { actor: Some(ActorFilter::Type(ty.into())), ..base() }));
         }
-        for p in ["auth.", "auth", "auth.login", "auth.login.", "authz.", "a.b.", "a.b.c.d", "api.read", "zz."] {
+        for p in ["door.", "door", "door.lock", "door.lock.", "doorz.", "a.b.", "a.b.c.d", "api.read", "zz."] {
             single.push((1, AuditFilter { action_prefix: Some(p.into()), ..base() }));
         }
         for t in ["t1", "t10"] {
@@ -910,7 +954,7 @@ mod tests {
             ts_ms: 1,
             actor_type: "token".into(),
             actor_id: Some("u1/t1".into()),
-            action: "auth.login.failed".into(),
+            action: "door.lock.failed".into(),
             target: Some("t".into()),
             workspace_id: Some("w".into()),
             outcome: "failure".into(),
@@ -926,9 +970,9 @@ mod tests {
         let want: Vec<(i64, String)> = [
             (1, "u1"),
             (1, "u1/t1"),
-            (2, "auth"),
-            (2, "auth.login"),
-            (2, "auth.login.failed"),
+            (2, "door"),
+            (2, "door.lock"),
+            (2, "door.lock.failed"),
             (3, "t"),
             (4, "w"),
             (5, "::1"),
@@ -966,7 +1010,7 @@ mod tests {
         tx.meta_set(INDEXED_THROUGH, "0").unwrap();
         tx.audit_index_pending(1000).unwrap();
         assert_eq!(index_table(&tx), kept);
-        let f = AuditFilter { action_prefix: Some("auth.".into()), ..AuditFilter::default() };
+        let f = AuditFilter { action_prefix: Some("door.".into()), ..AuditFilter::default() };
         assert_eq!(pages_newest_first(&tx, &f, 10), reference(&tx, &f));
 
         let conn = open();
@@ -998,8 +1042,11 @@ mod tests {
             ..AuditFilter::default()
         };
         let (clause, args) = f.clause("l.");
-        let indexed = plan(&indexed_sql(&clause, Order::NewestFirst), args.len() + 5);
-        assert!(indexed.contains("SEARCH i USING PRIMARY KEY (kind=? AND key=? AND seq>? AND seq<?)"), "{indexed}");
+        let indexed = plan(&indexed_sql(&clause, Order::NewestFirst), args.len() + 6);
+        assert!(
+            indexed.contains("SEARCH i USING PRIMARY KEY (block=? AND kind=? AND key=? AND seq>? AND seq<?)"),
+            "{indexed}"
+        );
         assert!(indexed.contains("SEARCH l USING INTEGER PRIMARY KEY (rowid=?)"), "{indexed}");
         assert!(!indexed.contains("TEMP B-TREE"), "{indexed}");
         let (clause, args) = f.clause("");

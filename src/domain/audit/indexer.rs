@@ -11,13 +11,28 @@ use std::time::Duration;
 
 /// Records indexed per write transaction: enough that a batch dirties each index page once for
 /// many records, few enough that the writers queued behind it wait tens of milliseconds.
-const BATCH: i64 = 20_000;
+const BATCH: i64 = 5_000;
 
 /// Index every record appended so far, a batch per transaction. Returns the watermark (the last
 /// sequence number indexed).
 pub async fn catch_up(db: &Db) -> Result<i64, AppError> {
     loop {
-        let (watermark, indexed) = db.write(|tx| tx.audit_index_pending(BATCH)).await?;
+        let started = std::time::Instant::now();
+        let ((watermark, indexed), filing) = db
+            .write(|tx| {
+                let started = std::time::Instant::now();
+                tx.audit_index_pending(BATCH).map(|done| (done, started.elapsed()))
+            })
+            .await?;
+        if indexed > 0 {
+            tracing::debug!(
+                records = indexed,
+                watermark,
+                filing_ms = filing.as_millis() as u64,
+                with_commit_ms = started.elapsed().as_millis() as u64,
+                "filed audit records in the query index"
+            );
+        }
         if indexed < BATCH {
             return Ok(watermark);
         }
