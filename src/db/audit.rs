@@ -196,9 +196,9 @@ impl Tx<'_> {
     }
 
     /// Records matching `f` with a sequence number in `lo..=hi`, in `order`, at most `limit`.
-    /// Up to the indexer's watermark, one of the filter's keys in `audit_index` leads (the one
-    /// with the fewest entries in the range); above it, the few records not yet indexed are
-    /// scanned. Both parts test every filter on the record itself.
+    /// Up to the indexer's watermark, the filter's keys in `audit_index` lead (block by block,
+    /// the one with the fewest entries); above it, the few records not yet indexed are scanned.
+    /// Both parts test every filter on the record itself.
     fn audit_select(
         &self,
         f: &AuditFilter,
