@@ -105,6 +105,10 @@ pub struct AuditConfig {
     pub checkpoint_every_records: u64,
     /// ...or after this many seconds with at least one new record.
     pub checkpoint_interval_seconds: u64,
+    /// How often (milliseconds) the background indexer files the new records in the query index.
+    /// Queries scan the records not yet filed, so a longer interval costs queries a longer scan
+    /// and saves appends index writes (a batch dirties each index page once).
+    pub index_interval_ms: u64,
     /// Days a record is kept, by category (the first part of the event name: `auth`, `secret`,
     /// ...), with `default` for the others. A category not named (and no `default`) is kept forever.
     pub retention_days: std::collections::BTreeMap<String, u32>,
@@ -119,6 +123,7 @@ impl Default for AuditConfig {
             record_reads: false,
             checkpoint_every_records: 10_000,
             checkpoint_interval_seconds: 300,
+            index_interval_ms: 500,
             retention_days: std::collections::BTreeMap::new(),
             syslog: Vec::new(),
         }
@@ -754,6 +759,9 @@ impl Config {
         }
         if !(10..=86_400).contains(&a.checkpoint_interval_seconds) {
             return bad("audit.checkpoint_interval_seconds must be between 10 and 86400".into());
+        }
+        if !(10..=3_600_000).contains(&a.index_interval_ms) {
+            return bad("audit.index_interval_ms must be between 10 and 3600000".into());
         }
         for (category, days) in &a.retention_days {
             if category != "default" && !crate::domain::audit::catalogue::is_category(category) {

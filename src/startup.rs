@@ -584,6 +584,11 @@ impl Application {
         for forwarder in self.forwarders {
             audit_tasks.push(tokio::spawn(forwarder.run(audit_stop_rx.clone())));
         }
+        audit_tasks.push(tokio::spawn(crate::domain::audit::indexer::run(
+            state.db.clone(),
+            state.audit.index_interval,
+            audit_stop_rx.clone(),
+        )));
         let monitor = tokio::spawn(crate::domain::monitoring::run_monitor(state.clone(), stop_rx.clone()));
         let delivery = tokio::spawn(crate::domain::monitoring::run_delivery(state.clone(), stop_rx));
         let result = poem::Server::new_with_acceptor(self.acceptor)

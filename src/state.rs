@@ -49,6 +49,8 @@ pub struct AuditSettings {
     pub record_reads: bool,
     pub checkpoint_every_records: u64,
     pub checkpoint_interval_seconds: u64,
+    /// How often the query index is brought up to the chain head.
+    pub index_interval: std::time::Duration,
     pub retention: crate::domain::audit::integrity::Retention,
     /// When retention last ran (ms since the epoch): it runs at most once an hour.
     pub last_purge_ms: std::sync::atomic::AtomicI64,
@@ -60,6 +62,7 @@ impl AuditSettings {
             record_reads: c.record_reads,
             checkpoint_every_records: c.checkpoint_every_records,
             checkpoint_interval_seconds: c.checkpoint_interval_seconds,
+            index_interval: std::time::Duration::from_millis(c.index_interval_ms),
             retention: crate::domain::audit::integrity::Retention::from_config(&c.retention_days),
             last_purge_ms: std::sync::atomic::AtomicI64::new(i64::MIN),
         }

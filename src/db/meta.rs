@@ -5,14 +5,19 @@ use rusqlite::OptionalExtension;
 
 impl Tx<'_> {
     pub fn meta_get(&self, key: &str) -> Result<Option<String>, DbError> {
-        Ok(self.conn().query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0)).optional()?)
+        Ok(self
+            .conn()
+            .prepare_cached("SELECT value FROM meta WHERE key = ?1")?
+            .query_row([key], |r| r.get(0))
+            .optional()?)
     }
 
     pub fn meta_set(&self, key: &str, value: &str) -> Result<(), DbError> {
-        self.conn().execute(
-            "INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-            [key, value],
-        )?;
+        self.conn()
+            .prepare_cached(
+                "INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            )?
+            .execute([key, value])?;
         Ok(())
     }
 

@@ -561,6 +561,148 @@ mod api {
         app.stop().await;
     }
 
+    /// The sequence numbers a query gives, page after page of `limit`.
+    async fn seqs_paged(app: &TestApp, token: &str, query: &str, limit: usize) -> Vec<i64> {
+        let mut out = Vec::new();
+        let mut cursor = String::new();
+        loop {
+            let (s, b) = get(app, &format!("/v1/audit?{query}&limit={limit}{cursor}"), token).await;
+            assert_eq!(s, StatusCode::OK, "{query}: {b}");
+            out.extend(items(&b).iter().map(|r| r["seq"].as_i64().unwrap()));
+            match b["next_cursor"].as_str() {
+                Some(c) => cursor = format!("&cursor={c}"),
+                None => return out,
+            }
+        }
+    }
+
+    /// A record is found by every filter from the moment it is appended: before the indexer
+    /// files it (the tail above the watermark is scanned), after (the index), and in pages and
+    /// exports that cross the watermark.
+    #[tokio::test]
+    async fn queries_see_records_before_and_after_the_indexer_files_them() {
+        // The indexer runs at start and then not for an hour: the test moves it by hand.
+        let app = app_with(|c| c.audit.index_interval_ms = 3_600_000).await;
+        let indexer = gatehouse::domain::audit::indexer::catch_up;
+        let lag = gatehouse::domain::audit::indexer::lag;
+        let root = admin(&app).await;
+        let (alice, alice_id) = signup(&app, "alice@example.com").await;
+        for (i, ip) in ["10.5.5.5", "10.6.6.6", "10.5.5.5"].into_iter().enumerate() {
+            failed_login(&app, &format!("nobody{i}@example.com"), ip).await;
+        }
+        let (s, ws) =
+            call(&app, Method::POST, "/v1/workspaces", Some(&alice), Some(json!({"slug": "acme", "name": "Acme"})))
+                .await;
+        assert_eq!(s, StatusCode::CREATED, "{ws}");
+        let ws_id = ws["id"].as_str().unwrap().to_string();
+        let watermark = indexer(&app.state.db).await.unwrap();
+        // The same kinds of records again, not filed yet.
+        for (i, ip) in ["10.5.5.5", "10.6.6.6"].into_iter().enumerate() {
+            failed_login(&app, &format!("later{i}@example.com"), ip).await;
+        }
+        let (s, b) =
+            call(&app, Method::PATCH, "/v1/workspaces/acme", Some(&alice), Some(json!({"name": "Acme Corporation"})))
+                .await;
+        assert!(s.is_success(), "{s} {b}");
+        let (head, still) = lag(&app.state.db).await.unwrap();
+        assert_eq!(still, watermark);
+        assert!(head >= watermark + 3, "{head} {watermark}");
+
+        // One page across the watermark: the newest from the tail, the next from the index.
+        let both = seqs_paged(&app, &root, "ip=10.5.5.5", 2).await;
+        assert_eq!(both.len(), 3, "{both:?}");
+        assert!(both[0] > watermark && both[1] <= watermark && both[2] <= watermark, "{both:?} {watermark}");
+        let queries = [
+            "ip=10.5.5.5".to_string(),
+            "ip=10.6.6.6&action=auth.login.failed".into(),
+            "action=auth.login".into(),
+            "action=auth.".into(),
+            "outcome=failure".into(),
+            format!("actor={alice_id}"),
+            format!("actor={alice_id}&action=workspace."),
+            format!("target={ws_id}"),
+            "workspace=acme".into(),
+            "since=2026-11-29T00:00:00Z&until=2026-11-30T00:00:00Z&ip=10.6.6.6".into(),
+        ];
+        let mut answers = Vec::new();
+        for q in &queries {
+            let whole = seqs_paged(&app, &root, q, 1000).await;
+            assert!(whole.iter().any(|s| *s > watermark) && whole.iter().any(|s| *s <= watermark), "{q}: {whole:?}");
+            assert!(whole.windows(2).all(|w| w[0] > w[1]), "{q}: {whole:?}");
+            assert_eq!(seqs_paged(&app, &root, q, 1).await, whole, "{q}");
+            answers.push(get(&app, &format!("/v1/audit?{q}&limit=1000"), &root).await.1["items"].clone());
+        }
+        assert_eq!(seqs_paged(&app, &root, "ip=10.6.6.6", 10).await.len(), 2);
+        assert!(seqs_paged(&app, &root, &format!("target={ws_id}&action=workspace.updated"), 10).await[0] > watermark);
+        // The export crosses the watermark oldest first.
+        let text = app
+            .client
+            .get(app.url("/v1/audit/export?ip=10.5.5.5"))
+            .bearer_auth(&root)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let exported: Vec<i64> =
+            text.lines().map(|l| serde_json::from_str::<Value>(l).unwrap()["seq"].as_i64().unwrap()).collect();
+        assert_eq!(exported, both.iter().rev().copied().collect::<Vec<_>>());
+
+        // Filed: the same answers, record for record.
+        let filed = indexer(&app.state.db).await.unwrap();
+        assert!(filed >= head);
+        for (q, answer) in queries.iter().zip(&answers) {
+            let (_, b) = get(&app, &format!("/v1/audit?{q}&limit=1000"), &root).await;
+            assert_eq!(&b["items"], answer, "{q}");
+        }
+        app.stop().await;
+    }
+
+    /// A purge deletes the index entries of the records it deletes, filed or not yet; nothing
+    /// else may delete one.
+    #[tokio::test]
+    async fn a_purge_takes_the_index_entries_of_its_records() {
+        let app = app_with(|c| {
+            c.audit.retention_days = [("auth".to_string(), 1)].into_iter().collect();
+            c.audit.index_interval_ms = 3_600_000;
+        })
+        .await;
+        for i in 0..4 {
+            failed_login(&app, &format!("nobody{i}@example.com"), "10.7.7.7").await;
+        }
+        gatehouse::domain::audit::indexer::catch_up(&app.state.db).await.unwrap();
+        for i in 4..6 {
+            failed_login(&app, &format!("nobody{i}@example.com"), "10.7.7.7").await;
+        }
+        let db = app.config.database_path();
+        let count =
+            |sql: &str| -> i64 { rusqlite::Connection::open(&db).unwrap().query_row(sql, [], |r| r.get(0)).unwrap() };
+        assert_eq!(count("SELECT count(*) FROM audit_index WHERE kind = 5 AND key = '10.7.7.7'"), 4);
+        let refused = rusqlite::Connection::open(&db).unwrap().execute("DELETE FROM audit_index WHERE kind = 5", []);
+        assert!(refused.unwrap_err().to_string().contains("removed only with their records"));
+
+        app.clock.advance(time::Duration::days(2));
+        gatehouse::startup::housekeeping_round(&app.state).await;
+        assert_eq!(count("SELECT count(*) FROM audit_log WHERE client_ip = '10.7.7.7'"), 0);
+        gatehouse::domain::audit::indexer::catch_up(&app.state.db).await.unwrap();
+        assert_eq!(count("SELECT count(*) FROM audit_index WHERE seq NOT IN (SELECT seq FROM audit_log)"), 0);
+        assert_eq!(count("SELECT count(*) FROM audit_index WHERE kind = 2 AND key = 'auth'"), 0);
+        // What stays is still filed: the purge's own record and the other categories.
+        assert_eq!(count("SELECT count(*) FROM audit_index WHERE kind = 2 AND key = 'audit.purged'"), 1);
+        // Two days on, the first sign-in has expired.
+        let root = admin(&app).await;
+        let (_, b) = get(&app, "/v1/audit?ip=10.7.7.7", &root).await;
+        assert!(items(&b).is_empty(), "{b}");
+        let (_, b) = get(&app, "/v1/audit?action=audit.purged", &root).await;
+        assert_eq!(items(&b).len(), 1, "{b}");
+        let report = gatehouse::domain::audit::verify(&app.state.db, &app.state.auditor, &app.state.vault, vec![])
+            .await
+            .unwrap();
+        assert_eq!(report.first_broken, None, "{report:?}");
+        app.stop().await;
+    }
+
     fn cli_verify(data: &std::path::Path, extra: &[&str]) -> (i32, String, String) {
         let mut args = vec!["audit", "verify", "--data-dir", data.to_str().unwrap()];
         args.extend_from_slice(extra);

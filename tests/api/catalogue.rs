@@ -33,6 +33,7 @@ fn committed_page_matches_the_catalogue() {
 const NOT_EVENTS: &[(&str, &str)] = &[
     ("audit.write_failed", "a metrics label (`Metrics::security_event`): an audit write that failed is not audited"),
     ("audit.purging", "the meta key that marks a retention purge in progress (the delete trigger reads it)"),
+    ("audit.indexed_through", "the meta key of the last record the audit indexer filed (its watermark)"),
     ("auth.api_key.rejected", "a metrics label: the refusal is audited as `auth.credential.rejected`"),
     ("auth.csrf.rejected", "a metrics label: the refusal is audited as `auth.credential.rejected`"),
     ("auth.token.rejected", "a metrics label: the refusal is audited as `auth.credential.rejected`"),

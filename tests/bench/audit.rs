@@ -3,6 +3,14 @@
 //! - `appends_per_s`: audit records appended per second with the chain, by 64 concurrent writers
 //!   (group commit); `sequential_appends_per_s`: the same appends one at a time, each its own
 //!   transaction (the baseline measured in this run); `group_commit_ratio` = the two divided.
+//!   The background indexer (audit_index, `audit.index_interval_ms`) runs in this process all
+//!   along: `index_lag_max_records` is the most records it was behind during the 64-writer
+//!   phase (sampled every 50 ms), `index_lag_end_records` how far behind it was when the phase
+//!   ended, `index_catch_up_ms` how long filing them then took, and `appends_indexed_per_s`
+//!   the appends divided by the phase plus that catch-up (appends with their indexing done).
+//!   After the fill, the whole log is filed (`fill_index_seconds`: the fill and that) before
+//!   anything is measured. `BENCH_AUDIT_SECONDS` (default 5) sets the phase's length,
+//!   `BENCH_AUDIT_INDEX_INTERVAL_MS` the indexer's interval (default: the configuration's).
 //! - After filling the log to `BENCH_AUDIT_RECORDS` (default 1,000,000) records spread over 30
 //!   days, 1000 actors: `query_p99_ms` of `GET /v1/audit?actor=…&since=…&until=…` (a random actor
 //!   and day) over HTTPS, and `newest_p99_ms`, the same for the unfiltered newest page (baseline).
@@ -48,11 +56,17 @@ fn event(i: u64) -> Event {
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    // RUST_LOG=gatehouse=debug shows the indexer's batches on stderr.
+    let _log = std::env::var_os("RUST_LOG")
+        .and_then(|_| gatehouse::telemetry::init(gatehouse::telemetry::LogFormat::Pretty, "warn"));
     let total: u64 = std::env::var("BENCH_AUDIT_RECORDS").ok().and_then(|v| v.parse().ok()).unwrap_or(1_000_000);
     let dir = tempfile::tempdir()?;
     let mut config = Config { data_dir: dir.path().join("data"), ..Config::default() };
     config.server.listen = "127.0.0.1:0".parse()?;
     config.log.level = "warn".into();
+    if let Some(ms) = std::env::var("BENCH_AUDIT_INDEX_INTERVAL_MS").ok().and_then(|v| v.parse().ok()) {
+        config.audit.index_interval_ms = ms;
+    }
     let opts =
         BuildOptions { clock: Arc::new(SystemClock), credentials_dir: None, bootstrap_admin: true, exclusive: true };
     let mut app = Application::build(config, opts).await?;
@@ -92,6 +106,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         i = to;
     }
     let fill_seconds = fill_started.elapsed().as_secs_f64();
+    let lag = |db: gatehouse::db::Db| async move { audit::indexer::lag(&db).await.map(|(head, w)| head - w) };
+    // The indexing not done yet, done now rather than at the indexer's next round.
+    let file_the_rest = |db: gatehouse::db::Db| async move {
+        let started = Instant::now();
+        audit::indexer::catch_up(&db).await?;
+        Ok::<_, gatehouse::error::AppError>(started.elapsed().as_secs_f64())
+    };
+    let fill_index_seconds = fill_seconds + file_the_rest(state.db.clone()).await?;
 
     // (2) Appends: one at a time (baseline), then 64 writers at once (group commit).
     let started = Instant::now();
@@ -101,15 +123,29 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         sequential += 1;
     }
     let sequential_rate = sequential as f64 / started.elapsed().as_secs_f64();
+    file_the_rest(state.db.clone()).await?;
     let count = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
+    let phase =
+        Duration::from_secs(std::env::var("BENCH_AUDIT_SECONDS").ok().and_then(|v| v.parse().ok()).unwrap_or(5));
+    let sampler = {
+        let db = state.db.clone();
+        tokio::spawn(async move {
+            let mut most = 0i64;
+            while started.elapsed() < phase {
+                most = most.max(lag(db.clone()).await.unwrap_or(0));
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            most
+        })
+    };
     let mut writers = Vec::new();
     let writers_n: u64 = std::env::var("BENCH_AUDIT_WRITERS").ok().and_then(|v| v.parse().ok()).unwrap_or(64);
     for w in 0..writers_n {
         let (state, count) = (state.clone(), count.clone());
         writers.push(tokio::spawn(async move {
             let mut i = w;
-            while started.elapsed() < Duration::from_secs(5) {
+            while started.elapsed() < phase {
                 if audit::record_alone(&state.db, &state.auditor, now(), event(i)).await.is_ok() {
                     count.fetch_add(1, Ordering::Relaxed);
                 }
@@ -120,7 +156,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     for w in writers {
         w.await?;
     }
-    let group_rate = count.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64();
+    let phase_seconds = started.elapsed().as_secs_f64();
+    let group_rate = count.load(Ordering::Relaxed) as f64 / phase_seconds;
+    let lag_end = lag(state.db.clone()).await?;
+    let catch_up_seconds = file_the_rest(state.db.clone()).await?;
+    let lag_max = sampler.await?.max(lag_end);
+    let indexed_rate = count.load(Ordering::Relaxed) as f64 / (phase_seconds + catch_up_seconds);
 
     // (3) Queries over HTTPS.
     let client = reqwest::Client::builder().danger_accept_invalid_certs(true).build()?;
@@ -178,8 +219,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             "appends_per_s": group_rate.round(),
             "sequential_appends_per_s": sequential_rate.round(),
             "group_commit_ratio": (group_rate / sequential_rate * 100.0).round() / 100.0,
+            "appends_indexed_per_s": indexed_rate.round(),
+            "index_lag_max_records": lag_max,
+            "index_lag_end_records": lag_end,
+            "index_catch_up_ms": (catch_up_seconds * 1000.0).round(),
             "records": total,
             "fill_seconds": (fill_seconds * 10.0).round() / 10.0,
+            "fill_index_seconds": (fill_index_seconds * 10.0).round() / 10.0,
             "query_p99_ms": (p99(filtered) * 100.0).round() / 100.0,
             "newest_p99_ms": (p99(newest) * 100.0).round() / 100.0,
             "query_avg_items": returned / 1000,

@@ -22,7 +22,8 @@
 #       reveal, each as a ratio of /healthz in the same rounds; `keys rotate-master` over the data
 #       keys of BENCH_VAULT_WORKSPACES (10000) workspaces, in seconds, the server running.
 #   (h) audit (issue 6), bench-audit (tests/bench/audit.rs) in-process: chained appends per second
-#       by 64 concurrent writers (group commit; target >= 20,000) and as a ratio of one-at-a-time
+#       by 64 concurrent writers (group commit; target >= 20,000), the audit indexer running in the
+#       same process (how far behind it fell is reported), and as a ratio of one-at-a-time
 #       appends; then, over BENCH_AUDIT_RECORDS (1,000,000) records, the p99 of a query by actor and
 #       one-day range over HTTPS (target <= 50 ms) and of the unfiltered newest page (baseline);
 #       the NDJSON export of every record and the growth of resident memory (target <= 20 MB).

@@ -2,11 +2,13 @@
 //! `hash = HMAC-SHA256(audit key, previous hash || canonical record)`, with the key sealed in the
 //! vault, so that someone with only database access cannot rewrite history unnoticed.
 //! [`record`] writes in the caller's transaction; [`integrity`] signs checkpoints, purges by
-//! retention and verifies; [`query`] reads the log back.
+//! retention and verifies; [`query`] reads the log back; [`indexer`] keeps its query index a
+//! short time behind the chain.
 //!
 //! Details never hold a secret: callers pass identifiers and reasons, never values.
 
 pub mod catalogue;
+pub mod indexer;
 pub mod integrity;
 pub mod query;
 pub mod service;
