@@ -841,12 +841,7 @@ impl Config {
             }
         }
         if let Some(url) = &m.webhook_url {
-            let loopback_http = url.strip_prefix("http://").is_some_and(|rest| {
-                let host = rest.split(['/', '?']).next().unwrap_or("");
-                let host = host.rsplit_once(':').map_or(host, |(h, _)| h);
-                matches!(host, "127.0.0.1" | "localhost" | "[::1]")
-            });
-            if !(url.starts_with("https://") || loopback_http) || url.contains(char::is_whitespace) {
+            if !https_or_loopback_http(url) || url.contains(char::is_whitespace) {
                 return bad(format!(
                     "monitoring.webhook_url: {url:?} must be an https:// URL (http:// only to a loopback address)"
                 ));
@@ -974,6 +969,19 @@ pub fn check_origin(origin: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// `https://…`, or `http://` to 127.0.0.1, localhost or [::1]: where Gatehouse sends a secret
+/// (an alert's signature, an OIDC client secret, a code, an access token).
+pub fn https_or_loopback_http(url: &str) -> bool {
+    if url.starts_with("https://") {
+        return true;
+    }
+    url.strip_prefix("http://").is_some_and(|rest| {
+        let host = rest.split(['/', '?']).next().unwrap_or("");
+        let host = host.rsplit_once(':').map_or(host, |(h, _)| h);
+        matches!(host, "127.0.0.1" | "localhost" | "[::1]")
+    })
+}
+
 fn is_loopback_host(rest: &str) -> bool {
     let host = rest.split(['/', '?', '#']).next().unwrap_or("");
     let host = if host.starts_with('[') {
@@ -1057,6 +1065,11 @@ pub fn check_email_domains(domains: &[String]) -> Result<(), String> {
     Ok(())
 }
 
+/// A dotted claim path (`groups`, `realm_access.roles`): 1 to 256 characters, no empty part.
+pub fn is_claim_path(path: &str) -> bool {
+    !path.is_empty() && path.len() <= 256 && !path.split('.').any(str::is_empty)
+}
+
 /// Mapping rules: each grants something, a role needs its workspace.
 pub fn check_mapping(rules: &[MappingRule]) -> Result<(), String> {
     if rules.len() > 256 {
@@ -1064,7 +1077,7 @@ pub fn check_mapping(rules: &[MappingRule]) -> Result<(), String> {
     }
     for (i, r) in rules.iter().enumerate() {
         let at = format!("mapping[{i}]");
-        if r.claim.is_empty() || r.claim.len() > 256 || r.claim.split('.').any(str::is_empty) {
+        if !is_claim_path(&r.claim) {
             return Err(format!("{at}.claim: a dotted claim path such as \"groups\" or \"realm_access.roles\""));
         }
         if r.value.len() > 512 {

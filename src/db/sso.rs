@@ -316,13 +316,8 @@ impl Tx<'_> {
         role_id: &str,
         now_ms: i64,
     ) -> Result<(), DbError> {
-        let c = self.conn();
-        c.execute(
-            "INSERT INTO members (workspace_id, user_id, created_at, updated_at) VALUES (?1, ?2, ?3, ?3) \
-             ON CONFLICT (workspace_id, user_id) DO UPDATE SET updated_at = excluded.updated_at",
-            params![workspace_id, user_id, now_ms],
-        )?;
-        c.execute(
+        self.member_upsert(workspace_id, user_id, now_ms)?;
+        self.conn().execute(
             "INSERT OR IGNORE INTO member_roles (workspace_id, user_id, role_id) VALUES (?1, ?2, ?3)",
             params![workspace_id, user_id, role_id],
         )?;

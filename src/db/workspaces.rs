@@ -266,6 +266,16 @@ impl Tx<'_> {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
+    /// Make the user a member (its roles untouched), or mark the membership updated.
+    pub fn member_upsert(&self, workspace_id: &str, user_id: &str, now_ms: i64) -> Result<(), DbError> {
+        self.conn().execute(
+            "INSERT INTO members (workspace_id, user_id, created_at, updated_at) VALUES (?1, ?2, ?3, ?3) \
+             ON CONFLICT (workspace_id, user_id) DO UPDATE SET updated_at = excluded.updated_at",
+            params![workspace_id, user_id, now_ms],
+        )?;
+        Ok(())
+    }
+
     /// Make the user a member with exactly these roles.
     pub fn member_set(
         &self,
@@ -275,11 +285,7 @@ impl Tx<'_> {
         now_ms: i64,
     ) -> Result<(), DbError> {
         let c = self.conn();
-        c.execute(
-            "INSERT INTO members (workspace_id, user_id, created_at, updated_at) VALUES (?1, ?2, ?3, ?3) \
-             ON CONFLICT (workspace_id, user_id) DO UPDATE SET updated_at = excluded.updated_at",
-            params![workspace_id, user_id, now_ms],
-        )?;
+        self.member_upsert(workspace_id, user_id, now_ms)?;
         c.execute("DELETE FROM member_roles WHERE workspace_id = ?1 AND user_id = ?2", [workspace_id, user_id])?;
         // A role an SSO mapping granted and a person now takes away is the mapping's no more:
         // given again by hand, it stays hand-given.

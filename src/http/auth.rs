@@ -27,12 +27,13 @@ pub const API_KEY_HEADER: &str = "x-api-key";
 #[derive(Debug, Clone)]
 pub struct AuthOutcome(pub Result<Principal, (StatusCode, String)>);
 
-fn cookie_value(req: &Request) -> Option<String> {
+/// The value of cookie `wanted` in the request's `Cookie` headers.
+pub fn cookie_value(req: &Request, wanted: &str) -> Option<String> {
     for value in req.headers().get_all(header::COOKIE) {
         let Ok(text) = value.to_str() else { continue };
         for pair in text.split(';') {
             if let Some((name, v)) = pair.trim().split_once('=') {
-                if name == SESSION_COOKIE {
+                if name == wanted {
                     return Some(v.trim_matches('"').to_string());
                 }
             }
@@ -87,7 +88,7 @@ pub async fn authenticate(state: &AppState, req: &mut Request, info: &RequestInf
     } else if let Some(key) = api_key_value(state, req) {
         let ip = info.client_ip.map(|ip| ip.to_string());
         crate::domain::workspaces::authenticate_api_key(state, key, ip, || origin(info)).await
-    } else if let Some(cookie) = cookie_value(req) {
+    } else if let Some(cookie) = cookie_value(req, SESSION_COOKIE) {
         let csrf =
             req.headers().get(CSRF_HEADER).and_then(|v| v.to_str().ok()).map(|s| SecretString::new(s.to_string()));
         let changes = !matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS);

@@ -31,16 +31,9 @@ pub const BROWSER_COOKIE: &str = "__Host-gatehouse_sso";
 /// origin (send it back in `X-CSRF-Token`).
 pub const CSRF_COOKIE: &str = "__Host-gatehouse_csrf";
 
-/// The value of cookie `name` in the request's `Cookie` headers.
-fn cookie(req: &poem::Request, name: &str) -> Option<SecretString> {
-    req.headers()
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(k, _)| *k == name)
-        .map(|(_, v)| SecretString::new(v.to_string()))
+/// The browser-binding cookie of a login in flight, when the request carries one.
+fn browser_cookie(req: &poem::Request) -> Option<SecretString> {
+    super::auth::cookie_value(req, BROWSER_COOKIE).map(SecretString::new)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -549,7 +542,7 @@ impl SsoApi {
             LoginMode::Cookie => Mode::Cookie,
             LoginMode::Code => Mode::Code,
         };
-        let browser = cookie(req, BROWSER_COOKIE);
+        let browser = browser_cookie(req);
         let started = sso::begin(&state, &provider.0, return_to.0.as_deref(), mode, code_challenge.0, browser)
             .await
             .map_err(fail(&info))?;
@@ -597,7 +590,7 @@ impl SsoApi {
             state: login_state.0.map(SecretString::new),
             error: error.0,
         };
-        match sso::callback(&state, &provider.0, input, cookie(req, BROWSER_COOKIE), &o).await {
+        match sso::callback(&state, &provider.0, input, browser_cookie(req), &o).await {
             Ok(Finished::Session { issued, return_to }) => {
                 WithCookies(CallbackPage::Found(return_to), session_cookies(&issued))
             }

@@ -185,7 +185,7 @@ impl OidcProvider {
             metadata.token_endpoint().map(|u| u.url().as_str()),
             metadata.userinfo_endpoint().map(|u| u.url().as_str()),
         ];
-        if endpoints.into_iter().flatten().any(|u| !secure_url(u)) {
+        if endpoints.into_iter().flatten().any(|u| !crate::config::https_or_loopback_http(u)) {
             tracing::warn!(provider = %self.settings.id, "the discovery document names an endpoint that is not https");
             return Err(OidcError::new("the provider's discovery document names an endpoint that is not https"));
         }
@@ -335,17 +335,6 @@ impl OidcProvider {
         }
         Ok(claims)
     }
-}
-
-/// `https://…`, or `http://` to a loopback address.
-fn secure_url(url: &str) -> bool {
-    if url.starts_with("https://") {
-        return true;
-    }
-    let Some(rest) = url.strip_prefix("http://") else { return false };
-    let host = rest.split(['/', '?', '#']).next().unwrap_or("");
-    let host = host.rsplit_once(':').map_or(host, |(h, _)| h);
-    matches!(host, "127.0.0.1" | "localhost" | "[::1]")
 }
 
 /// openidconnect's HTTP client: ours (no redirects, time limits, answers capped in size).

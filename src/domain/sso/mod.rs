@@ -76,7 +76,7 @@ impl OidcStored {
             ("claims.name", &self.claims.name),
             ("claims.groups", &self.claims.groups),
         ] {
-            if path.is_empty() || path.len() > 256 || path.split('.').any(str::is_empty) {
+            if !crate::config::is_claim_path(path) {
                 return Err(AppError::Invalid(format!("{name}: a dotted claim path such as \"email\"")));
             }
         }
@@ -605,14 +605,7 @@ pub async fn begin(
         expires_at_ms: now_ms + LOGIN_TTL_MS,
     };
     let state_hash = token::digest(request.state.expose());
-    state
-        .db
-        .write(move |tx| {
-            tx.sso_expired_purge(now_ms)?;
-            tx.sso_login_insert(&state_hash, &row, now_ms)?;
-            Ok::<_, AppError>(())
-        })
-        .await?;
+    state.db.write(move |tx| tx.sso_login_insert(&state_hash, &row, now_ms).map_err(AppError::from)).await?;
     Ok(Started { location: request.url, browser })
 }
 

@@ -261,26 +261,30 @@ fn plan_memberships(
             wanted.entry(ws.clone()).or_default().extend(rule.roles.iter().cloned());
         }
     }
-    // Resolve workspaces (by id or slug) and their roles.
+    // Rules hold workspace ids (slugs are resolved when a provider is saved): a workspace
+    // renamed to a slug a rule once named does not inherit its members.
+    let workspace = |id: &str| Ok::<_, AppError>(tx.workspace_by_ref(id)?.filter(|w| w.id == id));
     let mut by_ws: BTreeMap<String, (String, BTreeSet<String>, bool)> = BTreeMap::new(); // id → (slug, wanted role ids, named)
     let mut role_names: BTreeMap<String, String> = BTreeMap::new();
     let mut owner_roles: BTreeMap<String, String> = BTreeMap::new();
+    // Role names and each workspace's owner role, for the roles of `ws_id`.
+    let mut learn = |ws_id: &str, roles: &[crate::db::RoleRow]| {
+        for r in roles {
+            role_names.insert(r.id.clone(), r.name.clone());
+            if r.builtin && r.name == "owner" {
+                owner_roles.insert(ws_id.to_string(), r.id.clone());
+            }
+        }
+    };
     for reference in &named {
-        // Rules hold workspace ids (slugs are resolved when a provider is saved): a workspace
-        // renamed to a slug a rule once named does not inherit its members.
-        let Some(ws) = tx.workspace_by_ref(reference)?.filter(|w| w.id == *reference) else {
+        let Some(ws) = workspace(reference)? else {
             if wanted.contains_key(reference) {
                 notes.push(format!("mapping names workspace {reference:?}, which does not exist"));
             }
             continue;
         };
         let roles = tx.roles_of(&ws.id)?;
-        for r in &roles {
-            role_names.insert(r.id.clone(), r.name.clone());
-            if r.builtin && r.name == "owner" {
-                owner_roles.insert(ws.id.clone(), r.id.clone());
-            }
-        }
+        learn(&ws.id, &roles);
         let mut ids = BTreeSet::new();
         for name in wanted.get(reference).into_iter().flatten() {
             match roles.iter().find(|r| r.name == *name || r.id == *name) {
@@ -292,8 +296,7 @@ fn plan_memberships(
                 }
             }
         }
-        let entry = by_ws.entry(ws.id.clone()).or_insert((ws.slug.clone(), BTreeSet::new(), true));
-        entry.1.extend(ids);
+        by_ws.insert(ws.id.clone(), (ws.slug.clone(), ids, true));
     }
     // What the mapping granted before (workspace → role ids).
     let mut granted: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
@@ -305,13 +308,8 @@ fn plan_memberships(
     for ws_id in granted.keys() {
         if !by_ws.contains_key(ws_id) {
             // A workspace the mapping no longer names: what it granted there goes.
-            if let Some(ws) = tx.workspace_by_ref(ws_id)?.filter(|w| w.id == *ws_id) {
-                for r in tx.roles_of(&ws.id)? {
-                    role_names.insert(r.id.clone(), r.name.clone());
-                    if r.builtin && r.name == "owner" {
-                        owner_roles.insert(ws.id.clone(), r.id.clone());
-                    }
-                }
+            if let Some(ws) = workspace(ws_id)? {
+                learn(&ws.id, &tx.roles_of(&ws.id)?);
                 by_ws.insert(ws.id.clone(), (ws.slug.clone(), BTreeSet::new(), false));
             }
         }
