@@ -15,8 +15,10 @@ if ! command -v cargo >/dev/null 2>&1; then
 fi
 
 # The C compiler and C library headers build the bundled SQLite and the TLS crypto
-# library (aws-lc, built with cc; neither cmake nor clang is needed).
-needed=(gcc libc6-dev)
+# library (aws-lc, built with cc; cmake is not needed). SAML signatures are checked by
+# xmlsec through samael: its bindings are generated with libclang against the libxml2,
+# xmlsec1 and OpenSSL headers, found with pkg-config.
+needed=(gcc libc6-dev pkg-config libclang-dev libxml2-dev libxmlsec1-dev libxslt1-dev libssl-dev)
 missing=()
 for pkg in "${needed[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

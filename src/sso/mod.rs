@@ -3,6 +3,7 @@
 //! create, map) is decided in `domain::sso`.
 
 pub mod oidc;
+pub mod saml;
 
 use crate::config::ClaimPaths;
 use serde_json::{Map, Value};
