@@ -231,11 +231,19 @@ pub struct SsoConfig {
     pub clock_skew_seconds: u64,
     /// OpenID Connect providers defined here (read-only through the admin API).
     pub oidc: Vec<OidcProviderConfig>,
+    /// SAML 2.0 identity providers defined here (read-only through the admin API).
+    pub saml: Vec<SamlProviderConfig>,
 }
 
 impl Default for SsoConfig {
     fn default() -> Self {
-        Self { return_to_origins: Vec::new(), discovery_ttl_seconds: 3600, clock_skew_seconds: 60, oidc: Vec::new() }
+        Self {
+            return_to_origins: Vec::new(),
+            discovery_ttl_seconds: 3600,
+            clock_skew_seconds: 60,
+            oidc: Vec::new(),
+            saml: Vec::new(),
+        }
     }
 }
 
@@ -357,6 +365,87 @@ pub struct OidcProviderConfig {
     pub mapping: Vec<MappingRule>,
     /// The mapping decides the user's roles in every workspace it names (roles given by hand
     /// there are removed) and, when a rule names a platform role, the platform role.
+    #[serde(default)]
+    pub authoritative: bool,
+}
+
+/// Which SAML attributes carry the user's email, name and groups: the attribute's `Name` (a
+/// short name or a URI) or its `FriendlyName`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SamlAttributeNames {
+    pub email: String,
+    /// An attribute whose value `true` says the email is verified (rarely sent; see
+    /// `trust_email`).
+    pub email_verified: String,
+    pub name: String,
+    pub groups: String,
+}
+
+impl Default for SamlAttributeNames {
+    fn default() -> Self {
+        Self {
+            email: "email".into(),
+            email_verified: "email_verified".into(),
+            name: "displayName".into(),
+            groups: "groups".into(),
+        }
+    }
+}
+
+impl From<SamlAttributeNames> for ClaimPaths {
+    fn from(a: SamlAttributeNames) -> Self {
+        Self { email: a.email, email_verified: a.email_verified, name: a.name, groups: a.groups }
+    }
+}
+
+/// One `[[sso.saml]]` identity provider.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SamlProviderConfig {
+    /// Short name used in URLs (`/v1/sso/{id}/login`): 1 to 64 of `a-z 0-9 -`.
+    pub id: String,
+    pub display_name: String,
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// The IdP's metadata XML, inline.
+    #[serde(default)]
+    pub idp_metadata: Option<String>,
+    /// A file holding the IdP's metadata XML (instead of `idp_metadata`).
+    #[serde(default)]
+    pub idp_metadata_file: Option<PathBuf>,
+    /// This service provider's entity id (default: its metadata URL,
+    /// `{public_url}/v1/sso/saml/{id}/metadata`).
+    #[serde(default)]
+    pub sp_entity_id: Option<String>,
+    /// The NameID format asked for (default: none, the IdP's choice).
+    #[serde(default)]
+    pub name_id_format: Option<String>,
+    #[serde(default)]
+    pub attributes: SamlAttributeNames,
+    #[serde(default)]
+    pub allowed_email_domains: Vec<String>,
+    #[serde(default)]
+    pub jit: Jit,
+    #[serde(default)]
+    pub link_by_email: LinkByEmail,
+    /// Take the IdP's emails as verified (SAML has no standard way to say so). Only for an IdP
+    /// that owns the mail domains it signs in.
+    #[serde(default)]
+    pub trust_email: bool,
+    /// Sign AuthnRequests (RSA-SHA256 over the redirect's query).
+    #[serde(default = "yes")]
+    pub sign_requests: bool,
+    /// Accept SHA-1 signatures and digests (old ADFS). Off: SHA-1 is refused.
+    #[serde(default)]
+    pub allow_sha1: bool,
+    /// Accept responses no login started (IdP-initiated). Off: every response must answer a
+    /// request this server sent from the same browser.
+    #[serde(default)]
+    pub allow_unsolicited: bool,
+    #[serde(default)]
+    pub mapping: Vec<MappingRule>,
+    /// As for OIDC providers: the mapping decides the roles in every workspace it names.
     #[serde(default)]
     pub authoritative: bool,
 }
@@ -886,10 +975,32 @@ impl Config {
                 }
             }
         }
+        for p in &s.saml {
+            let at = format!("sso.saml '{}'", p.id);
+            check_provider_id(&p.id).map_err(|e| ConfigError(format!("sso.saml: {e}")))?;
+            if !seen.insert(p.id.as_str()) {
+                return Err(ConfigError(format!("{at}: the id is used twice; provider ids must be unique")));
+            }
+            match (&p.idp_metadata, &p.idp_metadata_file) {
+                (Some(_), None) => {}
+                (None, Some(path)) => {
+                    std::fs::metadata(path).map_err(|e| {
+                        ConfigError(format!("{at}: idp_metadata_file: cannot read {}: {e}", path.display()))
+                    })?;
+                }
+                _ => return Err(ConfigError(format!("{at}: set one of idp_metadata and idp_metadata_file"))),
+            }
+            check_saml_fields(&p.display_name, p.sp_entity_id.as_deref(), p.name_id_format.as_deref())
+                .and_then(|()| check_mapping(&p.mapping))
+                .and_then(|()| check_email_domains(&p.allowed_email_domains))
+                .map_err(|e| ConfigError(format!("{at}: {e}")))?;
+        }
         Ok(())
     }
 
     /// The file holding the client secret of the OIDC provider `id`, if any.
+    ///
+    /// (SAML providers need no secret from the operator: their keys are generated and sealed.)
     pub fn sso_secret_path(&self, p: &OidcProviderConfig, credentials_dir: Option<&Path>) -> Option<PathBuf> {
         if let Some(f) = &p.client_secret_file {
             return Some(f.clone());
@@ -1045,6 +1156,28 @@ pub fn check_oidc_fields(
     for alg in algorithms {
         if !OIDC_ALGORITHMS.contains(&alg.as_str()) {
             return Err(format!("algorithms: {alg:?} is not accepted; use {}", OIDC_ALGORITHMS.join(", ")));
+        }
+    }
+    Ok(())
+}
+
+/// The fields of a SAML provider that need more than their type (the metadata is read apart).
+pub fn check_saml_fields(
+    display_name: &str,
+    sp_entity_id: Option<&str>,
+    name_id_format: Option<&str>,
+) -> Result<(), String> {
+    if display_name.trim().is_empty() || display_name.chars().count() > 100 {
+        return Err("display_name: 1 to 100 characters".into());
+    }
+    if let Some(e) = sp_entity_id {
+        if e.is_empty() || e.len() > 1024 || e.contains(|c: char| c.is_whitespace() || c.is_control()) {
+            return Err("sp_entity_id: a URI of 1 to 1024 characters without spaces".into());
+        }
+    }
+    if let Some(f) = name_id_format {
+        if !f.starts_with("urn:oasis:names:tc:SAML:") || f.len() > 256 || f.contains(char::is_whitespace) {
+            return Err("name_id_format: a NameID format URI (urn:oasis:names:tc:SAML:…)".into());
         }
     }
     Ok(())

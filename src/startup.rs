@@ -70,6 +70,8 @@ pub struct Prepared {
     pub sso_secrets: std::collections::HashMap<String, SecretString>,
     /// CA certificates (PEM) of the `[[sso.oidc]]` providers that name a `ca_file`.
     pub sso_ca: std::collections::HashMap<String, String>,
+    /// The `[[sso.saml]]` providers, each with its IdP metadata XML (read and checked).
+    pub sso_saml: Vec<(crate::config::SamlProviderConfig, String)>,
     /// The one-time password of the admin created at this start, if any.
     pub bootstrap_password: Option<SecretString>,
     /// Held for the life of the process: `restore` refuses while it is taken.
@@ -142,6 +144,7 @@ pub struct Preflight {
     pub tls_pair: Option<tls::PemPair>,
     pub sso_secrets: std::collections::HashMap<String, SecretString>,
     pub sso_ca: std::collections::HashMap<String, String>,
+    sso_saml: Vec<(crate::config::SamlProviderConfig, String)>,
 }
 
 /// Validate the configuration and check every file it names that exists already: certificate
@@ -210,7 +213,18 @@ pub fn preflight(config: &Config, creds: Option<&Path>) -> Result<Preflight, Fat
             .map_err(|e| FatalError::new(format!("monitoring.webhook_ca_file: {e}")))?;
     }
     let (sso_secrets, sso_ca) = sso_files(config, creds)?;
-    Ok(Preflight { existing_key, key_source, db_path, metrics_token, webhook_secret, tls_pair, sso_secrets, sso_ca })
+    let sso_saml = saml_metadata(config)?;
+    Ok(Preflight {
+        existing_key,
+        key_source,
+        db_path,
+        metrics_token,
+        webhook_secret,
+        tls_pair,
+        sso_secrets,
+        sso_ca,
+        sso_saml,
+    })
 }
 
 /// Each `[[sso.oidc]]` provider's client secret and CA certificates, read from their files.
@@ -247,6 +261,30 @@ fn sso_files(config: &Config, creds: Option<&Path>) -> Result<SsoFiles, FatalErr
     Ok((secrets, cas))
 }
 
+/// Each `[[sso.saml]]` provider's IdP metadata (inline or from its file), checked: an entity
+/// id, an HTTP-Redirect sign-on URL and at least one signing certificate.
+fn saml_metadata(config: &Config) -> Result<Vec<(crate::config::SamlProviderConfig, String)>, FatalError> {
+    let mut out = Vec::new();
+    for p in &config.sso.saml {
+        let (xml, source) = match (&p.idp_metadata, &p.idp_metadata_file) {
+            (Some(xml), _) => (xml.clone(), "idp_metadata".to_string()),
+            (None, Some(path)) => (
+                std::fs::read_to_string(path).map_err(|e| {
+                    FatalError::new(format!("sso.saml '{}': cannot read idp_metadata_file {}: {e}", p.id, path.display()))
+                })?,
+                format!("idp_metadata_file {}", path.display()),
+            ),
+            (None, None) => {
+                return Err(FatalError::new(format!("sso.saml '{}': set idp_metadata or idp_metadata_file", p.id)))
+            }
+        };
+        crate::sso::saml::parse_idp_metadata(&xml)
+            .map_err(|e| FatalError::new(format!("sso.saml '{}': {source}: {e}", p.id)))?;
+        out.push((p.clone(), xml));
+    }
+    Ok(out)
+}
+
 /// Validate the configuration and open the data folder, creating what a first start needs.
 /// Nothing is written until every check that can fail on existing files has passed.
 pub async fn prepare(config: Config, opts: &BuildOptions) -> Result<Prepared, FatalError> {
@@ -260,6 +298,7 @@ pub async fn prepare(config: Config, opts: &BuildOptions) -> Result<Prepared, Fa
         mut tls_pair,
         sso_secrets,
         sso_ca,
+        sso_saml,
     } = preflight(&config, opts.credentials_dir.as_deref())?;
     let (cert_path, key_path, generated_tls) = config.tls_paths();
 
@@ -332,6 +371,7 @@ pub async fn prepare(config: Config, opts: &BuildOptions) -> Result<Prepared, Fa
         webhook_secret,
         sso_secrets,
         sso_ca,
+        sso_saml,
         bootstrap_password: None,
         lock,
         tls_pair,
@@ -477,7 +517,7 @@ impl Application {
             .clone()
             .unwrap_or_else(|| format!("{}://{}", if config.tls.enabled { "https" } else { "http" }, local_addr));
         let sso = crate::domain::sso::SsoService::new(&config.sso, public_url);
-        let (sso_secrets, sso_ca) = (p.sso_secrets, p.sso_ca);
+        let (sso_secrets, sso_ca, sso_saml) = (p.sso_secrets, p.sso_ca, p.sso_saml);
         let state = AppState::new(Inner {
             sso,
             db: p.db,
@@ -506,7 +546,7 @@ impl Application {
         });
         // Signing keys ready and the revocation view loaded before the first request.
         maintain_keys(&state).await?;
-        crate::domain::sso::sync_config(&state, &config.sso.oidc, sso_secrets, sso_ca)
+        crate::domain::sso::sync_config(&state, &config.sso.oidc, sso_secrets, sso_ca, &sso_saml)
             .await
             .map_err(|e| FatalError::new(format!("cannot load the SSO providers: {e}")))?;
         let since = crate::domain::unix_ms(state.clock.now()) - state.auth.settings.life.access_ms - 60_000;

@@ -8,14 +8,17 @@
 #         rsyslog and rsyslog-gnutls (SIEM forwarding tests: each test starts its own rsyslogd
 #         with its own configuration, pid file and loopback ports; the system rsyslog service
 #         the package may start listens on no network port and is left alone),
+#         xmlsec1 (pysaml2 signs and encrypts with it: SAML IdP test peer),
 #         node/npm and python3-venv if missing
 #   npm:  tests/peers/node_modules from tests/peers/package-lock.json (playwright-core, no browser; oidc-provider, jose: tests/peers/oidc)
-#   pip:  tests/peers/venv with schemathesis (OpenAPI fuzzer)
+#   pip:  tests/peers/venv with schemathesis (OpenAPI fuzzer) and pysaml2 (SAML 2.0 IdP test peer:
+#         tests/peers/saml/idp.py; self-check: tests/peers/venv/bin/python tests/peers/saml/smoke.py)
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PEERS="$ROOT/tests/peers"
 SCHEMATHESIS_VERSION="4.32.5"
+PYSAML2_VERSION="7.5.5"
 
 cd "$ROOT"
 
@@ -51,6 +54,7 @@ need openssl openssl
 need node nodejs
 need npm npm
 need /usr/sbin/rsyslogd rsyslog
+need xmlsec1 xmlsec1
 # A library package: no binary to look for.
 if ! dpkg-query -W -f='${Status}' rsyslog-gnutls 2>/dev/null | grep -q 'install ok installed'; then
     missing+=(rsyslog-gnutls)
@@ -93,12 +97,16 @@ VENV="$PEERS/venv"
 if [ ! -x "$VENV/bin/python" ]; then
     python3 -m venv "$VENV"
 fi
-installed="$("$VENV/bin/python" -c 'import importlib.metadata as m; print(m.version("schemathesis"))' 2>/dev/null || true)"
-if [ "$installed" = "$SCHEMATHESIS_VERSION" ]; then
-    echo "schemathesis $installed"
+pyversion() { # pyversion DISTRIBUTION: its version in the venv, or nothing
+    "$VENV/bin/python" -c 'import importlib.metadata as m, sys; print(m.version(sys.argv[1]))' "$1" 2>/dev/null || true
+}
+if [ "$(pyversion schemathesis)" = "$SCHEMATHESIS_VERSION" ] && [ "$(pyversion pysaml2)" = "$PYSAML2_VERSION" ]; then
+    echo "schemathesis $SCHEMATHESIS_VERSION, pysaml2 $PYSAML2_VERSION"
 else
-    "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check "schemathesis==$SCHEMATHESIS_VERSION"
-    echo "installed schemathesis $SCHEMATHESIS_VERSION"
+    # One pip call, so that the two resolve together in the one venv.
+    "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check \
+        "schemathesis==$SCHEMATHESIS_VERSION" "pysaml2==$PYSAML2_VERSION"
+    echo "installed schemathesis $SCHEMATHESIS_VERSION, pysaml2 $PYSAML2_VERSION"
 fi
 
 # --- checks ----------------------------------------------------------------------------------

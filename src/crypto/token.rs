@@ -24,6 +24,8 @@ pub enum Kind {
     SsoCode,
     /// Binds an SSO login in flight to the browser that started it.
     SsoBrowser,
+    /// A SAML login's RelayState: an opaque handle to the login in flight.
+    SamlRelayState,
 }
 
 impl Kind {
@@ -38,6 +40,7 @@ impl Kind {
             Kind::ApiKey => "gthk",
             Kind::SsoCode => "gthc",
             Kind::SsoBrowser => "gthb",
+            Kind::SamlRelayState => "gthl",
         }
     }
 }

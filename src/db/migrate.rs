@@ -19,6 +19,7 @@ const MIGRATIONS: &[Migration] = &[
     Migration { version: 6, name: "monitoring", sql: include_str!("migrations/0006_monitoring.sql") },
     Migration { version: 7, name: "sso", sql: include_str!("migrations/0007_sso.sql") },
     Migration { version: 8, name: "audit_index", sql: include_str!("migrations/0008_audit_index.sql") },
+    Migration { version: 9, name: "saml", sql: include_str!("migrations/0009_saml.sql") },
 ];
 
 /// What a step does after its SQL, in the same transaction: data that only Rust derives.

@@ -141,7 +141,30 @@ impl Tx<'_> {
         let c = self.conn();
         let logins = c.execute("DELETE FROM sso_logins WHERE expires_at < ?1", [now_ms])?;
         let codes = c.execute("DELETE FROM sso_codes WHERE expires_at < ?1", [now_ms])?;
-        Ok(logins + codes)
+        let seen = c.execute("DELETE FROM sso_saml_assertions WHERE expires_at < ?1", [now_ms])?;
+        Ok(logins + codes + seen)
+    }
+
+    /// Remember a SAML assertion's id until it expires; `false` when it was seen already.
+    pub fn saml_assertion_remember(
+        &self,
+        provider_id: &str,
+        id_hash: &[u8; 32],
+        expires_at_ms: i64,
+        now_ms: i64,
+    ) -> Result<bool, DbError> {
+        let c = self.conn();
+        // A row past its time is only waiting for housekeeping: it no longer blocks the id.
+        c.execute(
+            "DELETE FROM sso_saml_assertions WHERE provider_id = ?1 AND id_hash = ?2 AND expires_at < ?3",
+            params![provider_id, &id_hash[..], now_ms],
+        )?;
+        let added = c.execute(
+            "INSERT INTO sso_saml_assertions (provider_id, id_hash, expires_at) VALUES (?1, ?2, ?3) \
+             ON CONFLICT (provider_id, id_hash) DO NOTHING",
+            params![provider_id, &id_hash[..], expires_at_ms],
+        )?;
+        Ok(added == 1)
     }
 
     pub fn sso_code_insert(

@@ -531,14 +531,25 @@ impl SamlProvider {
             }
         }
         let format = name_id.format.clone().unwrap_or_default();
-        claims.insert("name_id".into(), Value::String(value.to_string()));
-        claims.insert("name_id_format".into(), Value::String(format.clone()));
+        let identity = self.identity(value, &format, claims);
+        Ok(Verified { identity, assertion_id: assertion.id, expires_at_ms: until.timestamp_millis() + skew_ms })
+    }
+}
+
+impl SamlProvider {
+    /// The identity a NameID and attributes (name → list of values) stand for; also what the
+    /// dry-run preview reads.
+    pub fn identity(&self, name_id: &str, format: &str, attributes: Map<String, Value>) -> ExternalIdentity {
+        let mut claims = attributes;
+        claims.insert("name_id".into(), Value::String(name_id.to_string()));
+        claims.insert("name_id_format".into(), Value::String(format.to_string()));
         // An email-format NameID is the email when no attribute carries one.
         let paths = &self.settings.attributes;
         if format == NAME_ID_EMAIL && !claims.contains_key(&paths.email) {
-            claims.insert(paths.email.clone(), Value::Array(vec![Value::String(value.to_string())]));
+            claims.insert(paths.email.clone(), Value::Array(vec![Value::String(name_id.to_string())]));
         }
-        let mut identity = ExternalIdentity::from_claims(&self.settings.id, &self.idp.entity_id, value, claims, paths);
+        let mut identity =
+            ExternalIdentity::from_claims(&self.settings.id, &self.idp.entity_id, name_id, claims, paths);
         // A single-valued attribute arrives as a list of one.
         if identity.email.is_none() {
             identity.email = first_value(&identity.raw_claims, &paths.email);
@@ -550,7 +561,7 @@ impl SamlProvider {
             identity.email_verified = first_value(&identity.raw_claims, &paths.email_verified)
                 .is_some_and(|v| v.eq_ignore_ascii_case("true"));
         }
-        Ok(Verified { identity, assertion_id: assertion.id, expires_at_ms: until.timestamp_millis() + skew_ms })
+        identity
     }
 }
 

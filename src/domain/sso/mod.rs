@@ -8,8 +8,11 @@
 //! minutes, in one browser.
 
 pub mod provision;
+pub mod saml;
 
-use crate::config::{ClaimPaths, Jit, LinkByEmail, MappingRule, OidcProviderConfig, SsoConfig, TokenAuth};
+use crate::config::{
+    ClaimPaths, Jit, LinkByEmail, MappingRule, OidcProviderConfig, SamlProviderConfig, SsoConfig, TokenAuth,
+};
 use crate::crypto::token::{self, Kind};
 use crate::crypto::{ct_eq, SecretString};
 use crate::db::{LoginRow, ProviderRow};
@@ -20,6 +23,8 @@ use crate::domain::unix_ms;
 use crate::error::AppError;
 use crate::outbound::HttpClient;
 use crate::sso::oidc::{OidcProvider, OidcSettings};
+use crate::sso::saml::SamlProvider;
+pub use saml::SamlStored;
 use crate::sso::ExternalIdentity;
 use crate::state::AppState;
 use serde::{Deserialize, Serialize};
@@ -101,12 +106,81 @@ impl OidcStored {
     }
 }
 
+/// A provider's settings as stored, by protocol.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Stored {
+    Oidc(OidcStored),
+    Saml(SamlStored),
+}
+
+impl Stored {
+    /// Read a stored row's settings.
+    pub fn of(row: &ProviderRow) -> Result<Self, String> {
+        let unreadable = |e: serde_json::Error| format!("stored settings unreadable: {e}");
+        match row.kind.as_str() {
+            "oidc" => serde_json::from_str(&row.settings).map(Stored::Oidc).map_err(unreadable),
+            "saml" => serde_json::from_str(&row.settings).map(Stored::Saml).map_err(unreadable),
+            other => Err(format!("unknown provider kind {other:?}")),
+        }
+    }
+
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Stored::Oidc(_) => "oidc",
+            Stored::Saml(_) => "saml",
+        }
+    }
+
+    pub fn to_json(&self) -> Result<String, AppError> {
+        match self {
+            Stored::Oidc(s) => serde_json::to_string(s),
+            Stored::Saml(s) => serde_json::to_string(s),
+        }
+        .map_err(AppError::internal)
+    }
+
+    pub fn display_name(&self) -> &str {
+        match self {
+            Stored::Oidc(s) => &s.display_name,
+            Stored::Saml(s) => &s.display_name,
+        }
+    }
+
+    pub fn check(&self) -> Result<(), AppError> {
+        match self {
+            Stored::Oidc(s) => s.check(),
+            Stored::Saml(s) => s.check(),
+        }
+    }
+
+    fn policy(&self, provider_id: &str) -> provision::Policy {
+        match self {
+            Stored::Oidc(s) => s.policy(provider_id),
+            Stored::Saml(s) => s.policy(provider_id),
+        }
+    }
+
+    fn mapping_mut(&mut self) -> &mut Vec<MappingRule> {
+        match self {
+            Stored::Oidc(s) => &mut s.mapping,
+            Stored::Saml(s) => &mut s.mapping,
+        }
+    }
+}
+
+/// The protocol side of a provider the server can use.
+#[derive(Debug)]
+pub enum Client {
+    Oidc(OidcProvider),
+    Saml(SamlProvider),
+}
+
 /// A provider the server can use.
 #[derive(Debug)]
 pub struct Provider {
     pub row: ProviderRow,
-    pub settings: OidcStored,
-    pub oidc: OidcProvider,
+    pub settings: Stored,
+    pub client: Client,
 }
 
 /// Providers and the settings every login shares.
@@ -147,8 +221,13 @@ impl SsoService {
     }
 
     fn build(&self, row: ProviderRow, secret: Option<SecretString>) -> Result<Provider, String> {
-        let settings: OidcStored =
-            serde_json::from_str(&row.settings).map_err(|e| format!("stored settings unreadable: {e}"))?;
+        let settings = match Stored::of(&row)? {
+            Stored::Oidc(s) => s,
+            Stored::Saml(s) => {
+                let client = saml::client(self, &row.id, &s, secret)?;
+                return Ok(Provider { row, settings: Stored::Saml(s), client: Client::Saml(client) });
+            }
+        };
         let http = http_client(settings.ca_pem.as_deref())?;
         let oidc = OidcProvider::new(
             OidcSettings {
@@ -167,7 +246,22 @@ impl SsoService {
             self.skew,
         )
         .map_err(|e| e.0)?;
-        Ok(Provider { row, settings, oidc })
+        Ok(Provider { row, settings: Stored::Oidc(settings), client: Client::Oidc(oidc) })
+    }
+
+    /// The SAML assertion consumer service URL.
+    pub fn acs_url(&self, provider_id: &str) -> String {
+        format!("{}/v1/sso/saml/{provider_id}/acs", self.public_url)
+    }
+
+    /// The SAML SP metadata URL (the default SP entity id).
+    pub fn saml_metadata_url(&self, provider_id: &str) -> String {
+        format!("{}/v1/sso/saml/{provider_id}/metadata", self.public_url)
+    }
+
+    /// The clock skew tolerated on ID token and assertion times.
+    pub fn skew(&self) -> Duration {
+        self.skew
     }
 }
 
@@ -214,13 +308,15 @@ pub async fn reload(state: &AppState) -> Result<(), AppError> {
 }
 
 /// Make the stored `config` providers what the configuration file says: add or replace each
-/// one, remove those no longer there. `secrets` holds each provider's client secret as read
-/// from its file; `ca` its CA PEM.
+/// one, remove those no longer there. `secrets` holds each OIDC provider's client secret as read
+/// from its file; `ca` its CA PEM; `saml` each SAML provider with its IdP metadata XML. A SAML
+/// provider keeps the SP keys generated the first time it was stored.
 pub async fn sync_config(
     state: &AppState,
     providers: &[OidcProviderConfig],
     secrets: HashMap<String, SecretString>,
     ca: HashMap<String, String>,
+    saml_providers: &[(SamlProviderConfig, String)],
 ) -> Result<(), AppError> {
     let now = state.clock.now();
     let now_ms = unix_ms(now);
@@ -253,8 +349,24 @@ pub async fn sync_config(
             kind: "oidc".into(),
             source: "config".into(),
             enabled: p.enabled,
-            settings: serde_json::to_string(&stored).map_err(AppError::internal)?,
+            settings: Stored::Oidc(stored).to_json()?,
             secret_sealed: sealed,
+            created_at_ms: now_ms,
+            updated_at_ms: now_ms,
+        });
+    }
+    let existing = state.db.read(|tx| tx.sso_providers().map_err(AppError::from)).await?;
+    for (p, metadata) in saml_providers {
+        let old = existing.iter().find(|o| o.id == p.id && o.kind == "saml" && o.source == "config");
+        let (stored, sealed) = saml::from_config(state, p, metadata, old)
+            .map_err(|e| AppError::Invalid(format!("sso.saml '{}': {e}", p.id)))?;
+        rows.push(ProviderRow {
+            id: p.id.clone(),
+            kind: "saml".into(),
+            source: "config".into(),
+            enabled: p.enabled,
+            settings: Stored::Saml(stored).to_json()?,
+            secret_sealed: Some(sealed),
             created_at_ms: now_ms,
             updated_at_ms: now_ms,
         });
@@ -272,27 +384,27 @@ pub async fn sync_config(
             for row in rows.iter_mut() {
                 // Workspace slugs become ids; a workspace that does not exist yet leaves its
                 // rule inactive until the next start.
-                let mut stored: OidcStored = serde_json::from_str(&row.settings).map_err(AppError::internal)?;
-                for r in stored.mapping.iter_mut() {
+                let mut stored = Stored::of(row).map_err(AppError::internal)?;
+                for r in stored.mapping_mut().iter_mut() {
                     let Some(reference) = r.workspace.clone() else { continue };
                     match tx.workspace_by_ref(&reference)? {
                         Some(ws) => r.workspace = Some(ws.id),
                         None => tracing::warn!(
                             provider = %row.id,
                             workspace = %reference,
-                            "sso.oidc mapping names a workspace that does not exist; the rule applies once it exists and the server restarts"
+                            "an SSO mapping names a workspace that does not exist; the rule applies once it exists and the server restarts"
                         ),
                     }
                 }
-                row.settings = serde_json::to_string(&stored).map_err(AppError::internal)?;
+                row.settings = stored.to_json()?;
             }
             for row in &rows {
                 if let Some(old) = existing.iter().find(|o| o.id == row.id) {
                     if old.source == "api" {
                         return Err(AppError::Invalid(format!(
-                            "sso.oidc '{}': a provider with this id was created through the API; delete it there or \
+                            "sso.{} '{}': a provider with this id was created through the API; delete it there or \
                              choose another id",
-                            row.id
+                            row.kind, row.id
                         )));
                     }
                     let same = old.settings == row.settings && old.enabled == row.enabled;
@@ -315,21 +427,29 @@ pub async fn sync_config(
 // ---------------------------------------------------------------------------------------------
 // Admin API
 
-/// A provider as the admin API shows it (never its secret).
+/// A provider as the admin API shows it (never its secret or keys).
 #[derive(Debug, Clone)]
 pub struct ProviderView {
     pub row: ProviderRow,
-    pub settings: OidcStored,
+    pub settings: Stored,
     pub has_client_secret: bool,
+    /// OIDC: the callback URL to register at the provider.
     pub redirect_uri: String,
+    /// SAML: what the IdP needs to know of this SP.
+    pub saml: Option<saml::SpView>,
 }
 
 fn view(state: &AppState, row: ProviderRow) -> Result<ProviderView, AppError> {
-    let settings: OidcStored = serde_json::from_str(&row.settings).map_err(AppError::internal)?;
+    let settings = Stored::of(&row).map_err(AppError::internal)?;
+    let saml = match &settings {
+        Stored::Saml(s) => Some(saml::sp_view(state, &row.id, s)),
+        Stored::Oidc(_) => None,
+    };
     Ok(ProviderView {
-        has_client_secret: row.secret_sealed.is_some(),
-        redirect_uri: state.sso.redirect_uri(&row.id),
+        has_client_secret: row.secret_sealed.is_some() && row.kind == "oidc",
+        redirect_uri: if row.kind == "oidc" { state.sso.redirect_uri(&row.id) } else { state.sso.acs_url(&row.id) },
         settings,
+        saml,
         row,
     })
 }
@@ -351,12 +471,13 @@ pub async fn get(state: &AppState, who: &Principal, id: &str) -> Result<Provider
 #[derive(Debug)]
 pub struct ProviderInput {
     pub enabled: bool,
-    pub settings: OidcStored,
-    /// `None` on replace keeps the stored secret.
+    pub settings: Stored,
+    /// OIDC: `None` on replace keeps the stored secret.
     pub client_secret: Option<SecretString>,
 }
 
-/// `POST /v1/sso-providers` (`id` new) and `PUT /v1/sso-providers/{id}` (`replace`).
+/// `POST /v1/sso-providers` (`id` new) and `PUT /v1/sso-providers/{id}` (`replace`). A new SAML
+/// provider gets its SP keys here; a replaced one keeps them.
 pub async fn save(
     state: &AppState,
     who: &Principal,
@@ -368,31 +489,61 @@ pub async fn save(
     crate::domain::users::require_admin(state, who).await?;
     crate::config::check_provider_id(id).map_err(AppError::Invalid)?;
     input.settings.check()?;
-    if let Some(s) = &input.client_secret {
-        if s.expose().is_empty() || s.expose().len() > 1024 {
-            return Err(AppError::Invalid("client_secret: 1 to 1024 characters".into()));
-        }
-    }
-    // The client and CA must load before anything is stored.
-    http_client(input.settings.ca_pem.as_deref()).map_err(|e| AppError::Invalid(format!("ca_pem: {e}")))?;
     let now = state.clock.now();
     let now_ms = unix_ms(now);
-    let sealed = match &input.client_secret {
-        Some(s) => Some(state.auth.sealing.seal(s.expose().as_bytes(), &secret_aad(id))?),
-        None => None,
+    let (summary, sealed) = match &input.settings {
+        Stored::Oidc(o) => {
+            if let Some(s) = &input.client_secret {
+                if s.expose().is_empty() || s.expose().len() > 1024 {
+                    return Err(AppError::Invalid("client_secret: 1 to 1024 characters".into()));
+                }
+            }
+            // The client and CA must load before anything is stored.
+            http_client(o.ca_pem.as_deref()).map_err(|e| AppError::Invalid(format!("ca_pem: {e}")))?;
+            let sealed = match &input.client_secret {
+                Some(s) => Some(state.auth.sealing.seal(s.expose().as_bytes(), &secret_aad(id))?),
+                None => None,
+            };
+            let summary = json!({
+                "kind": "oidc", "issuer": o.issuer, "client_id": o.client_id, "enabled": input.enabled,
+                "jit": o.jit, "link_by_email": o.link_by_email,
+                "mapping_rules": o.mapping.len(), "authoritative": o.authoritative,
+                "client_secret_changed": input.client_secret.is_some(),
+            });
+            (summary, sealed)
+        }
+        Stored::Saml(s) => {
+            if input.client_secret.is_some() {
+                return Err(AppError::Invalid("client_secret: a SAML provider has none".into()));
+            }
+            let idp = crate::sso::saml::parse_idp_metadata(&s.idp_metadata).map_err(|e| AppError::Invalid(e.0))?;
+            let summary = json!({
+                "kind": "saml", "idp_entity_id": idp.entity_id, "enabled": input.enabled,
+                "jit": s.jit, "link_by_email": s.link_by_email,
+                "mapping_rules": s.mapping.len(), "authoritative": s.authoritative,
+                "idp_certificates": idp.cert_fingerprints,
+            });
+            (summary, None)
+        }
+    };
+    // A new SAML provider's keys (generated off the request threads: RSA key generation).
+    let existing_row = {
+        let id = id.to_string();
+        state.db.read(move |tx| tx.sso_provider(&id).map_err(AppError::from)).await?
     };
     let mut stored = input.settings.clone();
+    let mut sealed = sealed;
+    if let Stored::Saml(s) = &mut stored {
+        match existing_row.as_ref().filter(|o| o.kind == "saml") {
+            Some(old) => saml::keep_keys(s, old)?,
+            None => sealed = Some(saml::new_keys(state, id, s).await?),
+        }
+    }
     let key = state.auditor.clone();
     let actor = who.actor();
     let origin = origin.clone();
     let id = id.to_string();
     let enabled = input.enabled;
-    let summary = json!({
-        "issuer": input.settings.issuer, "client_id": input.settings.client_id, "enabled": enabled,
-        "jit": input.settings.jit, "link_by_email": input.settings.link_by_email,
-        "mapping_rules": input.settings.mapping.len(), "authoritative": input.settings.authoritative,
-        "client_secret_changed": input.client_secret.is_some(),
-    });
     let (row, created) = state
         .db
         .write(move |tx| {
@@ -405,19 +556,25 @@ pub async fn save(
                         "This provider is defined in the configuration file; change it there.".into(),
                     ))
                 }
+                (Some(old), true) if old.kind != stored.kind() => {
+                    return Err(AppError::Invalid(format!(
+                        "kind: this provider is {}; delete it to make a {} provider with this id",
+                        old.kind,
+                        stored.kind()
+                    )))
+                }
                 _ => {}
             }
             // Mapping rules keep workspace ids: a slug renamed later cannot redirect a rule.
-            if let Err((i, reference)) = provision::resolve_workspaces(tx, &mut stored.mapping)? {
+            if let Err((i, reference)) = provision::resolve_workspaces(tx, stored.mapping_mut())? {
                 return Err(AppError::Invalid(format!("mapping[{i}].workspace: there is no workspace {reference:?}")));
             }
-            let settings = serde_json::to_string(&stored).map_err(AppError::internal)?;
             let row = ProviderRow {
                 id: id.clone(),
-                kind: "oidc".into(),
+                kind: stored.kind().into(),
                 source: "api".into(),
                 enabled,
-                settings,
+                settings: stored.to_json()?,
                 secret_sealed: sealed.or_else(|| existing.as_ref().and_then(|o| o.secret_sealed.clone())),
                 created_at_ms: existing.as_ref().map_or(now_ms, |o| o.created_at_ms),
                 updated_at_ms: now_ms,
@@ -466,12 +623,13 @@ pub async fn delete(state: &AppState, who: &Principal, id: &str, origin: &Origin
     reload(state).await
 }
 
-/// What the preview is given: claims as a provider would send them, or an ID token (decoded
-/// without any check).
+/// What the preview is given: claims as an OIDC provider would send them, an ID token (decoded
+/// without any check), or a SAML assertion's NameID and attributes.
 #[derive(Debug)]
 pub enum PreviewInput {
     Claims(serde_json::Map<String, serde_json::Value>),
     IdToken(String),
+    Saml { name_id: String, name_id_format: Option<String>, attributes: serde_json::Map<String, serde_json::Value> },
 }
 
 /// The dry run: what a login with these claims would do. Changes nothing.
@@ -484,20 +642,37 @@ pub async fn preview(
 ) -> Result<(ExternalIdentity, provision::Plan), AppError> {
     crate::domain::users::require_admin(state, who).await?;
     let provider = state.sso.provider(id).ok_or(AppError::NotFound)?;
-    let claims = match input {
-        PreviewInput::Claims(c) => c,
-        PreviewInput::IdToken(t) => {
-            crate::sso::oidc::payload_of(&t).map_err(|e| AppError::Invalid(format!("id_token: {e}")))?
+    let identity = match (&provider.client, &provider.settings, input) {
+        (Client::Saml(client), _, PreviewInput::Saml { name_id, name_id_format, attributes }) => {
+            if name_id.trim().is_empty() || name_id.len() > 512 {
+                return Err(AppError::Invalid("saml.name_id: 1 to 512 characters".into()));
+            }
+            client.identity(name_id.trim(), name_id_format.as_deref().unwrap_or_default(), attributes)
         }
+        (Client::Saml(_), _, _) => {
+            return Err(AppError::Invalid("saml: a SAML provider previews a NameID and attributes".into()))
+        }
+        (Client::Oidc(_), _, PreviewInput::Saml { .. }) => {
+            return Err(AppError::Invalid("saml: this is an OIDC provider; give claims or an id_token".into()))
+        }
+        (Client::Oidc(_), Stored::Oidc(settings), input) => {
+            let claims = match input {
+                PreviewInput::IdToken(t) => {
+                    crate::sso::oidc::payload_of(&t).map_err(|e| AppError::Invalid(format!("id_token: {e}")))?
+                }
+                PreviewInput::Claims(c) => c,
+                PreviewInput::Saml { .. } => return Err(AppError::internal("unreachable preview input")),
+            };
+            let subject = claims.get("sub").and_then(|v| v.as_str()).unwrap_or_default().to_string();
+            if subject.is_empty() {
+                return Err(AppError::Invalid("claims.sub: the subject is required".into()));
+            }
+            let issuer =
+                claims.get("iss").and_then(|v| v.as_str()).map_or_else(|| settings.issuer.clone(), str::to_string);
+            ExternalIdentity::from_claims(&provider.row.id, &issuer, &subject, claims, &settings.claims)
+        }
+        (Client::Oidc(_), Stored::Saml(_), _) => return Err(AppError::internal("provider kind mismatch")),
     };
-    let subject = claims.get("sub").and_then(|v| v.as_str()).unwrap_or_default().to_string();
-    if subject.is_empty() {
-        return Err(AppError::Invalid("claims.sub: the subject is required".into()));
-    }
-    let issuer =
-        claims.get("iss").and_then(|v| v.as_str()).map_or_else(|| provider.settings.issuer.clone(), str::to_string);
-    let identity =
-        ExternalIdentity::from_claims(&provider.row.id, &issuer, &subject, claims, &provider.settings.claims);
     let policy = provider.settings.policy(&provider.row.id);
     let ident = identity.clone();
     let plan = state.db.read(move |tx| provision::plan(tx, &policy, &ident)).await?;
@@ -533,6 +708,9 @@ impl Mode {
 pub struct Started {
     pub location: String,
     pub browser: SecretString,
+    /// The login comes back by a cross-site POST (SAML): the binding cookie must be
+    /// `SameSite=None` to come with it.
+    pub cross_site: bool,
 }
 
 /// `return_to` accepts a path on this server, or a URL on an allow-listed origin.
@@ -585,16 +763,27 @@ pub async fn begin(
         }
         (Mode::Cookie, None) => {}
     }
-    let redirect_uri = state.sso.redirect_uri(provider_id);
-    let request = provider.oidc.begin(&redirect_uri).await.map_err(|e| AppError::Unavailable(e.0))?;
     // One binding cookie per browser: a second tab's login keeps the first one's working.
     let browser = browser
         .filter(|b| token::well_formed(b.expose(), Kind::SsoBrowser))
         .unwrap_or_else(|| token::generate(Kind::SsoBrowser));
+    let (location, login_state, secrets, cross_site) = match &provider.client {
+        Client::Oidc(oidc) => {
+            let redirect_uri = state.sso.redirect_uri(provider_id);
+            let request = oidc.begin(&redirect_uri).await.map_err(|e| AppError::Unavailable(e.0))?;
+            let secrets = json!({"nonce": request.nonce.expose(), "verifier": request.pkce_verifier.expose()});
+            (request.url, request.state, secrets, false)
+        }
+        Client::Saml(client) => {
+            let relay = token::generate(Kind::SamlRelayState);
+            let request_id = format!("_{}", hex::encode(crate::crypto::random::bytes::<16>()));
+            let start = client.authn_request(relay.expose(), &request_id).map_err(|e| AppError::Unavailable(e.0))?;
+            (start.url, relay, json!({"request_id": start.request_id}), true)
+        }
+    };
     let now = state.clock.now();
     let now_ms = unix_ms(now);
-    let secrets = json!({"nonce": request.nonce.expose(), "verifier": request.pkce_verifier.expose()}).to_string();
-    let sealed = state.auth.sealing.seal(secrets.as_bytes(), &login_aad(provider_id))?;
+    let sealed = state.auth.sealing.seal(secrets.to_string().as_bytes(), &login_aad(provider_id))?;
     let row = LoginRow {
         provider_id: provider_id.to_string(),
         browser_hash: token::digest(browser.expose()).to_vec(),
@@ -604,9 +793,9 @@ pub async fn begin(
         code_challenge,
         expires_at_ms: now_ms + LOGIN_TTL_MS,
     };
-    let state_hash = token::digest(request.state.expose());
+    let state_hash = token::digest(login_state.expose());
     state.db.write(move |tx| tx.sso_login_insert(&state_hash, &row, now_ms).map_err(AppError::from)).await?;
-    Ok(Started { location: request.url, browser })
+    Ok(Started { location, browser, cross_site })
 }
 
 /// What the provider sent back to the callback.
@@ -647,17 +836,22 @@ pub async fn callback(
 ) -> Result<Finished, Failure> {
     let result = finish(state, provider_id, input, browser, origin).await;
     if let Err(f) = &result {
-        let event = Event::new("sso.login.failed", Actor::Anonymous)
-            .target(provider_id.chars().take(64).collect::<String>())
-            .origin(origin)
-            .outcome(if f.status == 403 { Outcome::Denied } else { Outcome::Failure })
-            .details(json!({"provider": provider_id.chars().take(64).collect::<String>(), "reason": f.reason}));
-        if let Err(e) = audit::record_alone(&state.db, &state.auditor, state.clock.now(), event).await {
-            tracing::error!(error = %e, "could not audit a failed SSO login");
-        }
-        tracing::warn!(target: "gatehouse::security", provider = provider_id, reason = %f.reason, "SSO login failed");
+        audit_failure(state, provider_id, origin, f).await;
     }
     result
+}
+
+/// Record a failed login as `sso.login.failed`, and log it.
+async fn audit_failure(state: &AppState, provider_id: &str, origin: &Origin, f: &Failure) {
+    let event = Event::new("sso.login.failed", Actor::Anonymous)
+        .target(provider_id.chars().take(64).collect::<String>())
+        .origin(origin)
+        .outcome(if f.status == 403 { Outcome::Denied } else { Outcome::Failure })
+        .details(json!({"provider": provider_id.chars().take(64).collect::<String>(), "reason": f.reason}));
+    if let Err(e) = audit::record_alone(&state.db, &state.auditor, state.clock.now(), event).await {
+        tracing::error!(error = %e, "could not audit a failed SSO login");
+    }
+    tracing::warn!(target: "gatehouse::security", provider = provider_id, reason = %f.reason, "SSO login failed");
 }
 
 fn internal(e: AppError) -> Failure {
@@ -683,17 +877,52 @@ async fn finish(
         .provider(provider_id)
         .filter(|p| p.row.enabled)
         .ok_or_else(|| Failure::new(404, "unknown identity provider"))?;
+    let Client::Oidc(oidc) = &provider.client else {
+        return Err(Failure::new(404, "unknown identity provider"));
+    };
     let given_state = input
         .state
         .filter(|s| !s.expose().is_empty() && s.expose().len() <= 512)
         .ok_or_else(|| Failure::new(400, "state missing"))?;
     let now = state.clock.now();
-    let now_ms = unix_ms(now);
+    let login = take_login(state, provider_id, &given_state, browser).await?;
+    if let Some(error) = input.error {
+        // Only the standard error code, never the provider's description.
+        let code: String = error.chars().filter(|c| c.is_ascii_lowercase() || *c == '_').take(40).collect();
+        return Err(Failure::new(400, format!("the provider refused the login ({code})")));
+    }
+    let code = input
+        .code
+        .filter(|c| !c.expose().is_empty() && c.expose().len() <= 2048)
+        .ok_or_else(|| Failure::new(400, "code missing"))?;
+    let secrets =
+        state.auth.sealing.open(&login.secrets, &login_aad(provider_id)).map_err(|e| internal(AppError::from(e)))?;
+    let secrets: serde_json::Value = serde_json::from_slice(&secrets).map_err(|e| internal(AppError::internal(e)))?;
+    let nonce = secrets["nonce"].as_str().unwrap_or_default();
+    let verifier = secrets["verifier"].as_str().unwrap_or_default();
+    let redirect_uri = state.sso.redirect_uri(provider_id);
+    let identity = oidc
+        .finish(&redirect_uri, code.expose(), verifier, nonce, now)
+        .await
+        .map_err(|e| Failure::new(if e.0.starts_with("ID token") { 400 } else { 502 }, e.0))?;
+    let mode = if login.mode == "code" { Mode::Code } else { Mode::Cookie };
+    let challenge = login.code_challenge.unwrap_or_default();
+    sign_in(state, &provider, identity, mode, challenge, login.return_to, origin).await.map_err(internal)
+}
+
+/// Take (single use) the login in flight that `given_state` names, if this browser started it
+/// at this provider and it has not expired. A state seen by someone else cannot be burnt by
+/// them.
+async fn take_login(
+    state: &AppState,
+    provider_id: &str,
+    given_state: &SecretString,
+    browser: Option<SecretString>,
+) -> Result<LoginRow, Failure> {
+    let now_ms = unix_ms(state.clock.now());
     let state_hash = token::digest(given_state.expose());
     let browser_hash = browser.map(|b| token::digest(b.expose()));
     let pid = provider_id.to_string();
-    // The login is taken (single use) only by the browser that started it, at its provider: a
-    // state seen by someone else cannot be burnt by them.
     let taken = state
         .db
         .write(move |tx| {
@@ -715,29 +944,7 @@ async fn finish(
     if login.expires_at_ms < now_ms {
         return Err(Failure::new(400, "the login expired; start again"));
     }
-    if let Some(error) = input.error {
-        // Only the standard error code, never the provider's description.
-        let code: String = error.chars().filter(|c| c.is_ascii_lowercase() || *c == '_').take(40).collect();
-        return Err(Failure::new(400, format!("the provider refused the login ({code})")));
-    }
-    let code = input
-        .code
-        .filter(|c| !c.expose().is_empty() && c.expose().len() <= 2048)
-        .ok_or_else(|| Failure::new(400, "code missing"))?;
-    let secrets =
-        state.auth.sealing.open(&login.secrets, &login_aad(provider_id)).map_err(|e| internal(AppError::from(e)))?;
-    let secrets: serde_json::Value = serde_json::from_slice(&secrets).map_err(|e| internal(AppError::internal(e)))?;
-    let nonce = secrets["nonce"].as_str().unwrap_or_default();
-    let verifier = secrets["verifier"].as_str().unwrap_or_default();
-    let redirect_uri = state.sso.redirect_uri(provider_id);
-    let identity = provider
-        .oidc
-        .finish(&redirect_uri, code.expose(), verifier, nonce, now)
-        .await
-        .map_err(|e| Failure::new(if e.0.starts_with("ID token") { 400 } else { 502 }, e.0))?;
-    let mode = if login.mode == "code" { Mode::Code } else { Mode::Cookie };
-    let challenge = login.code_challenge.unwrap_or_default();
-    sign_in(state, &provider, identity, mode, challenge, login.return_to, origin).await.map_err(internal)
+    Ok(login)
 }
 
 /// Provision the identity and open its session (cookie mode) or mint its one-time code, in one
@@ -868,7 +1075,7 @@ pub fn login_options(state: &AppState) -> Vec<LoginOption> {
         .filter(|p| p.row.enabled)
         .map(|p| LoginOption {
             id: p.row.id.clone(),
-            display_name: p.settings.display_name.clone(),
+            display_name: p.settings.display_name().to_string(),
             kind: p.row.kind.clone(),
         })
         .collect()
