@@ -270,7 +270,11 @@ fn saml_metadata(config: &Config) -> Result<Vec<(crate::config::SamlProviderConf
             (Some(xml), _) => (xml.clone(), "idp_metadata".to_string()),
             (None, Some(path)) => (
                 std::fs::read_to_string(path).map_err(|e| {
-                    FatalError::new(format!("sso.saml '{}': cannot read idp_metadata_file {}: {e}", p.id, path.display()))
+                    FatalError::new(format!(
+                        "sso.saml '{}': cannot read idp_metadata_file {}: {e}",
+                        p.id,
+                        path.display()
+                    ))
                 })?,
                 format!("idp_metadata_file {}", path.display()),
             ),

@@ -29,7 +29,7 @@ use samael::metadata::{
     EncryptionMethod, EntityDescriptor, IndexedEndpoint, KeyDescriptor, SpSsoDescriptor, HTTP_POST_BINDING,
     HTTP_REDIRECT_BINDING,
 };
-use samael::schema::{Assertion, EncryptedAssertion};
+use samael::schema::Assertion;
 use samael::service_provider::ServiceProvider;
 use samael::traits::ToXml;
 use serde_json::{Map, Value};
@@ -174,9 +174,7 @@ impl SpKeys {
 
 /// The DER of a PEM certificate.
 pub fn cert_der(pem: &str) -> Result<Vec<u8>, SamlError> {
-    openssl::x509::X509::from_pem(pem.as_bytes())
-        .and_then(|c| c.to_der())
-        .map_err(|_| err("unreadable certificate"))
+    openssl::x509::X509::from_pem(pem.as_bytes()).and_then(|c| c.to_der()).map_err(|_| err("unreadable certificate"))
 }
 
 /// What the IdP's metadata says.
@@ -199,16 +197,14 @@ pub fn parse_idp_metadata(xml: &str) -> Result<IdpInfo, SamlError> {
         return Err(err("idp_metadata: at most 1 MiB"));
     }
     refuse_dtd(xml).map_err(|e| err(format!("idp_metadata: {}", e.0)))?;
-    let metadata: EntityDescriptor = xml
-        .parse()
-        .map_err(|_| err("idp_metadata: not SAML metadata (an md:EntityDescriptor is expected)"))?;
+    let metadata: EntityDescriptor =
+        xml.parse().map_err(|_| err("idp_metadata: not SAML metadata (an md:EntityDescriptor is expected)"))?;
     let entity_id = metadata
         .entity_id
         .clone()
         .filter(|e| !e.is_empty() && e.len() <= 1024)
         .ok_or_else(|| err("idp_metadata: the EntityDescriptor has no entityID"))?;
-    let descriptors =
-        metadata.idp_sso_descriptors.as_ref().ok_or_else(|| err("idp_metadata: no IDPSSODescriptor"))?;
+    let descriptors = metadata.idp_sso_descriptors.as_ref().ok_or_else(|| err("idp_metadata: no IDPSSODescriptor"))?;
     let sso_url = descriptors
         .iter()
         .flat_map(|d| d.single_sign_on_services.iter())
@@ -462,9 +458,9 @@ impl SamlProvider {
     /// answer tells nothing about where decryption went wrong.
     fn decrypt(&self, element: &str) -> Result<String, SamlError> {
         let failed = || err("the encrypted assertion cannot be decrypted with this service's key");
-        let encrypted: EncryptedAssertion = quick_xml::de::from_str(element).map_err(|_| failed())?;
-        let (key_cipher, key_method) = encrypted.encrypted_key_info().ok_or_else(failed)?;
-        let (value_cipher, value_method) = encrypted.encrypted_value_info().ok_or_else(failed)?;
+        let parts = encrypted_parts(element).ok_or_else(failed)?;
+        let (key_cipher, key_method) = (&parts.key_cipher, parts.key_method.as_str());
+        let (value_cipher, value_method) = (&parts.data_cipher, parts.data_method.as_str());
         if key_method != "http://www.w3.org/2001/04/xmlenc#rsa-oaep-mgf1p" {
             // RSA PKCS#1 v1.5 key transport is an oracle (Bleichenbacher): never.
             return Err(err("the assertion's key transport is not rsa-oaep-mgf1p"));
@@ -473,12 +469,12 @@ impl SamlProvider {
             let compact: String = s.chars().filter(|c| !c.is_ascii_whitespace()).collect();
             base64::engine::general_purpose::STANDARD.decode(compact).map_err(|_| failed())
         };
-        let wrapped = b64(&key_cipher.value)?;
+        let wrapped = b64(key_cipher)?;
         let rsa = self.keys.encryption_key.rsa().map_err(|_| failed())?;
         let mut key = zeroize::Zeroizing::new(vec![0u8; rsa.size() as usize]);
         let n = rsa.private_decrypt(&wrapped, &mut key, openssl::rsa::Padding::PKCS1_OAEP).map_err(|_| failed())?;
         key.truncate(n);
-        let data = b64(&value_cipher.value)?;
+        let data = b64(value_cipher)?;
         let plain = decrypt_content(value_method, &key, &data).ok_or_else(failed)?;
         let text = String::from_utf8(plain).map_err(|_| failed())?;
         let text = text.trim();
@@ -494,7 +490,8 @@ impl SamlProvider {
     fn read(&self, assertion: Assertion) -> Result<Verified, SamlError> {
         let conditions = assertion.conditions.as_ref().ok_or_else(|| err("the assertion has no Conditions"))?;
         let audiences = conditions.audience_restrictions.as_deref().unwrap_or_default();
-        if audiences.is_empty() || !audiences.iter().all(|r| r.audience.iter().any(|a| a == &self.settings.sp_entity_id))
+        if audiences.is_empty()
+            || !audiences.iter().all(|r| r.audience.iter().any(|a| a == &self.settings.sp_entity_id))
         {
             return Err(err("the assertion's Audience is not this service"));
         }
@@ -642,6 +639,91 @@ fn decrypt_content(method: &str, key: &[u8], data: &[u8]) -> Option<Vec<u8>> {
     }
     out.truncate(out.len() - pad);
     Some(out)
+}
+
+/// What an `EncryptedAssertion` holds: the content's algorithm and ciphertext, and the wrapped
+/// key's (the `EncryptedKey` inside `EncryptedData/KeyInfo`, or next to `EncryptedData`).
+struct EncryptedParts {
+    data_method: String,
+    data_cipher: String,
+    key_method: String,
+    key_cipher: String,
+}
+
+/// Read an `EncryptedAssertion` element: exactly one `EncryptedData` and one `EncryptedKey`;
+/// an OAEP digest other than SHA-1 (the only one rsa-oaep-mgf1p knows) is refused.
+fn encrypted_parts(element: &str) -> Option<EncryptedParts> {
+    let mut reader = NsReader::from_str(element);
+    reader.config_mut().expand_empty_elements = true;
+    let (mut data_method, mut data_cipher, mut key_method, mut key_cipher) = (None, None, None, None);
+    let (mut datas, mut keys) = (0, 0);
+    // Local names of the open xenc/ds elements ("" for others).
+    let mut stack: Vec<&'static str> = Vec::new();
+    loop {
+        match reader.read_resolved_event().ok()? {
+            (ns, Event::Start(e)) => {
+                let ns: &[u8] = match ns {
+                    ResolveResult::Bound(n) => n.into_inner(),
+                    _ => b"",
+                };
+                let name: &'static str = match (ns, e.local_name().as_ref()) {
+                    (NS_XENC, b"EncryptedData") => "EncryptedData",
+                    (NS_XENC, b"EncryptedKey") => "EncryptedKey",
+                    (NS_XENC, b"EncryptionMethod") => "EncryptionMethod",
+                    (NS_XENC, b"CipherData") => "CipherData",
+                    (NS_XENC, b"CipherValue") => "CipherValue",
+                    (NS_DSIG, b"DigestMethod") => "DigestMethod",
+                    _ => "",
+                };
+                let algorithm = || {
+                    e.attributes()
+                        .flatten()
+                        .find(|a| a.key.as_ref() == b"Algorithm")
+                        .and_then(|a| a.unescape_value().ok())
+                        .map(|v| v.into_owned())
+                };
+                let parent = stack.last().copied();
+                match (name, parent) {
+                    ("EncryptedData", _) => datas += 1,
+                    ("EncryptedKey", _) => keys += 1,
+                    ("EncryptionMethod", Some("EncryptedData")) => data_method = algorithm(),
+                    ("EncryptionMethod", Some("EncryptedKey")) => key_method = algorithm(),
+                    ("DigestMethod", Some("EncryptionMethod"))
+                        if algorithm().as_deref() != Some("http://www.w3.org/2000/09/xmldsig#sha1") =>
+                    {
+                        return None
+                    }
+                    _ => {}
+                }
+                stack.push(name);
+            }
+            (_, Event::Text(t)) => {
+                let n = stack.len();
+                if n >= 3 && stack[n - 1] == "CipherValue" && stack[n - 2] == "CipherData" {
+                    let text = t.unescape().ok()?.into_owned();
+                    match stack[n - 3] {
+                        "EncryptedData" => data_cipher = Some(text),
+                        "EncryptedKey" => key_cipher = Some(text),
+                        _ => {}
+                    }
+                }
+            }
+            (_, Event::End(_)) => {
+                stack.pop()?;
+            }
+            (_, Event::Eof) => break,
+            _ => {}
+        }
+    }
+    if datas != 1 || keys != 1 {
+        return None;
+    }
+    Some(EncryptedParts {
+        data_method: data_method?,
+        data_cipher: data_cipher?,
+        key_method: key_method?,
+        key_cipher: key_cipher?,
+    })
 }
 
 /// What the stream scan found in a response.

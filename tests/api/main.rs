@@ -4,6 +4,7 @@
 //! stdout, exit codes, systemd notification).
 
 mod helpers;
+mod saml;
 
 mod accounts;
 mod audit;

@@ -124,13 +124,13 @@ impl Idp {
 }
 
 /// A browser without a browser: one cookie jar per host and port, redirects followed by hand.
-struct Browser {
+pub(crate) struct Browser {
     http: reqwest::Client,
     jar: HashMap<String, HashMap<String, String>>,
 }
 
 impl Browser {
-    fn new() -> Browser {
+    pub(crate) fn new() -> Browser {
         let http = reqwest::Client::builder()
             .danger_accept_invalid_certs(true)
             .redirect(reqwest::redirect::Policy::none())
@@ -144,7 +144,7 @@ impl Browser {
         url.split('/').nth(2).unwrap_or_default().to_string()
     }
 
-    fn cookie(&self, url: &str, name: &str) -> Option<String> {
+    pub(crate) fn cookie(&self, url: &str, name: &str) -> Option<String> {
         self.jar.get(&Self::host(url)).and_then(|c| c.get(name)).cloned()
     }
 
@@ -162,7 +162,7 @@ impl Browser {
         }
     }
 
-    async fn send(&mut self, method: Method, url: &str, form: Option<&[(&str, &str)]>) -> reqwest::Response {
+    pub(crate) async fn send(&mut self, method: Method, url: &str, form: Option<&[(&str, &str)]>) -> reqwest::Response {
         let mut req = self.http.request(method, url);
         if let Some(cookies) = self.jar.get(&Self::host(url)) {
             let header: Vec<String> = cookies.iter().map(|(k, v)| format!("{k}={v}")).collect();
@@ -178,12 +178,12 @@ impl Browser {
         resp
     }
 
-    async fn get(&mut self, url: &str) -> reqwest::Response {
+    pub(crate) async fn get(&mut self, url: &str) -> reqwest::Response {
         self.send(Method::GET, url, None).await
     }
 }
 
-fn location(resp: &reqwest::Response, base: &str) -> String {
+pub(crate) fn location(resp: &reqwest::Response, base: &str) -> String {
     let loc = resp.headers().get("location").unwrap_or_else(|| panic!("no Location ({})", resp.status()));
     let loc = loc.to_str().unwrap();
     if loc.starts_with("http") {
@@ -226,7 +226,7 @@ async fn login(b: &mut Browser, app: &TestApp, idp: &Idp, provider: &str, who: &
     b.get(&back).await
 }
 
-async fn start_app() -> TestApp {
+pub(crate) async fn start_app() -> TestApp {
     let dir = tempfile::tempdir().unwrap();
     let mut config = test_config(dir.path());
     config.sso.return_to_origins = vec!["https://app.example.com".into()];
@@ -237,7 +237,7 @@ async fn start_app() -> TestApp {
     spawn_app_at(dir, config, time::OffsetDateTime::now_utc()).await
 }
 
-async fn admin(app: &TestApp) -> String {
+pub(crate) async fn admin(app: &TestApp) -> String {
     let pw = app.bootstrap_password.clone().unwrap();
     let r = app
         .client
@@ -250,7 +250,13 @@ async fn admin(app: &TestApp) -> String {
     r.json::<Value>().await.unwrap()["access_token"].as_str().unwrap().to_string()
 }
 
-async fn call(app: &TestApp, method: Method, path: &str, token: &str, body: Option<Value>) -> (StatusCode, Value) {
+pub(crate) async fn call(
+    app: &TestApp,
+    method: Method,
+    path: &str,
+    token: &str,
+    body: Option<Value>,
+) -> (StatusCode, Value) {
     let mut req = app.client.request(method, app.url(path)).bearer_auth(token);
     if let Some(b) = body {
         req = req.json(&b);
@@ -276,13 +282,13 @@ fn provider_body(id: &str, idp: &Idp, client: &str, extra: Value) -> Value {
     b
 }
 
-async fn workspace(app: &TestApp, token: &str, slug: &str) -> String {
+pub(crate) async fn workspace(app: &TestApp, token: &str, slug: &str) -> String {
     let (st, b) = call(app, Method::POST, "/v1/workspaces", token, Some(json!({"slug": slug, "name": slug}))).await;
     assert_eq!(st, StatusCode::CREATED, "{b}");
     b["id"].as_str().unwrap().to_string()
 }
 
-async fn member_roles(app: &TestApp, token: &str, ws: &str, email: &str) -> Option<Vec<String>> {
+pub(crate) async fn member_roles(app: &TestApp, token: &str, ws: &str, email: &str) -> Option<Vec<String>> {
     let (st, b) = call(app, Method::GET, &format!("/v1/workspaces/{ws}/members"), token, None).await;
     assert_eq!(st, StatusCode::OK, "{b}");
     b.as_array().unwrap().iter().find(|m| m["email"] == email || m["user_id"] == email).map(|m| {
@@ -293,14 +299,14 @@ async fn member_roles(app: &TestApp, token: &str, ws: &str, email: &str) -> Opti
     })
 }
 
-async fn audit_actions(app: &TestApp, token: &str, prefix: &str) -> Vec<Value> {
+pub(crate) async fn audit_actions(app: &TestApp, token: &str, prefix: &str) -> Vec<Value> {
     let (st, b) = call(app, Method::GET, &format!("/v1/audit?action={prefix}&limit=200"), token, None).await;
     assert_eq!(st, StatusCode::OK, "{b}");
     b["items"].as_array().unwrap().clone()
 }
 
 /// Signed in by cookie: `/v1/me` with the session cookie the callback set.
-async fn me_with_cookie(app: &TestApp, b: &Browser) -> Value {
+pub(crate) async fn me_with_cookie(app: &TestApp, b: &Browser) -> Value {
     let c = b.cookie(&app.base, "__Host-gatehouse_session").expect("a session cookie");
     let r = app
         .client

@@ -57,10 +57,14 @@ struct SealedKeys {
 impl SamlStored {
     /// Check what the types do not; the error names the field.
     pub fn check(&self) -> Result<(), AppError> {
-        crate::config::check_saml_fields(&self.display_name, self.sp_entity_id.as_deref(), self.name_id_format.as_deref())
-            .and_then(|()| crate::config::check_mapping(&self.mapping))
-            .and_then(|()| crate::config::check_email_domains(&self.allowed_email_domains))
-            .map_err(AppError::Invalid)?;
+        crate::config::check_saml_fields(
+            &self.display_name,
+            self.sp_entity_id.as_deref(),
+            self.name_id_format.as_deref(),
+        )
+        .and_then(|()| crate::config::check_mapping(&self.mapping))
+        .and_then(|()| crate::config::check_email_domains(&self.allowed_email_domains))
+        .map_err(AppError::Invalid)?;
         for (name, path) in [
             ("attributes.email", &self.attributes.email),
             ("attributes.email_verified", &self.attributes.email_verified),
