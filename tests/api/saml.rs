@@ -307,3 +307,29 @@ async fn saml_login_with_pysaml2_provisions_maps_and_follows_groups() {
     assert_eq!(st, StatusCode::OK);
     assert!(log["items"].as_array().unwrap().len() >= 6, "{log}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_real_browser_signs_in_through_the_saml_idp() {
+    assert!(std::path::Path::new("/usr/bin/chromium").exists(), "chromium is missing: run tests/run.sh");
+    let app = start_app().await;
+    let idp = SamlIdp::start();
+    let token = admin(&app).await;
+    let body = saml_provider_body("corp-saml", &idp.metadata, json!({}));
+    let (st, p) = call(&app, Method::POST, "/v1/sso-providers", &token, Some(body)).await;
+    assert_eq!(st, StatusCode::CREATED, "{p}");
+    idp.trust_sp(&app, "corp-saml").await;
+    let out = tokio::process::Command::new("node")
+        .arg(repo_root().join("tests/browser/sso.mjs"))
+        .args([app.base.as_str(), "corp-saml", "alice", "alice-password", "saml"])
+        .current_dir(repo_root())
+        .env("PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD", "1")
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(90), out).await.expect("the browser test ends").unwrap();
+    let report = format!("{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{report}");
+    assert!(report.contains("back in Gatehouse: Signed in as alice@corp.example"), "{report}");
+    let events = crate::sso::audit_actions(&app, &token, "sso.login.succeeded").await;
+    assert_eq!(events.len(), 1, "{events:?}");
+    app.stop().await;
+}

@@ -3,7 +3,10 @@
 // must land back on `${base}/login` signed in (the page shows who, read from /v1/me with the
 // session cookie the callback set).
 //
-// Usage: node tests/browser/sso.mjs https://127.0.0.1:PORT PROVIDER_ID LOGIN PASSWORD
+// Usage: node tests/browser/sso.mjs https://127.0.0.1:PORT PROVIDER_ID LOGIN PASSWORD [oidc|saml]
+// `oidc` (the default): the oidc-provider peer's form (fields `login`, `password`, button
+// `#submit`). `saml`: the pysaml2 peer's form (`username`, `password`, `#login`), whose answer is
+// an auto-submitting form that POSTs the Response to Gatehouse's ACS (a cross-site POST).
 // Needs: Debian's /usr/bin/chromium and playwright-core from tests/peers (tests/run.sh installs
 // both). Exit 0 on success; non-zero with a FAIL line otherwise. Never takes longer than TOTAL_MS.
 
@@ -25,9 +28,13 @@ try {
   process.exit(3);
 }
 
-const [baseArg, provider, login, password] = process.argv.slice(2);
+const [baseArg, provider, login, password, kindArg] = process.argv.slice(2);
+const kind = kindArg || "oidc";
+const form = kind === "saml"
+  ? { user: 'input[name="username"]', submit: "#login" }
+  : { user: 'input[name="login"]', submit: "#submit" };
 const base = (baseArg || "").replace(/\/+$/, "");
-if (!/^https?:\/\//.test(base) || !provider || !login || !password) {
+if (!/^https?:\/\//.test(base) || !provider || !login || !password || !["oidc", "saml"].includes(kind)) {
   console.error("usage: node tests/browser/sso.mjs https://127.0.0.1:PORT PROVIDER_ID LOGIN PASSWORD");
   process.exit(64);
 }
@@ -88,14 +95,14 @@ async function run() {
   await button.click();
 
   // The provider's own login form.
-  const loginField = page.locator('input[name="login"]');
+  const loginField = page.locator(form.user);
   await loginField.waitFor({ state: "visible" });
   log(`at the identity provider: ${new URL(page.url()).origin}`);
   if (page.url().startsWith(base)) throw new Error(`the button did not leave Gatehouse: ${page.url()}`);
   await loginField.fill(login);
   await page.locator('input[name="password"]').fill(password);
   log("submitting the provider's form");
-  await Promise.all([page.waitForURL(`${base}/login**`), page.locator("#submit").click()]);
+  await Promise.all([page.waitForURL(`${base}/login**`), page.locator(form.submit).click()]);
 
   const who = page.locator("#whoami");
   await who.waitFor({ state: "visible" });
