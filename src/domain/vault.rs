@@ -478,7 +478,8 @@ pub async fn verify(db: &Db, vault: &Arc<Vault>) -> Result<VerifyReport, AppErro
                 seeds.into_iter().map(|(id, env)| (format!("TOTP seed of user {id}"), env, super::mfa::seed_aad(&id)));
             let sso = tx.sso_providers()?.into_iter().filter_map(|p| {
                 let env = p.secret_sealed?;
-                Some((format!("client secret of identity provider {}", p.id), env, super::sso::secret_aad(&p.id)))
+                let what = if p.kind == "saml" { "SAML SP keys" } else { "client secret" };
+                Some((format!("{what} of identity provider {}", p.id), env, super::sso::secret_aad(&p.id)))
             });
             for (place, envelope, aad) in signing.chain(seeds).chain(sso) {
                 if system.open(&envelope, &aad).is_ok() {

@@ -427,7 +427,9 @@ impl SamlProvider {
         if scan.status.as_deref() != Some(STATUS_SUCCESS) {
             return Err(err("the IdP answered with an error status"));
         }
-        let with_certs = !(outer_verified && !scan.assertion_signed);
+        // samael checks signatures again unless the only one was the Response's around the
+        // ciphertext, which Gatehouse checked above.
+        let with_certs = !outer_verified || scan.assertion_signed;
         let sp = self.service_provider(with_certs, request_id.is_none());
         let ids: Vec<&str> = request_id.into_iter().collect();
         let possible = if request_id.is_some() { Some(ids.as_slice()) } else { None };
@@ -623,7 +625,7 @@ fn decrypt_content(method: &str, key: &[u8], data: &[u8]) -> Option<Vec<u8>> {
         return decrypt_aead(cipher, key, Some(iv), &[], body, tag).ok();
     }
     let block = cipher.block_size();
-    if data.len() < 2 * block || data.len() % block != 0 {
+    if data.len() < 2 * block || !data.len().is_multiple_of(block) {
         return None;
     }
     let (iv, body) = data.split_at(block);

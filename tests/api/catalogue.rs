@@ -40,6 +40,7 @@ const NOT_EVENTS: &[(&str, &str)] = &[
     ("auth.token.revoked", "a metrics label: the refusal is audited as `auth.credential.rejected`"),
     ("sso.exchange", "the endpoint name of the sign-in rate limit (`auth.rate_limited` records it in `endpoint`)"),
     ("sso.callback", "the endpoint name of the sign-in rate limit (`auth.rate_limited` records it in `endpoint`)"),
+    ("sso.acs", "the endpoint name of the sign-in rate limit (`auth.rate_limited` records it in `endpoint`)"),
     ("sso.login", "the endpoint name of the sign-in rate limit (`auth.rate_limited` records it in `endpoint`)"),
     ("server.listn", "a misspelt configuration key in a config.rs test of unknown-key rejection"),
 ];

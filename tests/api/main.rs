@@ -5,6 +5,7 @@
 
 mod helpers;
 mod saml;
+mod saml_forge;
 
 mod accounts;
 mod audit;

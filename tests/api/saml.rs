@@ -333,3 +333,191 @@ async fn a_real_browser_signs_in_through_the_saml_idp() {
     assert_eq!(events.len(), 1, "{events:?}");
     app.stop().await;
 }
+
+/// IdP metadata as an IdP publishes it: entity id, HTTP-Redirect sign-on URL and the signing
+/// certificates (base64 DER), several during a rollover.
+pub(crate) fn idp_metadata(entity_id: &str, sso_url: &str, certs_b64: &[String]) -> String {
+    let keys: String = certs_b64
+        .iter()
+        .map(|c| {
+            format!(
+                r#"<md:KeyDescriptor use="signing"><ds:KeyInfo><ds:X509Data><ds:X509Certificate>{c}</ds:X509Certificate></ds:X509Data></ds:KeyInfo></md:KeyDescriptor>"#
+            )
+        })
+        .collect();
+    format!(
+        r#"<?xml version="1.0" encoding="UTF-8"?>
+<md:EntityDescriptor xmlns:md="urn:oasis:names:tc:SAML:2.0:metadata" xmlns:ds="http://www.w3.org/2000/09/xmldsig#" entityID="{entity_id}"><md:IDPSSODescriptor protocolSupportEnumeration="urn:oasis:names:tc:SAML:2.0:protocol">{keys}<md:SingleSignOnService Binding="urn:oasis:names:tc:SAML:2.0:bindings:HTTP-Redirect" Location="{sso_url}"/></md:IDPSSODescriptor></md:EntityDescriptor>"#
+    )
+}
+
+fn pem_to_b64(path: &std::path::Path) -> String {
+    let pem = std::fs::read_to_string(path).unwrap();
+    pem.lines().filter(|l| !l.starts_with("-----")).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn saml_provider_admin_api_preview_and_config_file() {
+    let keys = tempfile::tempdir().unwrap();
+    let (_, cert) = openssl_key(keys.path(), "idp-a");
+    let cert = pem_to_b64(&cert);
+    let metadata =
+        idp_metadata("https://idp.corp.example/saml", "https://idp.corp.example/sso", std::slice::from_ref(&cert));
+    let app = start_app().await;
+    let token = admin(&app).await;
+    workspace(&app, &token, "saml-ws").await;
+
+    // Validation: each mistake is a 400 naming the field, and nothing is stored.
+    let groups = "http://schemas.microsoft.com/ws/2008/06/identity/claims/groups";
+    let cases = [
+        (json!({"id": "x", "kind": "saml", "display_name": "X"}), "saml"),
+        (saml_provider_body("x", "<not-metadata/>", json!({})), "idp_metadata"),
+        (
+            saml_provider_body(
+                "x",
+                &format!(
+                    "<!DOCTYPE md [<!ENTITY a \"b\">]>{}",
+                    metadata.replace(r#"<?xml version="1.0" encoding="UTF-8"?>"#, "")
+                ),
+                json!({}),
+            ),
+            "DTD",
+        ),
+        (
+            saml_provider_body("x", &idp_metadata("https://idp", "https://idp/sso", &[]), json!({})),
+            "signing certificate",
+        ),
+        (
+            saml_provider_body(
+                "x",
+                &idp_metadata("https://idp", "http://idp.corp.example/sso", std::slice::from_ref(&cert)),
+                json!({}),
+            ),
+            "https",
+        ),
+        (saml_provider_body("x", &metadata, json!({"client_secret": "s"})), "client_secret"),
+        (saml_provider_body("x", &metadata, json!({"issuer": "https://idp"})), "issuer"),
+        (saml_provider_body("x", &metadata, json!({"kind": "ldap"})), "kind"),
+    ];
+    for (body, field) in cases {
+        let (st, b) = call(&app, Method::POST, "/v1/sso-providers", &token, Some(body.clone())).await;
+        assert_eq!(st, StatusCode::BAD_REQUEST, "{body}: {b}");
+        assert!(b["detail"].as_str().unwrap().contains(field), "{field}: {b}");
+    }
+    let (_, list) = call(&app, Method::GET, "/v1/sso-providers", &token, None).await;
+    assert_eq!(list["items"].as_array().unwrap().len(), 0);
+
+    let body = saml_provider_body(
+        "corp-saml",
+        &metadata,
+        json!({"mapping": [{"claim": groups, "value": "engineering", "workspace": "saml-ws", "roles": ["editor"]}]}),
+    );
+    let (st, p) = call(&app, Method::POST, "/v1/sso-providers", &token, Some(body.clone())).await;
+    assert_eq!(st, StatusCode::CREATED, "{p}");
+    let sp_cert = p["saml"]["sp_signing_certificate"].as_str().unwrap().to_string();
+    assert_ne!(sp_cert, p["saml"]["sp_encryption_certificate"].as_str().unwrap(), "two key pairs");
+    assert_eq!(p["saml"]["idp_sso_url"], "https://idp.corp.example/sso");
+    // Replacing keeps the SP keys; a provider cannot change its kind.
+    let mut changed = body.clone();
+    changed["display_name"] = json!("Renamed");
+    let (st, p2) = call(&app, Method::PUT, "/v1/sso-providers/corp-saml", &token, Some(changed)).await;
+    assert_eq!(st, StatusCode::OK, "{p2}");
+    assert_eq!(p2["saml"]["sp_signing_certificate"], sp_cert.as_str());
+    let oidc = json!({"display_name": "x", "issuer": "https://127.0.0.1:1", "client_id": "c", "client_secret": "s"});
+    let (st, b) = call(&app, Method::PUT, "/v1/sso-providers/corp-saml", &token, Some(oidc)).await;
+    assert_eq!(st, StatusCode::BAD_REQUEST, "{b}");
+
+    // The SP metadata: entity id, ACS, both certificates, signed requests; never a private key.
+    let r = app.client.get(app.url("/v1/sso/saml/corp-saml/metadata")).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let xml = r.text().await.unwrap();
+    assert!(xml.contains(&format!(r#"entityID="{}""#, app.url("/v1/sso/saml/corp-saml/metadata"))), "{xml}");
+    assert!(xml.contains(&app.url("/v1/sso/saml/corp-saml/acs")));
+    assert!(xml.contains(r#"use="encryption""#) && xml.contains(r#"use="signing""#));
+    assert!(xml.contains(r#"AuthnRequestsSigned="true""#));
+    assert!(!xml.contains("PRIVATE"));
+    let r = app.client.get(app.url("/v1/sso/saml/nobody/metadata")).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    // The login start sends a signed AuthnRequest by redirect, to the metadata's SSO URL.
+    let r = app.client.get(app.url("/v1/sso/corp-saml/login")).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::FOUND);
+    let to = r.headers()["location"].to_str().unwrap().to_string();
+    assert!(to.starts_with("https://idp.corp.example/sso?SAMLRequest="), "{to}");
+    assert!(to.contains("&RelayState=gthl_") && to.contains("&SigAlg=") && to.contains("&Signature="), "{to}");
+
+    // The dry run reads a SAML assertion's NameID and attributes; it changes nothing.
+    let preview = json!({"saml": {"name_id": "carol@corp.example",
+        "name_id_format": "urn:oasis:names:tc:SAML:1.1:nameid-format:emailAddress",
+        "attributes": {"displayName": "Carol", groups: ["engineering", "staff"]}}});
+    let (st, b) = call(&app, Method::POST, "/v1/sso-providers/corp-saml/preview", &token, Some(preview)).await;
+    assert_eq!(st, StatusCode::OK, "{b}");
+    assert_eq!(b["user"]["action"], "create");
+    assert_eq!(b["user"]["email"], "carol@corp.example");
+    assert_eq!(b["user"]["name"], "Carol");
+    assert_eq!(b["groups"], json!(["engineering", "staff"]));
+    assert_eq!(b["memberships"][0]["add"], json!(["editor"]));
+    let (st, _) =
+        call(&app, Method::POST, "/v1/sso-providers/corp-saml/preview", &token, Some(json!({"claims": {"sub": "x"}})))
+            .await;
+    assert_eq!(st, StatusCode::BAD_REQUEST);
+    let (st, users) = call(&app, Method::GET, "/v1/users?q=carol", &token, None).await;
+    assert_eq!(st, StatusCode::OK);
+    assert!(!users.to_string().contains("carol@corp.example"), "the preview created no one");
+    app.stop().await;
+
+    // From the configuration file: read-only here, and its SP keys survive a restart.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("idp.xml");
+    std::fs::write(&file, &metadata).unwrap();
+    let mut config = crate::helpers::test_config(dir.path());
+    config.sso.saml = vec![toml::from_str(&format!(
+        r#"id = "adfs"
+           display_name = "ADFS"
+           idp_metadata_file = "{}"
+           trust_email = true
+           attributes = {{ groups = "{groups}" }}
+           [[mapping]]
+           claim = "{groups}"
+           value = "admins"
+           platform_role = "admin""#,
+        file.display()
+    ))
+    .unwrap()];
+    let app = crate::helpers::spawn_app_at(dir, config.clone(), time::OffsetDateTime::now_utc()).await;
+    let token = admin(&app).await;
+    let (st, p) = call(&app, Method::GET, "/v1/sso-providers/adfs", &token, None).await;
+    assert_eq!(st, StatusCode::OK, "{p}");
+    assert_eq!(p["source"], "config");
+    assert_eq!(p["kind"], "saml");
+    assert_eq!(p["saml"]["attributes"]["groups"], groups);
+    let cert_before = p["saml"]["sp_signing_certificate"].clone();
+    let (st, _) = call(&app, Method::DELETE, "/v1/sso-providers/adfs", &token, None).await;
+    assert_eq!(st, StatusCode::CONFLICT);
+    let password = app.bootstrap_password.clone();
+    let dir = app.stop().await;
+    let mut app = crate::helpers::spawn_app_at(dir, config, time::OffsetDateTime::now_utc()).await;
+    app.bootstrap_password = password;
+    let token = admin(&app).await;
+    let (_, p) = call(&app, Method::GET, "/v1/sso-providers/adfs", &token, None).await;
+    assert_eq!(p["saml"]["sp_signing_certificate"], cert_before, "the SP keys are kept across restarts");
+    let dir = app.stop().await;
+    // The sealed SP keys are among the values `vault verify` opens.
+    let data = dir.path().join("data");
+    let (code, out, err) =
+        crate::helpers::run(crate::helpers::gatehouse(&["vault", "verify", "--data-dir", data.to_str().unwrap()]));
+    assert_eq!(code, 0, "{out}{err}");
+    let db = rusqlite::Connection::open(data.join("gatehouse.db")).unwrap();
+    let sealed: String =
+        db.query_row("SELECT secret_sealed FROM sso_providers WHERE id = 'adfs'", [], |r| r.get(0)).unwrap();
+    assert!(!sealed.contains("PRIVATE"));
+    let mut bytes = sealed.into_bytes();
+    let last = bytes.len() - 2;
+    bytes[last] = if bytes[last] == b'A' { b'B' } else { b'A' };
+    db.execute("UPDATE sso_providers SET secret_sealed = ?1 WHERE id = 'adfs'", [String::from_utf8(bytes).unwrap()])
+        .unwrap();
+    drop(db);
+    let (code, _, err) =
+        crate::helpers::run(crate::helpers::gatehouse(&["vault", "verify", "--data-dir", data.to_str().unwrap()]));
+    assert_ne!(code, 0);
+    assert!(err.contains("SAML SP keys of identity provider adfs"), "{err}");
+}

@@ -749,6 +749,9 @@ fn need(method: &str, path: &str) -> Option<Need> {
         // exchange are for callers not signed in yet.
         ("get", "/v1/sso/providers" | "/v1/sso/{provider}/login" | "/v1/sso/oidc/{provider}/callback") => Public,
         ("post", "/v1/sso/exchange") => Public,
+        // SAML: the SP metadata is for the IdP; the IdP's POST to the ACS is the login's end.
+        ("get", "/v1/sso/saml/{provider}/metadata") => Public,
+        ("post", "/v1/sso/saml/{provider}/acs") => Public,
         (_, p) if p.starts_with("/v1/sso-providers") => Admin,
         (
             "post",

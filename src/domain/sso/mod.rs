@@ -171,8 +171,8 @@ impl Stored {
 /// The protocol side of a provider the server can use.
 #[derive(Debug)]
 pub enum Client {
-    Oidc(OidcProvider),
-    Saml(SamlProvider),
+    Oidc(Box<OidcProvider>),
+    Saml(Box<SamlProvider>),
 }
 
 /// A provider the server can use.
@@ -225,7 +225,7 @@ impl SsoService {
             Stored::Oidc(s) => s,
             Stored::Saml(s) => {
                 let client = saml::client(self, &row.id, &s, secret)?;
-                return Ok(Provider { row, settings: Stored::Saml(s), client: Client::Saml(client) });
+                return Ok(Provider { row, settings: Stored::Saml(s), client: Client::Saml(Box::new(client)) });
             }
         };
         let http = http_client(settings.ca_pem.as_deref())?;
@@ -246,7 +246,7 @@ impl SsoService {
             self.skew,
         )
         .map_err(|e| e.0)?;
-        Ok(Provider { row, settings: Stored::Oidc(settings), client: Client::Oidc(oidc) })
+        Ok(Provider { row, settings: Stored::Oidc(settings), client: Client::Oidc(Box::new(oidc)) })
     }
 
     /// The SAML assertion consumer service URL.
