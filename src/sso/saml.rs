@@ -268,14 +268,25 @@ impl SamlProvider {
         &self.idp
     }
 
-    fn service_provider(&self, with_certs: bool, unsolicited: bool) -> ServiceProvider {
+    /// samael's view of this provider, trusting `cert` alone, or no certificate (`None`: only
+    /// after Gatehouse verified the signature around an encrypted assertion itself).
+    fn service_provider(&self, cert: Option<&CertificateDer>, unsolicited: bool) -> ServiceProvider {
         let mut idp_metadata = self.idp.metadata.clone();
-        if !with_certs {
-            // Only after Gatehouse verified the signature around an encrypted assertion itself.
-            if let Some(ds) = idp_metadata.idp_sso_descriptors.as_mut() {
-                for d in ds.iter_mut() {
-                    d.key_descriptors.clear();
-                }
+        if let Some(ds) = idp_metadata.idp_sso_descriptors.as_mut() {
+            for d in ds.iter_mut() {
+                d.key_descriptors = cert
+                    .map(|c| KeyDescriptor {
+                        key_use: Some("signing".to_string()),
+                        key_info: samael::key_info::KeyInfo {
+                            id: None,
+                            x509_data: Some(samael::key_info::X509Data {
+                                certificates: vec![base64::engine::general_purpose::STANDARD.encode(c.der_data())],
+                            }),
+                        },
+                        encryption_methods: None,
+                    })
+                    .into_iter()
+                    .collect();
             }
         }
         let skew = chrono::Duration::seconds(i64::try_from(self.settings.skew.as_secs()).unwrap_or(300));
@@ -353,7 +364,7 @@ impl SamlProvider {
     /// An AuthnRequest by HTTP-Redirect, signed (RSA-SHA256 over the query) when configured.
     /// `request_id` must be unguessable: it is what the response must answer.
     pub fn authn_request(&self, relay_state: &str, request_id: &str) -> Result<AuthnStart, SamlError> {
-        let sp = self.service_provider(true, false);
+        let sp = self.service_provider(None, false);
         let mut request =
             sp.make_authentication_request(&self.idp.sso_url).map_err(|_| err("cannot build the AuthnRequest"))?;
         request.id = request_id.to_string();
@@ -430,12 +441,31 @@ impl SamlProvider {
         // samael checks signatures again unless the only one was the Response's around the
         // ciphertext, which Gatehouse checked above.
         let with_certs = !outer_verified || scan.assertion_signed;
-        let sp = self.service_provider(with_certs, request_id.is_none());
         let ids: Vec<&str> = request_id.into_iter().collect();
         let possible = if request_id.is_some() { Some(ids.as_slice()) } else { None };
-        let assertion = sp
-            .parse_xml_response_with_mode(&xml, possible, ReduceMode::ValidateAndMarkNoAncestors)
-            .map_err(reason_of)?;
+        let check = |cert: Option<&CertificateDer>| {
+            self.service_provider(cert, request_id.is_none()).parse_xml_response_with_mode(
+                &xml,
+                possible,
+                ReduceMode::ValidateAndMarkNoAncestors,
+            )
+        };
+        // One certificate at a time: xmlsec answers a key of another type (an RSA certificate
+        // for an ECDSA signature) with an error rather than a mismatch, which would end a try
+        // of the whole list at its first certificate.
+        let assertion = if with_certs {
+            let mut result = Err(samael::service_provider::Error::FailedToValidateSignature);
+            for cert in &self.idp.certs {
+                result = check(Some(cert));
+                if !matches!(result, Err(samael::service_provider::Error::FailedToValidateSignature)) {
+                    break;
+                }
+            }
+            result
+        } else {
+            check(None)
+        }
+        .map_err(reason_of)?;
         if let (Some(expected), Some(got)) = (request_id, scan.in_response_to.as_deref()) {
             if expected != got {
                 return Err(err("InResponseTo does not name the request Gatehouse sent"));
@@ -445,15 +475,21 @@ impl SamlProvider {
     }
 
     fn verify_signatures(&self, xml: &str) -> Result<(), SamlError> {
-        let algorithms = self.service_provider(true, false).allowed_signature_algorithms;
-        Crypto::reduce_xml_to_signed_with_allowed_algorithms(
-            xml,
-            &self.idp.certs,
-            ReduceMode::ValidateAndMarkNoAncestors,
-            algorithms.as_deref(),
-        )
-        .map(|_| ())
-        .map_err(|_| err("the signature is not valid with the IdP's certificates"))
+        let algorithms = self.service_provider(None, false).allowed_signature_algorithms;
+        let verified = self.idp.certs.iter().any(|cert| {
+            Crypto::reduce_xml_to_signed_with_allowed_algorithms(
+                xml,
+                std::slice::from_ref(cert),
+                ReduceMode::ValidateAndMarkNoAncestors,
+                algorithms.as_deref(),
+            )
+            .is_ok()
+        });
+        if verified {
+            Ok(())
+        } else {
+            Err(err("the signature is not valid with the IdP's certificates"))
+        }
     }
 
     /// Decrypt an `EncryptedAssertion` element. Every failure has the same reason, so the

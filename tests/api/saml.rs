@@ -521,3 +521,325 @@ async fn saml_provider_admin_api_preview_and_config_file() {
     assert_ne!(code, 0);
     assert!(err.contains("SAML SP keys of identity provider adfs"), "{err}");
 }
+
+// ---------------------------------------------------------------------------------------------
+// Attacks: responses the test builds and signs itself.
+
+const FORGED_ISSUER: &str = "https://idp.corp.example/saml";
+
+/// A login start for `provider` in `b`: the RelayState and the AuthnRequest's ID (inflated from
+/// the redirect, as the IdP would read it).
+async fn start_login(b: &mut Browser, app: &TestApp, provider: &str) -> (String, String) {
+    use std::io::Read;
+    let r = b.get(&app.url(&format!("/v1/sso/{provider}/login"))).await;
+    assert_eq!(r.status(), StatusCode::FOUND);
+    let to = reqwest::Url::parse(r.headers()["location"].to_str().unwrap()).unwrap();
+    let q: std::collections::HashMap<String, String> = to.query_pairs().into_owned().collect();
+    let deflated = base64::Engine::decode(&base64::engine::general_purpose::STANDARD, &q["SAMLRequest"]).unwrap();
+    let mut xml = String::new();
+    flate2::read::DeflateDecoder::new(&deflated[..]).read_to_string(&mut xml).unwrap();
+    let id = xml.split(" ID=\"").nth(1).and_then(|s| s.split('"').next()).expect("the request's ID").to_string();
+    assert!(id.len() >= 32, "an unguessable request id: {id}");
+    (q["RelayState"].clone(), id)
+}
+
+async fn post_acs(
+    b: &mut Browser,
+    app: &TestApp,
+    provider: &str,
+    relay: Option<&str>,
+    xml: &str,
+) -> (StatusCode, String) {
+    let response = saml_forge_b64(xml);
+    let mut form = vec![("SAMLResponse", response.as_str())];
+    if let Some(r) = relay {
+        form.push(("RelayState", r));
+    }
+    let r = b.send(Method::POST, &app.url(&format!("/v1/sso/saml/{provider}/acs")), Some(&form)).await;
+    let status = r.status();
+    (status, r.text().await.unwrap())
+}
+
+fn saml_forge_b64(xml: &str) -> String {
+    crate::saml_forge::b64(xml)
+}
+
+fn vm_rss_kb() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:").map(|v| v.trim().trim_end_matches(" kB").trim().parse().unwrap()))
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_saml_responses_are_refused() {
+    use crate::saml_forge::{self as forge, Alg, Forge, SigningKey};
+    let app = start_app().await;
+    let token = admin(&app).await;
+    let idp = SigningKey::rsa("idp");
+    let idp_next = SigningKey::rsa("idp-next");
+    let idp_ec = SigningKey::ec("idp-ec");
+    let attacker = SigningKey::rsa("attacker");
+    // Two RSA certificates (a rollover in progress) and an EC one.
+    let metadata = idp_metadata(
+        FORGED_ISSUER,
+        "https://idp.corp.example/sso",
+        &[idp.cert_base64_der(), idp_next.cert_base64_der(), idp_ec.cert_base64_der()],
+    );
+    let (st, p) =
+        call(&app, Method::POST, "/v1/sso-providers", &token, Some(saml_provider_body("forged", &metadata, json!({}))))
+            .await;
+    assert_eq!(st, StatusCode::CREATED, "{p}");
+    let sp_enc_cert = p["saml"]["sp_encryption_certificate"].as_str().unwrap().to_string();
+    let sp = app.url("/v1/sso/saml/forged/metadata");
+    let acs = app.url("/v1/sso/saml/forged/acs");
+    let forge_for = |request_id: &str, who: &str| Forge::new(FORGED_ISSUER, &sp, &acs, Some(request_id), who);
+    let evil_of = |f: &Forge| {
+        let mut e = f.clone();
+        e.assertion_id = forge::random_id();
+        e.name_id = "admin@corp.example".into();
+        e
+    };
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+
+    // Each attack gets a login of its own, so only the attack decides.
+    type Build<'a> = Box<dyn Fn(&Forge) -> String + 'a>;
+    let attacks: Vec<(&str, Build, &str)> = vec![
+        ("unsigned", Box::new(|f| forge::unsigned(f)), "not signed"),
+        ("signed by another key", Box::new(|f| forge::signed_assertion(f, &attacker)), "signature is not valid"),
+        (
+            "another key, its certificate in KeyInfo",
+            Box::new(|f| {
+                let x = forge::assertion_xml(f);
+                let x = forge::sign(&x, &f.assertion_id, Alg::RsaSha256, &attacker, Some(&attacker));
+                forge::response_xml(f, &x)
+            }),
+            "signature is not valid",
+        ),
+        (
+            "another key, the IdP's certificate in KeyInfo",
+            Box::new(|f| {
+                let x = forge::assertion_xml(f);
+                let x = forge::sign(&x, &f.assertion_id, Alg::RsaSha256, &attacker, Some(&idp));
+                forge::response_xml(f, &x)
+            }),
+            "signature is not valid",
+        ),
+        (
+            "signed assertion moved into Extensions, an unsigned one read",
+            Box::new(|f| forge::wrap_assertion_in_extensions(f, &idp, &evil_of(f))),
+            "directly in the Response",
+        ),
+        (
+            "signed assertion moved into a ds:Object",
+            Box::new(|f| forge::wrap_assertion_in_signature_object(f, &idp, &evil_of(f))),
+            "directly in the Response",
+        ),
+        ("a second assertion", Box::new(|f| forge::two_assertions(f, &idp, &evil_of(f))), "exactly one assertion"),
+        (
+            "the Response's signature covers another element",
+            Box::new(|f| forge::response_signature_over_other_element(f, &idp, &evil_of(f))),
+            "",
+        ),
+        ("duplicate IDs", Box::new(|f| forge::duplicate_ids(f, &idp, &evil_of(f))), ""),
+        ("a comment in the NameID", Box::new(|f| forge::comment_in_name_id(f, &idp)), "comments"),
+        (
+            "expired",
+            Box::new(|f| {
+                let mut f = f.clone();
+                f.issue_instant = now - 30;
+                f.not_before = now - 400;
+                f.not_on_or_after = now - 100;
+                forge::signed_assertion(&f, &idp)
+            }),
+            "expired",
+        ),
+        ("issued long ago", Box::new(|f| forge::signed_assertion(&f.clone().at(now - 3600), &idp)), "too long ago"),
+        (
+            "not yet valid",
+            Box::new(|f| {
+                let mut f = f.clone();
+                f.not_before = now + 600;
+                f.not_on_or_after = now + 900;
+                forge::signed_assertion(&f, &idp)
+            }),
+            "not valid yet",
+        ),
+        (
+            "wrong audience",
+            Box::new(|f| {
+                let mut f = f.clone();
+                f.audience = Some("https://other-sp.example/metadata".into());
+                forge::signed_assertion(&f, &idp)
+            }),
+            "Audience",
+        ),
+        (
+            "no audience",
+            Box::new(|f| {
+                let mut f = f.clone();
+                f.audience = None;
+                forge::signed_assertion(&f, &idp)
+            }),
+            "Audience",
+        ),
+        (
+            "wrong recipient",
+            Box::new(|f| {
+                let mut f = f.clone();
+                f.recipient = "https://other-sp.example/acs".into();
+                forge::signed_assertion(&f, &idp)
+            }),
+            "Recipient",
+        ),
+        (
+            "wrong destination, assertion signed",
+            Box::new(|f| {
+                let mut f = f.clone();
+                f.destination = Some("https://other-sp.example/acs".into());
+                forge::signed_assertion(&f, &idp)
+            }),
+            "Destination",
+        ),
+        (
+            "wrong destination, response signed",
+            Box::new(|f| {
+                let mut f = f.clone();
+                f.destination = Some("https://other-sp.example/acs".into());
+                forge::signed_response(&f, &idp)
+            }),
+            "Destination",
+        ),
+        (
+            "wrong issuer",
+            Box::new(|f| {
+                let mut f = f.clone();
+                f.issuer = "https://evil.example/saml".into();
+                forge::signed_assertion(&f, &idp)
+            }),
+            "Issuer",
+        ),
+        (
+            "unknown InResponseTo",
+            Box::new(|f| {
+                let mut f = f.clone();
+                f.in_response_to = Some(forge::random_id());
+                forge::signed_assertion(&f, &idp)
+            }),
+            "InResponseTo",
+        ),
+        (
+            "SHA-1 signature",
+            Box::new(|f| {
+                let x = forge::sign(&forge::assertion_xml(f), &f.assertion_id, Alg::RsaSha1, &idp, Some(&idp));
+                forge::response_xml(f, &x)
+            }),
+            "not allowed",
+        ),
+        (
+            "an error status",
+            Box::new(|f| {
+                let mut f = f.clone();
+                f.status = "urn:oasis:names:tc:SAML:2.0:status:Requester".into();
+                forge::signed_assertion(&f, &idp)
+            }),
+            "error status",
+        ),
+        ("a DTD with entity expansion", Box::new(|f| forge::with_doctype_bomb(f)), "DTD"),
+        ("an external entity", Box::new(|f| forge::with_external_entity(f, "/etc/passwd")), "DTD"),
+    ];
+    let mut b = Browser::new();
+    let mut failures = 0;
+    for (name, build, reason) in &attacks {
+        let (relay, id) = start_login(&mut b, &app, "forged").await;
+        let xml = build(&forge_for(&id, "victim@corp.example"));
+        let (st, page) = post_acs(&mut b, &app, "forged", Some(&relay), &xml).await;
+        assert_eq!(st, StatusCode::BAD_REQUEST, "{name}: {page}");
+        assert!(page.contains(reason), "{name}: expected {reason:?} in {page}");
+        assert!(b.cookie(&app.base, "__Host-gatehouse_session").is_none(), "{name} signed someone in");
+        failures += 1;
+    }
+
+    // The controls: the same machinery accepts what is right, so the refusals above are the
+    // attacks' doing. Signed by each trusted key (rollover, EC), the response signed, both, and
+    // an assertion encrypted to the SP.
+    let controls: Vec<(&str, Build)> = vec![
+        ("assertion signed", Box::new(|f| forge::signed_assertion(f, &idp))),
+        ("signed with the next certificate", Box::new(|f| forge::signed_assertion(f, &idp_next))),
+        ("signed with the EC key", Box::new(|f| forge::signed_assertion(f, &idp_ec))),
+        ("response signed", Box::new(|f| forge::signed_response(f, &idp))),
+        ("both signed", Box::new(|f| forge::signed_both(f, &idp))),
+        ("encrypted, assertion signed", Box::new(|f| forge::encrypted_assertion(f, &idp, &sp_enc_cert, false))),
+        ("encrypted, response signed", Box::new(|f| forge::encrypted_assertion(f, &idp, &sp_enc_cert, true))),
+    ];
+    let mut replayable = None;
+    for (name, build) in &controls {
+        let mut b = Browser::new();
+        let (relay, id) = start_login(&mut b, &app, "forged").await;
+        let f = forge_for(&id, "victim@corp.example");
+        let (st, page) = post_acs(&mut b, &app, "forged", Some(&relay), &build(&f)).await;
+        assert_eq!(st, StatusCode::SEE_OTHER, "{name}: {page}");
+        assert!(b.cookie(&app.base, "__Host-gatehouse_session").is_some(), "{name}");
+        replayable.get_or_insert(f);
+    }
+
+    // Replay: the same assertion (same ID) answering a new request, signed again, fails.
+    let (relay, id) = start_login(&mut b, &app, "forged").await;
+    let mut again = replayable.unwrap();
+    again.in_response_to = Some(id);
+    let (st, page) = post_acs(&mut b, &app, "forged", Some(&relay), &forge::signed_assertion(&again, &idp)).await;
+    assert_eq!(st, StatusCode::BAD_REQUEST);
+    assert!(page.contains("already used"), "{page}");
+    failures += 1;
+
+    // A response no login here asked for (no RelayState): unsolicited responses are off.
+    let (_, id) = start_login(&mut b, &app, "forged").await;
+    let (st, page) =
+        post_acs(&mut b, &app, "forged", None, &forge::signed_assertion(&forge_for(&id, "victim@corp.example"), &idp))
+            .await;
+    assert_eq!(st, StatusCode::BAD_REQUEST);
+    assert!(page.contains("RelayState missing"), "{page}");
+    failures += 1;
+
+    // A login started in the victim's browser, finished from another one.
+    let (relay, id) = start_login(&mut b, &app, "forged").await;
+    let mut other = Browser::new();
+    let xml = forge::signed_assertion(&forge_for(&id, "victim@corp.example"), &idp);
+    let (st, page) = post_acs(&mut other, &app, "forged", Some(&relay), &xml).await;
+    assert_eq!(st, StatusCode::BAD_REQUEST);
+    assert!(page.contains("another browser"), "{page}");
+    failures += 1;
+
+    // A body over the ACS cap is refused before it is read.
+    let big = "A".repeat(600 * 1024);
+    let r = app.client.post(&acs).form(&[("SAMLResponse", big.as_str())]).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::PAYLOAD_TOO_LARGE);
+
+    // Entity expansion: refused before any parser expands anything; memory stays flat.
+    let before = vm_rss_kb();
+    for _ in 0..20 {
+        let (relay, id) = start_login(&mut b, &app, "forged").await;
+        let (st, _) = post_acs(
+            &mut b,
+            &app,
+            "forged",
+            Some(&relay),
+            &forge::with_doctype_bomb(&forge_for(&id, "x@corp.example")),
+        )
+        .await;
+        assert_eq!(st, StatusCode::BAD_REQUEST);
+        failures += 1;
+    }
+    let grown = vm_rss_kb().saturating_sub(before);
+    assert!(grown < 64 * 1024, "20 entity bombs grew the process by {grown} kB");
+
+    // No attack signed anyone in as anyone: the attacker's name never became an account, and
+    // every refusal is audited with its reason, never the message.
+    let (_, users) = call(&app, Method::GET, "/v1/users?q=admin%40corp.example", &token, None).await;
+    assert!(!users.to_string().contains("admin@corp.example"), "{users}");
+    let events = crate::sso::audit_actions(&app, &token, "sso.login.failed").await;
+    assert!(events.len() >= failures, "{} audited, {failures} refused", events.len());
+    let audited = serde_json::to_string(&events).unwrap();
+    assert!(!audited.contains("SAMLResponse") && !audited.contains("<saml"), "no message in the audit log");
+}
