@@ -8,7 +8,9 @@
 #         rsyslog and rsyslog-gnutls (SIEM forwarding tests: each test starts its own rsyslogd
 #         with its own configuration, pid file and loopback ports; the system rsyslog service
 #         the package may start listens on no network port and is left alone),
-#         xmlsec1 (pysaml2 signs and encrypts with it: SAML IdP test peer),
+#         xmlsec1 (pysaml2 signs and encrypts with it: SAML IdP test peer; the attack tests sign
+#         their own responses with it), libclang-dev libxml2-dev libxmlsec1-dev libxslt1-dev
+#         libssl-dev (the build: samael's xmlsec feature),
 #         node/npm and python3-venv if missing
 #   npm:  tests/peers/node_modules from tests/peers/package-lock.json (playwright-core, no browser; oidc-provider, jose: tests/peers/oidc)
 #   pip:  tests/peers/venv with schemathesis (OpenAPI fuzzer) and pysaml2 (SAML 2.0 IdP test peer:
@@ -55,10 +57,14 @@ need node nodejs
 need npm npm
 need /usr/sbin/rsyslogd rsyslog
 need xmlsec1 xmlsec1
-# A library package: no binary to look for.
-if ! dpkg-query -W -f='${Status}' rsyslog-gnutls 2>/dev/null | grep -q 'install ok installed'; then
-    missing+=(rsyslog-gnutls)
-fi
+# Library packages: no binary to look for. rsyslog-gnutls for the SIEM tests; the rest build
+# samael's xmlsec bindings (libclang generates them against the libxml2, xmlsec1 and OpenSSL
+# headers, found with pkg-config).
+for pkg in rsyslog-gnutls libclang-dev libxml2-dev libxmlsec1-dev libxslt1-dev libssl-dev; do
+    if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed'; then
+        missing+=("$pkg")
+    fi
+done
 if ! command -v python3 >/dev/null 2>&1 || ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then
     missing+=(python3 python3-venv)
 fi

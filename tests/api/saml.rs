@@ -64,7 +64,7 @@ fn openssl_key(dir: &std::path::Path, name: &str) -> (PathBuf, PathBuf) {
 }
 
 impl SamlIdp {
-    pub(crate) fn start() -> SamlIdp {
+    pub(crate) async fn start() -> SamlIdp {
         let python = peers_dir().join("venv/bin/python");
         assert!(python.exists(), "tests/peers/venv is missing: run tests/run.sh");
         let dir = tempfile::tempdir().unwrap();
@@ -95,11 +95,8 @@ impl SamlIdp {
         let ready: Value = serde_json::from_str(line.trim()).unwrap_or_else(|_| panic!("IdP said {line:?}"));
         let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
         let base = ready["base"].as_str().unwrap().to_string();
-        let metadata = std::process::Command::new("curl")
-            .args(["-s", ready["metadata_url"].as_str().unwrap()])
-            .output()
-            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-            .unwrap_or_default();
+        let metadata_url = ready["metadata_url"].as_str().unwrap();
+        let metadata = http.get(metadata_url).send().await.unwrap().text().await.unwrap();
         assert!(metadata.contains("EntityDescriptor"), "IdP metadata: {metadata}");
         SamlIdp { child, base, metadata, users, http, _dir: dir }
     }
@@ -212,7 +209,7 @@ pub(crate) fn saml_provider_body(id: &str, metadata: &str, extra: Value) -> Valu
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn saml_login_with_pysaml2_provisions_maps_and_follows_groups() {
     let app = start_app().await;
-    let idp = SamlIdp::start();
+    let idp = SamlIdp::start().await;
     let token = admin(&app).await;
     workspace(&app, &token, "saml-eng").await;
     let body = saml_provider_body(
@@ -312,7 +309,7 @@ async fn saml_login_with_pysaml2_provisions_maps_and_follows_groups() {
 async fn a_real_browser_signs_in_through_the_saml_idp() {
     assert!(std::path::Path::new("/usr/bin/chromium").exists(), "chromium is missing: run tests/run.sh");
     let app = start_app().await;
-    let idp = SamlIdp::start();
+    let idp = SamlIdp::start().await;
     let token = admin(&app).await;
     let body = saml_provider_body("corp-saml", &idp.metadata, json!({}));
     let (st, p) = call(&app, Method::POST, "/v1/sso-providers", &token, Some(body)).await;
