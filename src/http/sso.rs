@@ -140,6 +140,12 @@ pub enum AcsPage {
     /// No such SAML provider (or disabled).
     #[oai(status = 404)]
     Unknown(Html<String>),
+    /// The body is over 512 KiB (refused before it is read).
+    #[oai(status = 413, content_type = "application/problem+json")]
+    TooLarge(Json<super::error::Problem>),
+    /// The body is not `application/x-www-form-urlencoded`.
+    #[oai(status = 415, content_type = "application/problem+json")]
+    WrongType(Json<super::error::Problem>),
     /// Too many responses from this address (the sign-in rate limit).
     #[oai(status = 429)]
     TooMany(Html<String>),
