@@ -808,6 +808,45 @@ async fn forged_saml_responses_are_refused() {
     assert!(page.contains("another browser"), "{page}");
     failures += 1;
 
+    // An API client's login (mode=code): the ACS ends with a one-time code on return_to, which
+    // only the holder of the PKCE verifier can exchange.
+    let verifier = "a-pkce-verifier-of-the-saml-api-client-0123456789-abcdef";
+    let challenge = gatehouse::crypto::token::pkce_s256(verifier);
+    let mut api = Browser::new();
+    let r = api
+        .get(&app.url(&format!(
+            "/v1/sso/forged/login?mode=code&code_challenge={challenge}&return_to=https%3A%2F%2Fapp.example.com%2Fdone"
+        )))
+        .await;
+    assert_eq!(r.status(), StatusCode::FOUND);
+    let to = reqwest::Url::parse(r.headers()["location"].to_str().unwrap()).unwrap();
+    let q: std::collections::HashMap<String, String> = to.query_pairs().into_owned().collect();
+    let deflated = base64::Engine::decode(&base64::engine::general_purpose::STANDARD, &q["SAMLRequest"]).unwrap();
+    let mut request = String::new();
+    std::io::Read::read_to_string(&mut flate2::read::DeflateDecoder::new(&deflated[..]), &mut request).unwrap();
+    let id = request.split(" ID=\"").nth(1).and_then(|s| s.split('"').next()).unwrap().to_string();
+    let xml = forge::signed_assertion(&forge_for(&id, "victim@corp.example"), &idp);
+    let r = api
+        .send(
+            Method::POST,
+            &acs,
+            Some(&[("SAMLResponse", forge::b64(&xml).as_str()), ("RelayState", q["RelayState"].as_str())]),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    let back = r.headers()["location"].to_str().unwrap().to_string();
+    assert!(back.starts_with("https://app.example.com/done?code=gthc_"), "{back}");
+    let code = back.split("code=").nth(1).unwrap().to_string();
+    let r = app
+        .client
+        .post(app.url("/v1/sso/exchange"))
+        .json(&json!({"code": code, "code_verifier": verifier}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert!(r.json::<Value>().await.unwrap()["access_token"].as_str().is_some());
+
     // A body over the ACS cap is refused before it is read.
     let big = "A".repeat(600 * 1024);
     let r = app.client.post(&acs).form(&[("SAMLResponse", big.as_str())]).send().await.unwrap();
