@@ -292,3 +292,25 @@ pub fn files_below(dir: &Path) -> Vec<PathBuf> {
     }
     out
 }
+
+/// Spawn a test peer that announces itself with one JSON line on stdout once it listens; the
+/// child and that line. Panics when no such line comes within 90 s.
+pub fn spawn_peer(mut cmd: std::process::Command, what: &str) -> (std::process::Child, serde_json::Value) {
+    use std::io::{BufRead, BufReader};
+    let mut child = cmd
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{what} does not start (run tests/run.sh): {e}"));
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = BufReader::new(stdout).read_line(&mut line);
+        let _ = tx.send(line);
+    });
+    let line =
+        rx.recv_timeout(std::time::Duration::from_secs(90)).unwrap_or_else(|_| panic!("{what} starts within 90 s"));
+    let ready = serde_json::from_str(line.trim()).unwrap_or_else(|_| panic!("{what} said {line:?}"));
+    (child, ready)
+}

@@ -9,7 +9,6 @@ use crate::helpers::{peers_dir, repo_root, TestApp};
 use crate::sso::{admin, call, location, me_with_cookie, member_roles, start_app, workspace, Browser};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
-use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -77,22 +76,9 @@ impl SamlIdp {
             json!({"host": "127.0.0.1", "port": 0, "key": key, "cert": cert, "users_file": users}).to_string(),
         )
         .unwrap();
-        let mut child = Command::new(&python)
-            .arg(repo_root().join("tests/peers/saml/idp.py"))
-            .arg(&conf)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("the venv's python runs");
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut line = String::new();
-            let _ = BufReader::new(stdout).read_line(&mut line);
-            let _ = tx.send(line);
-        });
-        let line = rx.recv_timeout(Duration::from_secs(90)).expect("the test SAML IdP starts within 90 s");
-        let ready: Value = serde_json::from_str(line.trim()).unwrap_or_else(|_| panic!("IdP said {line:?}"));
+        let mut cmd = Command::new(&python);
+        cmd.arg(repo_root().join("tests/peers/saml/idp.py")).arg(&conf);
+        let (child, ready) = crate::helpers::spawn_peer(cmd, "the test SAML IdP");
         let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
         let base = ready["base"].as_str().unwrap().to_string();
         let metadata_url = ready["metadata_url"].as_str().unwrap();

@@ -9,9 +9,8 @@ use crate::helpers::{gatehouse, peers_dir, repo_root, run, spawn_app_at, test_co
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::Duration;
 
 const SECRET_RS: &str = "rs-client-secret-0123456789";
@@ -83,23 +82,9 @@ impl Idp {
         });
         let conf = dir.path().join("config.json");
         std::fs::write(&conf, config.to_string()).unwrap();
-        let mut child = Command::new("node")
-            .arg(&script)
-            .arg(&conf)
-            .current_dir(repo_root())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("node runs (tests/run.sh installs it)");
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut line = String::new();
-            let _ = BufReader::new(stdout).read_line(&mut line);
-            let _ = tx.send(line);
-        });
-        let line = rx.recv_timeout(Duration::from_secs(90)).expect("the test IdP starts within 90 s");
-        let ready: Value = serde_json::from_str(line.trim()).unwrap_or_else(|_| panic!("IdP said {line:?}"));
+        let mut cmd = Command::new("node");
+        cmd.arg(&script).arg(&conf).current_dir(repo_root());
+        let (child, ready) = crate::helpers::spawn_peer(cmd, "the test IdP");
         let http = reqwest::Client::builder()
             .add_root_certificate(reqwest::Certificate::from_pem(ca.pem().as_bytes()).unwrap())
             .redirect(reqwest::redirect::Policy::none())
