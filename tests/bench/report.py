@@ -47,7 +47,55 @@ def cpu_model():
     return "unknown"
 
 
+def saml_rows():
+    """Section (i), SAML (issue 8): bench-saml's JSON and saml_flood.py's per phase and round."""
+    rows = []
+    if os.environ.get("SAML_JSON"):
+        a = json.loads(os.environ["SAML_JSON"])
+        n = a["threads_n"]
+        for suffix, label in (("1", "1 thread"), ("n", "%d threads" % n)):
+            if ("rsa_verify_per_s_" + suffix) not in a:
+                continue
+            rows += [
+                ("SAML verify()/s, assertion signed, %s (median; cores the threads got)" % label,
+                 "%.0f (%.2f)" % (a["verify_assertion_per_s_" + suffix], a["verify_assertion_per_s_%s_cores" % suffix]),
+                 "", ""),
+                ("RSA-2048 SHA-256 verifications/s over %d bytes, %s (baseline)" % (a["signed_assertion_bytes"], label),
+                 "%.0f" % a["rsa_verify_per_s_" + suffix], "", ""),
+                ("ratio verify() / RSA verification, assertion signed, %s" % label,
+                 "%.3f" % a["ratio_assertion_" + suffix], "", "recorded"),
+                ("SAML verify()/s, response signed, %s (median); ratio" % label,
+                 "%.0f; %.3f" % (a["verify_response_per_s_" + suffix], a["ratio_response_" + suffix]), "", "recorded"),
+            ]
+        rows.append(("SAML DTD bomb refused in (median of 200)", "%.1f us" % a["bomb_refusal_us"], "", "recorded"))
+    phases = {}
+    for f in sorted(glob.glob(os.path.join(OUT, "saml-*-*.json"))):
+        name = re.match(r"saml-(.+)-\d+\.json$", os.path.basename(f)).group(1)
+        phases.setdefault(name, []).append(json.load(open(f)))
+    for mode in ("length", "chunked"):
+        acs, login = phases.get("acs-" + mode), phases.get("login-" + mode)
+        if not acs or not login:
+            continue
+        grow = lambda runs: statistics.median((r["peak_kb"] - r["idle_kb"]) / 1024 for r in runs)
+        idle = statistics.median(r["idle_kb"] / 1024 for r in acs)
+        label = "Content-Length" if mode == "length" else "chunked"
+        statuses = lambda runs: ", ".join("%s: %d" % (k, sum(r["statuses"].get(k, 0) for r in runs))
+                                         for k in sorted({k for r in runs for k in r["statuses"]}))
+        rows += [
+            ("ACS, 64 clients x 1 MB junk (%s): idle RSS; peak RSS growth (median)" % label,
+             "%.1f; %.1f MB" % (idle, grow(acs)), "", ""),
+            ("  answers over the rounds (%s)" % statuses(acs), "%d" % sum(r["requests"] for r in acs), "", ""),
+            ("/v1/auth/login, the same junk (%s): peak RSS growth (baseline)" % label, "%.1f MB" % grow(login), "", ""),
+            ("  answers over the rounds (%s)" % statuses(login), "%d" % sum(r["requests"] for r in login), "", ""),
+            ("ratio ACS / login peak RSS growth (%s)" % label,
+             "%.2f" % (grow(acs) / grow(login) if grow(login) > 0 else float("nan")), "", "recorded"),
+        ]
+    return rows
+
+
 def main():
+    if os.environ.get("BENCH_ONLY") == "saml":
+        return main_saml_only()
     gh, ce = runs("gatehouse"), runs("ceiling")
     gh_rps = statistics.median(r for r, _ in gh)
     ce_rps = statistics.median(r for r, _ in ce)
@@ -167,6 +215,8 @@ def main():
              verdict(a["export_rss_growth_mb"] <= 20)),
         ]
 
+    rows += saml_rows()
+
     width = max(len(r[0]) for r in rows)
     print()
     print("%-*s  %12s  %10s  %s" % (width, "figure", "value", "target", "verdict"))
@@ -200,6 +250,34 @@ def main():
     md.append("")
     md.append("Start to READY=1, each run (ms): %s" % ", ".join("%.1f" % x for x in ready["runs_ms"]))
     md.append("")
+    with open(os.path.join(OUT, "results.md"), "w") as f:
+        f.write("\n".join(md))
+    print("written to %s" % os.path.join(OUT, "results.md"))
+
+
+def main_saml_only():
+    """BENCH_ONLY=saml: section (i) alone."""
+    rows = saml_rows()
+    width = max(len(r[0]) for r in rows)
+    print()
+    print("%-*s  %14s  %s" % (width, "figure", "value", "verdict"))
+    for name, value, _, v in rows:
+        print("%-*s  %14s  %s" % (width, name, value, v))
+    print()
+    now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    md = ["# Gatehouse benchmark results (BENCH_ONLY=saml)\n",
+          "- date: %s" % now,
+          "- source: %s" % os.environ.get("GIT_REV", "unknown"),
+          "- machine: %s cores, %s" % (os.cpu_count(), cpu_model()),
+          "- load average (1/5/15 min) before: %s; after: %s" % (os.environ["LOAD_BEFORE"], os.environ["LOAD_AFTER"]),
+          "",
+          "| figure | value | verdict |",
+          "| --- | ---: | --- |"]
+    md += ["| %s | %s | %s |" % (name, value, v) for name, value, _, v in rows]
+    md.append("")
+    if os.environ.get("SAML_JSON"):
+        md.append("bench-saml: `%s`" % os.environ["SAML_JSON"])
+        md.append("")
     with open(os.path.join(OUT, "results.md"), "w") as f:
         f.write("\n".join(md))
     print("written to %s" % os.path.join(OUT, "results.md"))

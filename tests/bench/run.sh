@@ -27,10 +27,18 @@
 #       appends; then, over BENCH_AUDIT_RECORDS (1,000,000) records, the p99 of a query by actor and
 #       one-day range over HTTPS (target <= 50 ms) and of the unfiltered newest page (baseline);
 #       the NDJSON export of every record and the growth of resident memory (target <= 20 MB).
+#   (i) SAML ACS (issue 8): bench-saml (tests/bench/saml.rs) in-process: SamlProvider::verify
+#       calls per second on a valid signed response, one thread and one per core, as a ratio of
+#       plain RSA-2048/SHA-256 verifications measured in the same rounds; then, a fresh server
+#       (one [[sso.saml]] provider) per phase, the peak resident memory while 64 clients POST
+#       1 MB junk bodies at the ACS (capped at 512 KiB), with and without Content-Length
+#       (saml_flood.py), against the same junk at POST /v1/auth/login (capped at 1 MiB).
 # Prints a table and writes tests/bench/out/results.md. Loopback addresses only.
 #
 # Knobs (environment): BENCH_ROUNDS (default 3), BENCH_DURATION (wrk -d, default 10s),
-# BENCH_READY_RUNS (default 7), BENCH_SKIP_BUILD=1 (use the binaries already built).
+# BENCH_READY_RUNS (default 7), BENCH_SKIP_BUILD=1 (use the binaries already built),
+# BENCH_ONLY=saml (build and run section (i) alone; unset: every section),
+# BENCH_SAML_FLOOD_SECONDS (default 10; bench-saml reads BENCH_SAML_ROUNDS and BENCH_SAML_SECONDS).
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -43,6 +51,11 @@ ARGON="$TARGET/release/examples/bench-argon2"
 ROUNDS="${BENCH_ROUNDS:-3}"
 DURATION="${BENCH_DURATION:-10s}"
 READY_RUNS="${BENCH_READY_RUNS:-7}"
+ONLY="${BENCH_ONLY:-}"
+case "$ONLY" in
+    "" | saml) ;;
+    *) printf 'bench: BENCH_ONLY=%s: unknown section (known: saml)\n' "$ONLY" >&2; exit 2 ;;
+esac
 WRK_ARGS=(--latency -t2 -c32 -d"$DURATION")
 
 mkdir -p "$OUT"
@@ -52,12 +65,13 @@ if ! flock -n 9; then
     printf '==> another benchmark holds %s; waiting for it\n' "$OUT/.lock" >&2
     flock 9
 fi
-rm -f "$OUT"/wrk-*.txt "$OUT"/*.log "$OUT/results.md"
+rm -f "$OUT"/wrk-*.txt "$OUT"/*.log "$OUT"/saml-*.json "$OUT/results.md"
 WORK="$(mktemp -d /tmp/gatehouse-bench.XXXXXX)"
 DATA="$WORK/data"
 GH_PID=""
 CEIL_PID=""
 ACC_PID=""
+SAML_PID=""
 
 stop_pid() { # stop_pid PID: SIGTERM, wait up to 15 s, then SIGKILL. Only our own children.
     local pid="$1"
@@ -72,6 +86,7 @@ cleanup() {
     stop_pid "$GH_PID"; GH_PID=""
     stop_pid "$CEIL_PID"; CEIL_PID=""
     stop_pid "$ACC_PID"; ACC_PID=""
+    stop_pid "$SAML_PID"; SAML_PID=""
     rm -rf "$WORK"
 }
 trap cleanup EXIT
@@ -103,6 +118,8 @@ need=()
 command -v wrk >/dev/null || need+=(wrk)
 command -v curl >/dev/null || need+=(curl)
 command -v python3 >/dev/null || need+=(python3)
+command -v xmlsec1 >/dev/null || need+=(xmlsec1)
+command -v openssl >/dev/null || need+=(openssl)
 if [ "${#need[@]}" -gt 0 ]; then
     log "installing ${need[*]} with apt-get"
     as_root apt-get install -y "${need[@]}" >/dev/null 2>&1 \
@@ -118,12 +135,79 @@ fi
 # --- build ---------------------------------------------------------------------------------------
 if [ "${BENCH_SKIP_BUILD:-0}" != 1 ]; then
     log "building release (cargo waits if another build holds the target dir)"
-    (cd "$ROOT" && cargo build --release --locked --bin gatehouse --example bench-ceiling --example bench-argon2 --example bench-audit)
+    if [ "$ONLY" = saml ]; then
+        (cd "$ROOT" && cargo build --release --locked --bin gatehouse --example bench-saml)
+    else
+        (cd "$ROOT" && cargo build --release --locked --bin gatehouse --example bench-ceiling --example bench-argon2 --example bench-audit --example bench-saml)
+    fi
 fi
 [ -x "$BIN" ] || die "$BIN is missing"
-[ -x "$CEIL" ] || die "$CEIL is missing"
+[ "$ONLY" = saml ] || [ -x "$CEIL" ] || die "$CEIL is missing"
+
+# --- (i) SAML ACS (issue 8), a function: the full run calls it after (h), BENCH_ONLY=saml alone ---
+saml_section() {
+    log "SAML: verify() calls per second in-process, against plain RSA verifications (bench-saml)"
+    SAML_JSON="$("$TARGET/release/examples/bench-saml" 2>"$OUT/saml.log" 9>&-)" || die "bench-saml failed (see $OUT/saml.log)"
+    export SAML_JSON
+    # A server with one [[sso.saml]] provider; its IdP certificate is made here (the junk never
+    # reaches a signature check, but the provider and its ACS are real).
+    local dir="$WORK/saml" flood_s="${BENCH_SAML_FLOOD_SECONDS:-10}" cert i name path mode port base
+    mkdir -p "$dir"
+    openssl req -x509 -newkey rsa:2048 -nodes -keyout "$dir/idp-key.pem" -out "$dir/idp-cert.pem" -days 2 \
+        -subj /CN=bench-idp >/dev/null 2>&1 || die "openssl req failed"
+    cert="$(grep -v -- '-----' "$dir/idp-cert.pem" | tr -d '\n')"
+    cat >"$dir/idp.xml" <<XML
+<md:EntityDescriptor xmlns:md="urn:oasis:names:tc:SAML:2.0:metadata" xmlns:ds="http://www.w3.org/2000/09/xmldsig#" entityID="https://idp.bench.example/saml"><md:IDPSSODescriptor protocolSupportEnumeration="urn:oasis:names:tc:SAML:2.0:protocol"><md:KeyDescriptor use="signing"><ds:KeyInfo><ds:X509Data><ds:X509Certificate>$cert</ds:X509Certificate></ds:X509Data></ds:KeyInfo></md:KeyDescriptor><md:SingleSignOnService Binding="urn:oasis:names:tc:SAML:2.0:bindings:HTTP-Redirect" Location="https://idp.bench.example/sso"/></md:IDPSSODescriptor></md:EntityDescriptor>
+XML
+    cat >"$dir/gatehouse.toml" <<TOML
+[[sso.saml]]
+id = "bench"
+display_name = "Bench IdP"
+idp_metadata_file = "$dir/idp.xml"
+TOML
+    "$BIN" init --config "$dir/gatehouse.toml" --data-dir "$dir/data" >/dev/null 2>&1 || die "gatehouse init (SAML) failed"
+    saml_start() { # saml_start: a fresh server on the SAML folder; sets SAML_PID and SAML_BASE
+        port="$(free_port)"
+        SAML_BASE="https://127.0.0.1:$port"
+        "$BIN" serve --config "$dir/gatehouse.toml" --data-dir "$dir/data" --listen "127.0.0.1:$port" \
+            >/dev/null 2>>"$OUT/saml-server.log" 9>&- &
+        SAML_PID=$!
+        wait_healthy "$SAML_BASE/healthz" "$SAML_PID" 60 || die "the SAML server did not start (see $OUT/saml-server.log)"
+    }
+    # The first start generates the provider's SP keys; check the provider answers, then stop.
+    saml_start
+    [ "$(curl -fsk -o /dev/null -w '%{http_code}' "$SAML_BASE/v1/sso/saml/bench/metadata")" = 200 ] \
+        || die "the SAML provider's metadata is not served"
+    stop_pid "$SAML_PID"; SAML_PID=""
+    for i in $(seq "$ROUNDS"); do
+        local phases="acs-length login-length acs-chunked login-chunked"
+        [ $((i % 2)) -eq 1 ] || phases="login-chunked acs-chunked login-length acs-length"
+        for name in $phases; do
+            case "$name" in acs-*) path=/v1/sso/saml/bench/acs ;; *) path=/v1/auth/login ;; esac
+            mode="${name#*-}"
+            saml_start
+            # Idle as in (b): a few requests, then quiet.
+            for _ in $(seq 10); do curl -fsk -o /dev/null "$SAML_BASE/healthz"; done
+            sleep 2
+            log "round $i/$ROUNDS: 64 clients POST 1 MB junk at $path ($mode) for ${flood_s}s"
+            python3 "$HERE/saml_flood.py" "$SAML_BASE" "$path" "$SAML_PID" "$mode" "$flood_s" 64 1000000 \
+                >"$OUT/saml-$name-$i.json" || die "saml_flood.py failed ($name)"
+            stop_pid "$SAML_PID"; SAML_PID=""
+        done
+    done
+    { head -n 20 "$OUT/saml-server.log"; echo "..."; tail -n 20 "$OUT/saml-server.log"; } >"$OUT/saml-server.log.short"
+    mv "$OUT/saml-server.log.short" "$OUT/saml-server.log"
+}
 
 LOAD_BEFORE="$(cut -d' ' -f1-3 /proc/loadavg)"
+
+if [ "$ONLY" = saml ]; then
+    saml_section
+    LOAD_AFTER="$(cut -d' ' -f1-3 /proc/loadavg)"
+    export GIT_REV OUT ROUNDS LOAD_BEFORE LOAD_AFTER BENCH_ONLY=saml
+    python3 "$HERE/report.py"
+    exit 0
+fi
 
 # --- start Gatehouse on a fresh data folder -----------------------------------------------------
 GH_PORT="$(free_port)"
@@ -309,6 +393,9 @@ READY_JSON="$(python3 "$HERE/ready_time.py" "$READY_RUNS" "$OUT/ready.log" -- \
 # --- (h) audit (issue 6): appends, queries over 1,000,000 records, export memory -------------------
 log "audit: appends, fill to ${BENCH_AUDIT_RECORDS:-1000000} records, queries, export (bench-audit)"
 export AUDIT_JSON="$("$TARGET/release/examples/bench-audit" 2>"$OUT/audit.log" 9>&-)" || die "bench-audit failed (see $OUT/audit.log)"
+
+# --- (i) SAML ACS (issue 8) -------------------------------------------------------------------------
+saml_section
 
 # --- (d) binary size -----------------------------------------------------------------------------
 BIN_BYTES="$(stat -c %s "$BIN")"
