@@ -44,9 +44,12 @@ const NAME_ID_EMAIL: &str = "urn:oasis:names:tc:SAML:1.1:nameid-format:emailAddr
 
 /// Largest decoded response Gatehouse reads (the form field is capped at the HTTP layer).
 pub const MAX_RESPONSE_BYTES: usize = 256 * 1024;
-/// Most elements and deepest nesting a response may have.
-const MAX_ELEMENTS: usize = 10_000;
+/// Most elements, deepest nesting and most children of one element a response may have (xmlsec's
+/// reduction through samael costs the square of the siblings it keeps: 1000 group values are
+/// about 60 MB for a moment; 3000, half a gigabyte).
+const MAX_ELEMENTS: usize = 5_000;
 const MAX_DEPTH: usize = 48;
+const MAX_CHILDREN: usize = 1_000;
 /// How old a Response or Assertion may be when it arrives (its IssueInstant), before the skew.
 const MAX_ISSUE_DELAY_SECONDS: i64 = 300;
 
@@ -120,7 +123,7 @@ impl std::fmt::Debug for SpKeys {
 
 /// A key pair in PEM: the private key (PKCS#8) and its self-signed certificate.
 pub struct GeneratedKey {
-    pub key_pem: String,
+    pub key_pem: zeroize::Zeroizing<String>,
     pub cert_pem: String,
 }
 
@@ -148,7 +151,7 @@ pub fn generate_key(common_name: &str) -> Result<GeneratedKey, SamlError> {
         b.sign(&key, openssl::hash::MessageDigest::sha256())?;
         let cert = b.build();
         Ok(GeneratedKey {
-            key_pem: String::from_utf8_lossy(&key.private_key_to_pem_pkcs8()?).into_owned(),
+            key_pem: zeroize::Zeroizing::new(String::from_utf8_lossy(&key.private_key_to_pem_pkcs8()?).into_owned()),
             cert_pem: String::from_utf8_lossy(&cert.to_pem()?).into_owned(),
         })
     };
@@ -394,102 +397,133 @@ impl SamlProvider {
         if request_id.is_none() && !self.settings.allow_unsolicited {
             return Err(err("unsolicited responses are not accepted from this provider"));
         }
-        let scan = scan(&xml, self.settings.allow_sha1)?;
-        let (xml, scan, outer_verified) = match &scan.encrypted {
-            None => (xml, scan, false),
+        let first = scan(&xml, self.settings.allow_sha1)?;
+        // An encrypted assertion must carry its own signature: what is finally checked is always
+        // a signature over the assertion Gatehouse reads, never a conclusion drawn from another
+        // parse of the message.
+        let (xml, scan, uniform) = match first.encrypted.clone() {
+            None => (xml, first, None),
+            Some(_) if first.response_signed => {
+                // The Response's signature covers the ciphertext: verified first (no decryption
+                // oracle), and decryption works on what xmlsec verified, not on the text sent.
+                let verified = self.verified_text(&xml)?;
+                let base = scan(&verified, self.settings.allow_sha1)?;
+                let span =
+                    base.encrypted.clone().ok_or_else(|| err("the signed Response holds no encrypted assertion"))?;
+                let spliced = self.decrypt_into(&verified, span, base.response_signature.clone())?;
+                (spliced.0, spliced.1, None)
+            }
             Some(span) => {
-                let outer_verified = scan.response_signed;
-                if outer_verified {
-                    self.verify_signatures(&xml)?;
-                }
-                let plain = self.decrypt(&xml[span.clone()])?;
-                let mut spliced = String::with_capacity(xml.len() + plain.len());
-                spliced.push_str(&xml[..span.start]);
-                spliced.push_str(&plain);
-                spliced.push_str(&xml[span.end..]);
-                let spliced = if outer_verified {
-                    // The Response's signature covered the ciphertext and was checked above; it
-                    // cannot cover the plaintext, so it goes.
-                    let s = scan_spliced(&spliced, self.settings.allow_sha1)?;
-                    match s.response_signature {
-                        Some(r) => format!("{}{}", &spliced[..r.start], &spliced[r.end..]),
-                        None => spliced,
-                    }
-                } else {
-                    spliced
-                };
-                let rescan = scan_spliced(&spliced, self.settings.allow_sha1)?;
-                (spliced, rescan, outer_verified)
+                // Unauthenticated ciphertext: every failure from decryption to the signature
+                // check has one answer, so the answers are no padding oracle.
+                let same = "the encrypted assertion cannot be decrypted, or is not signed by the IdP";
+                let (spliced, rescan) = self.decrypt_into(&xml, span, None).map_err(|_| err(same))?;
+                (spliced, rescan, Some(same))
             }
         };
-        if !scan.response_signed && !scan.assertion_signed && !outer_verified {
-            return Err(err("the response is not signed"));
+        let hide = |e: SamlError| uniform.map_or(e, err);
+        if !scan.response_signed && !scan.assertion_signed {
+            return Err(hide(err("the response is not signed")));
         }
         if scan.assertions != 1 {
-            return Err(err("a response must carry exactly one assertion"));
+            return Err(hide(err("a response must carry exactly one assertion")));
         }
         // The Response's own fields are checked by samael when the Response is signed; when only
         // the Assertion is, they are still required to be right.
         if let Some(d) = &scan.destination {
             if d != &self.settings.acs_url {
-                return Err(err("Destination is not this service's ACS URL"));
+                return Err(hide(err("Destination is not this service's ACS URL")));
             }
         }
         if scan.status.as_deref() != Some(STATUS_SUCCESS) {
-            return Err(err("the IdP answered with an error status"));
+            return Err(hide(err("the IdP answered with an error status")));
         }
-        // samael checks signatures again unless the only one was the Response's around the
-        // ciphertext, which Gatehouse checked above.
-        let with_certs = !outer_verified || scan.assertion_signed;
+        match (request_id, scan.in_response_to.as_deref()) {
+            (Some(expected), Some(got)) if expected != got => {
+                return Err(hide(err("InResponseTo does not name the request Gatehouse sent")));
+            }
+            // An unsolicited response answers nothing: a solicited one, carried to another
+            // browser, is refused here rather than accepted as unsolicited.
+            (None, Some(_)) => return Err(err("a response to a request is accepted only by the login that sent it")),
+            _ => {}
+        }
         let ids: Vec<&str> = request_id.into_iter().collect();
         let possible = if request_id.is_some() { Some(ids.as_slice()) } else { None };
-        let check = |cert: Option<&CertificateDer>| {
-            self.service_provider(cert, request_id.is_none()).parse_xml_response_with_mode(
-                &xml,
-                possible,
-                ReduceMode::ValidateAndMarkNoAncestors,
-            )
-        };
         // One certificate at a time: xmlsec answers a key of another type (an RSA certificate
         // for an ECDSA signature) with an error rather than a mismatch, which would end a try
         // of the whole list at its first certificate.
-        let assertion = if with_certs {
-            let mut result = Err(samael::service_provider::Error::FailedToValidateSignature);
-            for cert in &self.idp.certs {
-                result = check(Some(cert));
-                if !matches!(result, Err(samael::service_provider::Error::FailedToValidateSignature)) {
-                    break;
-                }
+        let mut result = Err(samael::service_provider::Error::FailedToValidateSignature);
+        for cert in &self.idp.certs {
+            result = self.service_provider(Some(cert), request_id.is_none()).parse_xml_response_with_mode(
+                &xml,
+                possible,
+                ReduceMode::ValidateAndMarkNoAncestors,
+            );
+            if !matches!(result, Err(samael::service_provider::Error::FailedToValidateSignature)) {
+                break;
             }
-            result
-        } else {
-            check(None)
         }
-        .map_err(reason_of)?;
-        if let (Some(expected), Some(got)) = (request_id, scan.in_response_to.as_deref()) {
-            if expected != got {
-                return Err(err("InResponseTo does not name the request Gatehouse sent"));
+        let assertion = result.map_err(reason_of).map_err(hide)?;
+        if request_id.is_none() {
+            let answers = assertion
+                .subject
+                .iter()
+                .flat_map(|s| s.subject_confirmations.iter().flatten())
+                .any(|c| c.subject_confirmation_data.as_ref().is_some_and(|d| d.in_response_to.is_some()));
+            if answers {
+                return Err(err("a response to a request is accepted only by the login that sent it"));
             }
         }
         self.read(assertion)
     }
 
-    fn verify_signatures(&self, xml: &str) -> Result<(), SamlError> {
+    /// What xmlsec verified of `xml` with one of the IdP certificates: its own serialization of
+    /// the signed element.
+    fn verified_text(&self, xml: &str) -> Result<String, SamlError> {
         let algorithms = self.service_provider(None, false).allowed_signature_algorithms;
-        let verified = self.idp.certs.iter().any(|cert| {
-            Crypto::reduce_xml_to_signed_with_allowed_algorithms(
-                xml,
-                std::slice::from_ref(cert),
-                ReduceMode::ValidateAndMarkNoAncestors,
-                algorithms.as_deref(),
-            )
-            .is_ok()
-        });
-        if verified {
-            Ok(())
-        } else {
-            Err(err("the signature is not valid with the IdP's certificates"))
+        self.idp
+            .certs
+            .iter()
+            .find_map(|cert| {
+                Crypto::reduce_xml_to_signed_with_allowed_algorithms(
+                    xml,
+                    std::slice::from_ref(cert),
+                    ReduceMode::ValidateAndMarkNoAncestors,
+                    algorithms.as_deref(),
+                )
+                .ok()
+            })
+            .ok_or_else(|| err("the signature is not valid with the IdP's certificates"))
+    }
+
+    /// `xml` with the encrypted assertion at `span` replaced by its plaintext and the Response's
+    /// signature at `drop` (which covered the ciphertext) taken out; scanned again, and the
+    /// assertion must be signed itself.
+    fn decrypt_into(
+        &self,
+        xml: &str,
+        span: std::ops::Range<usize>,
+        drop: Option<std::ops::Range<usize>>,
+    ) -> Result<(String, Scan), SamlError> {
+        let element = xml.get(span.clone()).ok_or_else(|| err("not well-formed XML"))?;
+        let plain = self.decrypt(element)?;
+        let mut out = String::with_capacity(xml.len() + plain.len());
+        let mut at = 0;
+        if let Some(d) = drop.filter(|d| d.end <= span.start) {
+            out.push_str(xml.get(..d.start).ok_or_else(|| err("not well-formed XML"))?);
+            at = d.end;
         }
+        out.push_str(xml.get(at..span.start).ok_or_else(|| err("not well-formed XML"))?);
+        out.push_str(&plain);
+        out.push_str(xml.get(span.end..).ok_or_else(|| err("not well-formed XML"))?);
+        let rescan = scan(&out, self.settings.allow_sha1)?;
+        if rescan.encrypted.is_some() {
+            return Err(err("an encrypted assertion inside an encrypted assertion"));
+        }
+        if !rescan.assertion_signed {
+            return Err(err("an encrypted assertion must carry its own signature"));
+        }
+        Ok((out, rescan))
     }
 
     /// Decrypt an `EncryptedAssertion` element. Every failure has the same reason, so the
@@ -539,14 +573,23 @@ impl SamlProvider {
         if value.is_empty() || value.len() > 512 {
             return Err(err("the NameID is empty or too long"));
         }
-        // The assertion is usable until the earliest of its limits; its id is remembered that long.
-        let mut until = conditions.not_on_or_after;
-        for c in subject.subject_confirmations.iter().flatten() {
-            if let Some(t) = c.subject_confirmation_data.as_ref().and_then(|d| d.not_on_or_after) {
-                until = Some(until.map_or(t, |u| u.min(t)));
-            }
+        let skew = chrono::Duration::seconds(i64::try_from(self.settings.skew.as_secs()).unwrap_or(300));
+        if assertion.issue_instant > chrono::Utc::now() + skew {
+            return Err(err("the assertion was issued in the future"));
         }
-        let until = until.ok_or_else(|| err("the assertion has no NotOnOrAfter"))?;
+        // Its id is remembered as long as any part of it could still be accepted: the latest of
+        // its limits, and no less than the IssueInstant's own window.
+        let mut until = assertion.issue_instant + chrono::Duration::seconds(MAX_ISSUE_DELAY_SECONDS);
+        let limits = conditions.not_on_or_after.into_iter().chain(
+            subject
+                .subject_confirmations
+                .iter()
+                .flatten()
+                .filter_map(|c| c.subject_confirmation_data.as_ref().and_then(|d| d.not_on_or_after)),
+        );
+        for t in limits {
+            until = until.max(t);
+        }
         let skew_ms = i64::try_from(self.settings.skew.as_millis()).unwrap_or(300_000);
         let mut claims = Map::new();
         for statement in assertion.attribute_statements.iter().flatten() {
@@ -567,7 +610,7 @@ impl SamlProvider {
         }
         let format = name_id.format.clone().unwrap_or_default();
         let identity = self.identity(value, &format, claims);
-        Ok(Verified { identity, assertion_id: assertion.id, expires_at_ms: until.timestamp_millis() + skew_ms })
+        Ok(Verified { identity, assertion_id: assertion.id, expires_at_ms: until.timestamp_millis() + 2 * skew_ms })
     }
 }
 
@@ -792,18 +835,11 @@ fn refuse_dtd(xml: &str) -> Result<(), SamlError> {
     }
 }
 
-fn scan_spliced(xml: &str, allow_sha1: bool) -> Result<Scan, SamlError> {
-    let s = scan(xml, allow_sha1)?;
-    if s.encrypted.is_some() {
-        return Err(err("an encrypted assertion inside an encrypted assertion"));
-    }
-    Ok(s)
-}
-
 /// One open element on the scan's stack.
 struct Open {
     kind: Kind,
     id: Option<String>,
+    children: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -825,6 +861,9 @@ struct SigScan {
     start: usize,
     references: Vec<String>,
     algorithms_ok: bool,
+    canonicalizations: usize,
+    /// Transforms of the reference being read.
+    transforms: usize,
 }
 
 /// The structural gate every response (and the plaintext of an encrypted one) passes: see the
@@ -840,6 +879,16 @@ pub fn scan(xml: &str, allow_sha1: bool) -> Result<Scan, SamlError> {
     let mut seen_root = false;
     let sig_ok = |a: &str| SIG_SHA2.contains(&a) || (allow_sha1 && a == SIG_SHA1);
     let digest_ok = |a: &str| DIGEST_SHA2.contains(&a) || (allow_sha1 && a == DIGEST_SHA1);
+    // What libxml2 (which xmlsec uses, in recovery mode) and this reader could read differently
+    // is refused up front: characters XML does not allow (a NUL ends libxml2's reading),
+    // declarations of another encoding (libxml2 decodes UTF-7), `<` in attribute values,
+    // entity references in namespace names, text outside the root.
+    if xml
+        .chars()
+        .any(|c| matches!(c, '\u{0}'..='\u{8}' | '\u{b}' | '\u{c}' | '\u{e}'..='\u{1f}' | '\u{fffe}' | '\u{ffff}'))
+    {
+        return Err(err("the message holds characters XML does not allow"));
+    }
     loop {
         let before = usize::try_from(reader.buffer_position()).unwrap_or(usize::MAX);
         let event = reader.read_resolved_event().map_err(|_| err("not well-formed XML"))?;
@@ -848,6 +897,20 @@ pub fn scan(xml: &str, allow_sha1: bool) -> Result<Scan, SamlError> {
                 elements += 1;
                 if elements > MAX_ELEMENTS || stack.len() >= MAX_DEPTH {
                     return Err(err("the response is too large or too deeply nested"));
+                }
+                if let Some(parent) = stack.last_mut() {
+                    parent.children += 1;
+                    if parent.children > MAX_CHILDREN {
+                        return Err(err("an element of the response has too many children"));
+                    }
+                }
+                for a in e.attributes() {
+                    let a = a.map_err(|_| err("not well-formed XML"))?;
+                    let namespace = a.key.as_ref() == b"xmlns" || a.key.as_ref().starts_with(b"xmlns:");
+                    if a.value.contains(&b'<') || (namespace && a.value.contains(&b'&')) {
+                        return Err(err("an attribute value holds markup"));
+                    }
+                    a.unescape_value().map_err(|_| err("not well-formed XML"))?;
                 }
                 let ns: &[u8] = match ns {
                     ResolveResult::Bound(n) => n.into_inner(),
@@ -911,6 +974,8 @@ pub fn scan(xml: &str, allow_sha1: bool) -> Result<Scan, SamlError> {
                             start: before,
                             references: Vec::new(),
                             algorithms_ok: true,
+                            canonicalizations: 0,
+                            transforms: 0,
                         });
                         Kind::Signature
                     }
@@ -918,6 +983,7 @@ pub fn scan(xml: &str, allow_sha1: bool) -> Result<Scan, SamlError> {
                     (NS_DSIG, b"Reference") if parent == Some(Kind::SignedInfo) => {
                         if let Some(s) = sig.as_mut() {
                             s.references.push(attr(b"URI")?.unwrap_or_default());
+                            s.transforms = 0;
                         }
                         Kind::Reference
                     }
@@ -932,6 +998,7 @@ pub fn scan(xml: &str, allow_sha1: bool) -> Result<Scan, SamlError> {
                         let a = attr(b"Algorithm")?.unwrap_or_default();
                         if let Some(s) = sig.as_mut() {
                             s.algorithms_ok &= TRANSFORMS[1..].contains(&a.as_str());
+                            s.canonicalizations += 1;
                         }
                         Kind::Other
                     }
@@ -946,6 +1013,10 @@ pub fn scan(xml: &str, allow_sha1: bool) -> Result<Scan, SamlError> {
                         let a = attr(b"Algorithm")?.unwrap_or_default();
                         if let Some(s) = sig.as_mut() {
                             s.algorithms_ok &= TRANSFORMS.contains(&a.as_str());
+                            // Enveloped-signature and one canonicalization: each transform is
+                            // work xmlsec does before it checks the signature value.
+                            s.transforms += 1;
+                            s.algorithms_ok &= s.transforms <= 2;
                         }
                         Kind::Other
                     }
@@ -961,15 +1032,17 @@ pub fn scan(xml: &str, allow_sha1: bool) -> Result<Scan, SamlError> {
                     }
                     seen_root = true;
                 }
-                stack.push(Open { kind, id });
+                stack.push(Open { kind, id, children: 0 });
             }
             (_, Event::End(_)) => {
                 let open = stack.pop().ok_or_else(|| err("not well-formed XML"))?;
                 let end = usize::try_from(reader.buffer_position()).unwrap_or(usize::MAX);
                 if open.kind == Kind::Signature {
                     let s = sig.take().ok_or_else(|| err("not well-formed XML"))?;
-                    if !s.algorithms_ok {
-                        return Err(err("the signature uses an algorithm that is not allowed (SHA-1, XPath, XSLT…)"));
+                    if !s.algorithms_ok || s.canonicalizations != 1 {
+                        return Err(err(
+                            "the signature uses an algorithm that is not allowed (SHA-1, XPath, XSLT, a chain of transforms…)",
+                        ));
                     }
                     let own = s.parent_id.as_ref().map(|id| format!("#{id}"));
                     if s.references.len() != 1 || own.is_none() || s.references.first() != own.as_ref() {
@@ -987,8 +1060,25 @@ pub fn scan(xml: &str, allow_sha1: bool) -> Result<Scan, SamlError> {
                     out.encrypted = Some(start..end);
                 }
             }
-            (_, Event::Text(_) | Event::CData(_)) => {}
-            (_, Event::Decl(_)) if !seen_root => {}
+            (_, Event::Text(t)) => {
+                let text = t.unescape().map_err(|_| err("not well-formed XML"))?;
+                if stack.is_empty() && !text.trim().is_empty() {
+                    return Err(err("text outside the root element"));
+                }
+            }
+            (_, Event::CData(_)) if !stack.is_empty() => {}
+            (_, Event::CData(_)) => return Err(err("text outside the root element")),
+            (_, Event::Decl(d)) if !seen_root && elements == 0 => {
+                let utf8 = match d.encoding() {
+                    None => true,
+                    Some(Ok(enc)) => enc.eq_ignore_ascii_case(b"utf-8"),
+                    Some(Err(_)) => false,
+                };
+                let v1 = d.version().is_ok_and(|v| v.as_ref() == b"1.0");
+                if !utf8 || !v1 {
+                    return Err(err("only XML 1.0 in UTF-8 is accepted"));
+                }
+            }
             (_, Event::DocType(_)) => return Err(err("a DTD is not accepted")),
             (_, Event::Comment(_)) => return Err(err("comments are not accepted in a SAML message")),
             (_, Event::PI(_) | Event::Decl(_)) => return Err(err("processing instructions are not accepted")),

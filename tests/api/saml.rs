@@ -732,9 +732,79 @@ async fn forged_saml_responses_are_refused() {
         ("a DTD with entity expansion", Box::new(forge::with_doctype_bomb), "DTD"),
         ("an external entity", Box::new(|f| forge::with_external_entity(f, "/etc/passwd")), "DTD"),
     ];
+    // Where two XML parsers could read one message differently (found by review: each of these
+    // signed in as anyone before the scan refused them).
+    let parser_tricks: Vec<(&str, Build, &str)> = vec![
+        (
+            "the genuine signed Response hidden in an attribute value, an unsigned encrypted assertion read",
+            Box::new(|f| {
+                let mut own = f.clone();
+                own.name_id = "attacker@corp.example".into();
+                let genuine = forge::signed_response(&own, &idp);
+                let code = "<samlp:StatusCode Value=\"urn:oasis:names:tc:SAML:2.0:status:Success\"/></samlp:Status>";
+                let at = genuine.find(code).expect("the forge's StatusCode");
+                let rest = &genuine[at + code.len()..];
+                let evil = forge::encrypted_unsigned_element(&evil_of(f), &sp_enc_cert);
+                format!(
+                    "{}<samlp:StatusCode Value=\"urn:oasis:names:tc:SAML:2.0:status:Success\" xmlns:q='</samlp:Status>{rest}'/></samlp:Status>{evil}</samlp:Response>",
+                    &genuine[..at]
+                )
+            }),
+            "markup",
+        ),
+        (
+            "a UTF-7 declaration",
+            Box::new(|f| format!("<?xml version=\"1.0\" encoding=\"UTF-7\"?>{}", forge::signed_assertion(f, &idp))),
+            "UTF-8",
+        ),
+        (
+            "a NUL byte",
+            Box::new(|f| forge::signed_assertion(f, &idp).replacen("</samlp:Response>", "\u{0}</samlp:Response>", 1)),
+            "characters XML does not allow",
+        ),
+        (
+            "an entity reference in a namespace name",
+            Box::new(|f| {
+                forge::signed_assertion(f, &idp).replacen(
+                    "urn:oasis:names:tc:SAML:2.0:assertion\"",
+                    "urn:oasis:names:tc:SAML:2.0:&#97;ssertion\"",
+                    1,
+                )
+            }),
+            "markup",
+        ),
+        (
+            "a signed Response around an encrypted assertion that is not signed itself",
+            Box::new(|f| {
+                let evil = forge::encrypted_unsigned_element(&evil_of(f), &sp_enc_cert);
+                let xml = forge::response_xml(f, &evil);
+                forge::sign(&xml, &f.response_id, Alg::RsaSha256, &idp, Some(&idp))
+            }),
+            "its own signature",
+        ),
+        (
+            "six hundred transforms (CPU and memory before the signature check)",
+            Box::new(|f| {
+                let signed = forge::signed_assertion(f, &idp);
+                let close = signed.find("</ds:Transforms>").expect("the forge writes ds:Transforms");
+                let t = "<ds:Transform Algorithm=\"http://www.w3.org/2001/10/xml-exc-c14n#\"/>";
+                format!("{}{}{}", &signed[..close], t.repeat(600), &signed[close..])
+            }),
+            "chain of transforms",
+        ),
+        (
+            "1500 values of one attribute (samael's reduction is quadratic in siblings)",
+            Box::new(|f| {
+                let mut f = f.clone();
+                f.attributes = vec![("groups".into(), (0..1500).map(|i| format!("g{i}")).collect())];
+                forge::signed_assertion(&f, &idp)
+            }),
+            "too many children",
+        ),
+    ];
     let mut b = Browser::new();
     let mut failures = 0;
-    for (name, build, reason) in &attacks {
+    for (name, build, reason) in attacks.iter().chain(parser_tricks.iter()) {
         let (relay, id) = start_login(&mut b, &app, "forged").await;
         let xml = build(&forge_for(&id, "victim@corp.example"));
         let (st, page) = post_acs(&mut b, &app, "forged", Some(&relay), &xml).await;
@@ -832,6 +902,28 @@ async fn forged_saml_responses_are_refused() {
         .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
     assert!(r.json::<Value>().await.unwrap()["access_token"].as_str().is_some());
+
+    // A provider that allows unsolicited responses takes one that answers no request, and still
+    // refuses a solicited one carried away from the login that sent its request.
+    let open = saml_provider_body(
+        "forged-open",
+        &metadata,
+        json!({"saml": {"idp_metadata": metadata, "allow_unsolicited": true}}),
+    );
+    let (st, p) = call(&app, Method::POST, "/v1/sso-providers", &token, Some(open)).await;
+    assert_eq!(st, StatusCode::CREATED, "{p}");
+    let open_sp = app.url("/v1/sso/saml/forged-open/metadata");
+    let open_acs = app.url("/v1/sso/saml/forged-open/acs");
+    let mut idp_initiated = Forge::new(FORGED_ISSUER, &open_sp, &open_acs, None, "walk-in@corp.example");
+    let mut b2 = Browser::new();
+    let (st, page) = post_acs(&mut b2, &app, "forged-open", None, &forge::signed_assertion(&idp_initiated, &idp)).await;
+    assert_eq!(st, StatusCode::SEE_OTHER, "{page}");
+    idp_initiated.assertion_id = forge::random_id();
+    idp_initiated.in_response_to = Some(forge::random_id());
+    let (st, page) = post_acs(&mut b2, &app, "forged-open", None, &forge::signed_assertion(&idp_initiated, &idp)).await;
+    assert_eq!(st, StatusCode::BAD_REQUEST);
+    assert!(page.contains("only by the login that sent it"), "{page}");
+    failures += 1;
 
     // A body over the ACS cap is refused before it is read.
     let big = "A".repeat(600 * 1024);

@@ -575,6 +575,13 @@ pub fn encrypted_assertion_with(
     }
 }
 
+/// `f`'s assertion, NOT signed, encrypted for the SP into a `saml:EncryptedAssertion` element
+/// (aes128-gcm): what an attacker who knows only the SP's public encryption certificate can make.
+pub fn encrypted_unsigned_element(f: &Forge, sp_enc_cert_pem: &str) -> String {
+    let encrypted = encrypt(&assertion_xml(f), sp_enc_cert_pem, DataCipher::Aes128Gcm);
+    format!(r#"<saml:EncryptedAssertion xmlns:saml="{NS_ASSERTION}">{encrypted}</saml:EncryptedAssertion>"#)
+}
+
 /// `xml` (its root element) as an `xenc:EncryptedData`, for the RSA certificate `cert_pem`.
 fn encrypt(xml: &str, cert_pem: &str, cipher: DataCipher) -> String {
     let template = format!(

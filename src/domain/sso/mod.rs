@@ -192,6 +192,8 @@ pub struct SsoService {
     ttl: Duration,
     skew: Duration,
     providers: RwLock<HashMap<String, Arc<Provider>>>,
+    /// Bounds the SAML responses checked at once (one per core).
+    pub saml_work: tokio::sync::Semaphore,
 }
 
 impl SsoService {
@@ -202,6 +204,7 @@ impl SsoService {
             ttl: Duration::from_secs(config.discovery_ttl_seconds),
             skew: Duration::from_secs(config.clock_skew_seconds),
             providers: RwLock::new(HashMap::new()),
+            saml_work: tokio::sync::Semaphore::new(std::thread::available_parallelism().map_or(2, |n| n.get())),
         }
     }
 

@@ -47,11 +47,19 @@ pub struct SamlStored {
     pub sp_encryption_cert: String,
 }
 
-/// The SP's private keys, as sealed.
+/// The SP's private keys, as sealed (wiped from memory when dropped).
 #[derive(Serialize, Deserialize)]
 struct SealedKeys {
     signing_key: String,
     encryption_key: String,
+}
+
+impl Drop for SealedKeys {
+    fn drop(&mut self) {
+        use zeroize::Zeroize;
+        self.signing_key.zeroize();
+        self.encryption_key.zeroize();
+    }
 }
 
 impl SamlStored {
@@ -134,7 +142,7 @@ pub(super) async fn new_keys(state: &AppState, id: &str, s: &mut SamlStored) -> 
     .map_err(|e| AppError::internal(e.0))?;
     s.sp_signing_cert = signing.cert_pem;
     s.sp_encryption_cert = encryption.cert_pem;
-    let keys = SealedKeys { signing_key: signing.key_pem, encryption_key: encryption.key_pem };
+    let keys = SealedKeys { signing_key: signing.key_pem.to_string(), encryption_key: encryption.key_pem.to_string() };
     let json = zeroize::Zeroizing::new(serde_json::to_string(&keys).map_err(AppError::internal)?);
     Ok(state.auth.sealing.seal(json.as_bytes(), &secret_aad(id))?)
 }
@@ -188,7 +196,7 @@ pub(super) fn from_config(
     let encryption = proto::generate_key(&cn).map_err(|e| AppError::internal(e.0))?;
     stored.sp_signing_cert = signing.cert_pem;
     stored.sp_encryption_cert = encryption.cert_pem;
-    let keys = SealedKeys { signing_key: signing.key_pem, encryption_key: encryption.key_pem };
+    let keys = SealedKeys { signing_key: signing.key_pem.to_string(), encryption_key: encryption.key_pem.to_string() };
     let json = zeroize::Zeroizing::new(serde_json::to_string(&keys).map_err(AppError::internal)?);
     Ok((stored, state.auth.sealing.seal(json.as_bytes(), &secret_aad(&p.id))?))
 }
@@ -285,6 +293,8 @@ async fn acs_inner(
     };
     // Signature work runs on the blocking pool; a panic in the XML stack is a refused response,
     // never a crashed worker.
+    // At most one signature check per core at a time: each can take a while and some memory.
+    let _permit = state.sso.saml_work.acquire().await.map_err(|e| internal(AppError::internal(e)))?;
     let p = provider.clone();
     let verified = crate::telemetry::spawn_blocking_in_span(move || {
         let Client::Saml(client) = &p.client else { return Err(proto::SamlError("not a SAML provider".into())) };
