@@ -957,3 +957,41 @@ async fn forged_saml_responses_are_refused() {
     let audited = serde_json::to_string(&events).unwrap();
     assert!(!audited.contains("SAMLResponse") && !audited.contains("<saml"), "no message in the audit log");
 }
+
+#[test]
+fn check_config_names_a_bad_saml_metadata_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let metadata = dir.path().join("idp.xml");
+    let cfg = dir.path().join("gatehouse.toml");
+    let toml = format!(
+        "[[sso.saml]]\nid = \"adfs\"\ndisplay_name = \"ADFS\"\nidp_metadata_file = \"{}\"\n",
+        metadata.display()
+    );
+    std::fs::write(&cfg, toml).unwrap();
+    let check = || {
+        crate::helpers::run(crate::helpers::gatehouse(&[
+            "check-config",
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--config",
+            cfg.to_str().unwrap(),
+        ]))
+    };
+    // Metadata without a signing certificate: refused, naming the provider, the file and why.
+    std::fs::write(&metadata, idp_metadata("https://idp.corp.example/saml", "https://idp.corp.example/sso", &[]))
+        .unwrap();
+    let (code, _, err) = check();
+    assert_ne!(code, 0);
+    assert!(err.contains("sso.saml 'adfs'") && err.contains("idp.xml") && err.contains("signing certificate"), "{err}");
+    // With one, the configuration is accepted.
+    let keys = tempfile::tempdir().unwrap();
+    let (_, cert) = openssl_key(keys.path(), "idp-c");
+    std::fs::write(
+        &metadata,
+        idp_metadata("https://idp.corp.example/saml", "https://idp.corp.example/sso", &[pem_to_b64(&cert)]),
+    )
+    .unwrap();
+    let (code, out, err) = check();
+    assert_eq!(code, 0, "{out}{err}");
+}
