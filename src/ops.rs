@@ -110,6 +110,10 @@ async fn serve(config: Config) -> Result<(), FatalError> {
             );
         }
     }
+    // The signal handlers are in place before anyone is told the server is up: a SIGTERM sent
+    // right after "listening" (or READY=1) would otherwise meet the default action and kill the
+    // process without its drain.
+    let signals = Signals::install().map_err(|e| FatalError::new(format!("cannot install signal handlers: {e}")))?;
     let url = app.base_url();
     {
         let mut out = std::io::stdout().lock();
@@ -120,9 +124,7 @@ async fn serve(config: Config) -> Result<(), FatalError> {
     let reloader = app.tls_reloader();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(async move {
-        if let Err(e) = watch_signals(reloader, stop_tx).await {
-            tracing::error!(error = %e, "signal handling failed");
-        }
+        watch_signals(signals, reloader, stop_tx).await;
     });
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
     let shutdown = async move {
@@ -135,12 +137,27 @@ async fn serve(config: Config) -> Result<(), FatalError> {
     Ok(())
 }
 
+/// The signals `serve` handles, registered with the runtime.
+struct Signals {
+    hup: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> std::io::Result<Self> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Self {
+            hup: signal(SignalKind::hangup())?,
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+        })
+    }
+}
+
 /// SIGHUP reloads the TLS certificate; SIGTERM and SIGINT stop the server.
-async fn watch_signals(reloader: startup::TlsReloader, stop: tokio::sync::oneshot::Sender<()>) -> std::io::Result<()> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut hup = signal(SignalKind::hangup())?;
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
+async fn watch_signals(signals: Signals, reloader: startup::TlsReloader, stop: tokio::sync::oneshot::Sender<()>) {
+    let Signals { mut hup, mut term, mut int } = signals;
     loop {
         tokio::select! {
             _ = hup.recv() => {
@@ -153,7 +170,6 @@ async fn watch_signals(reloader: startup::TlsReloader, stop: tokio::sync::onesho
         }
     }
     let _ = stop.send(());
-    Ok(())
 }
 
 async fn init(config: Config) -> Result<(), FatalError> {

@@ -41,7 +41,7 @@ fn zero_config_start_creates_everything_once_and_reuses_it() {
     let password = password_in(&out);
     assert!(password.len() >= 20);
     let (status, _, err) = server.terminate();
-    assert!(status.success());
+    assert!(status.success(), "{status:?}: {err}");
     assert!(!err.contains(&password), "the password never reaches the log");
 
     let data = dir.path().join("gatehouse-data");
