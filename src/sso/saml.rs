@@ -292,7 +292,7 @@ impl SamlProvider {
                     .collect();
             }
         }
-        let skew = chrono::Duration::seconds(i64::try_from(self.settings.skew.as_secs()).unwrap_or(300));
+        let skew = self.skew();
         ServiceProvider {
             entity_id: Some(self.settings.sp_entity_id.clone()),
             acs_url: Some(self.settings.acs_url.clone()),
@@ -301,20 +301,29 @@ impl SamlProvider {
             allow_idp_initiated: unsolicited,
             max_issue_delay: chrono::Duration::seconds(MAX_ISSUE_DELAY_SECONDS) + skew,
             max_clock_skew: skew,
-            allowed_signature_algorithms: if self.settings.allow_sha1 {
-                None
-            } else {
-                Some(vec![
-                    AllowedSignatureAlgorithm::RsaSha256,
-                    AllowedSignatureAlgorithm::RsaSha384,
-                    AllowedSignatureAlgorithm::RsaSha512,
-                    AllowedSignatureAlgorithm::EcdsaSha256,
-                    AllowedSignatureAlgorithm::EcdsaSha384,
-                    AllowedSignatureAlgorithm::EcdsaSha512,
-                ])
-            },
+            allowed_signature_algorithms: self.allowed_algorithms(),
             ..ServiceProvider::default()
         }
+    }
+
+    /// The clock skew tolerated on assertion times.
+    fn skew(&self) -> chrono::Duration {
+        chrono::Duration::seconds(i64::try_from(self.settings.skew.as_secs()).unwrap_or(300))
+    }
+
+    /// What xmlsec accepts (samael's allow-list has no SHA-1: with it allowed, no list, and the
+    /// scan is what keeps the rest out).
+    fn allowed_algorithms(&self) -> Option<Vec<AllowedSignatureAlgorithm>> {
+        (!self.settings.allow_sha1).then(|| {
+            vec![
+                AllowedSignatureAlgorithm::RsaSha256,
+                AllowedSignatureAlgorithm::RsaSha384,
+                AllowedSignatureAlgorithm::RsaSha512,
+                AllowedSignatureAlgorithm::EcdsaSha256,
+                AllowedSignatureAlgorithm::EcdsaSha384,
+                AllowedSignatureAlgorithm::EcdsaSha512,
+            ]
+        })
     }
 
     /// The SP metadata: entity id, ACS (HTTP-POST), NameID format, the signing certificate and
@@ -480,7 +489,7 @@ impl SamlProvider {
     /// What xmlsec verified of `xml` with one of the IdP certificates: its own serialization of
     /// the signed element.
     fn verified_text(&self, xml: &str) -> Result<String, SamlError> {
-        let algorithms = self.service_provider(None, false).allowed_signature_algorithms;
+        let algorithms = self.allowed_algorithms();
         self.idp
             .certs
             .iter()
@@ -573,7 +582,7 @@ impl SamlProvider {
         if value.is_empty() || value.len() > 512 {
             return Err(err("the NameID is empty or too long"));
         }
-        let skew = chrono::Duration::seconds(i64::try_from(self.settings.skew.as_secs()).unwrap_or(300));
+        let skew = self.skew();
         if assertion.issue_instant > chrono::Utc::now() + skew {
             return Err(err("the assertion was issued in the future"));
         }
@@ -590,7 +599,6 @@ impl SamlProvider {
         for t in limits {
             until = until.max(t);
         }
-        let skew_ms = i64::try_from(self.settings.skew.as_millis()).unwrap_or(300_000);
         let mut claims = Map::new();
         for statement in assertion.attribute_statements.iter().flatten() {
             for a in &statement.attributes {
@@ -610,7 +618,7 @@ impl SamlProvider {
         }
         let format = name_id.format.clone().unwrap_or_default();
         let identity = self.identity(value, &format, claims);
-        Ok(Verified { identity, assertion_id: assertion.id, expires_at_ms: until.timestamp_millis() + 2 * skew_ms })
+        Ok(Verified { identity, assertion_id: assertion.id, expires_at_ms: (until + skew + skew).timestamp_millis() })
     }
 }
 

@@ -918,21 +918,7 @@ async fn config_file_providers_are_loaded_and_read_only() {
     let dir = app.stop().await;
 
     // The sealed client secret is one of the values `vault verify` opens; a changed byte is named.
-    let data = dir.path().join("data");
-    let (code, out, err) = run(gatehouse(&["vault", "verify", "--data-dir", data.to_str().unwrap()]));
-    assert_eq!(code, 0, "{out}{err}");
-    let db = rusqlite::Connection::open(data.join("gatehouse.db")).unwrap();
-    let sealed: String =
-        db.query_row("SELECT secret_sealed FROM sso_providers WHERE id = 'okta'", [], |r| r.get(0)).unwrap();
-    assert!(!sealed.contains("from-a-file-secret"));
-    let mut bytes = sealed.into_bytes();
-    let last = bytes.len() - 2;
-    bytes[last] = if bytes[last] == b'A' { b'B' } else { b'A' };
-    db.execute("UPDATE sso_providers SET secret_sealed = ?1 WHERE id = 'okta'", [String::from_utf8(bytes).unwrap()])
-        .unwrap();
-    drop(db);
-    let (code, _, err) = run(gatehouse(&["vault", "verify", "--data-dir", data.to_str().unwrap()]));
-    assert_ne!(code, 0);
+    let err = tampered_provider_secret_fails_vault_verify(&dir.path().join("data"), "okta", "from-a-file-secret");
     assert!(err.contains("client secret of identity provider okta"), "{err}");
 }
 
@@ -960,4 +946,31 @@ async fn a_real_browser_signs_in_through_the_provider() {
     assert_eq!(events.len(), 1);
     assert_eq!(events[0]["details"]["mode"], "cookie");
     app.stop().await;
+}
+
+/// `vault verify` on `data` passes, the provider's sealed value does not show `plaintext`, and
+/// once one byte of it is changed `vault verify` fails: its stderr.
+pub(crate) fn tampered_provider_secret_fails_vault_verify(
+    data: &std::path::Path,
+    provider: &str,
+    plaintext: &str,
+) -> String {
+    let (code, out, err) = run(gatehouse(&["vault", "verify", "--data-dir", data.to_str().unwrap()]));
+    assert_eq!(code, 0, "{out}{err}");
+    let db = rusqlite::Connection::open(data.join("gatehouse.db")).unwrap();
+    let sealed: String =
+        db.query_row("SELECT secret_sealed FROM sso_providers WHERE id = ?1", [provider], |r| r.get(0)).unwrap();
+    assert!(!sealed.contains(plaintext));
+    let mut bytes = sealed.into_bytes();
+    let last = bytes.len() - 2;
+    bytes[last] = if bytes[last] == b'A' { b'B' } else { b'A' };
+    db.execute(
+        "UPDATE sso_providers SET secret_sealed = ?1 WHERE id = ?2",
+        rusqlite::params![String::from_utf8(bytes).unwrap(), provider],
+    )
+    .unwrap();
+    drop(db);
+    let (code, _, err) = run(gatehouse(&["vault", "verify", "--data-dir", data.to_str().unwrap()]));
+    assert_ne!(code, 0);
+    err
 }

@@ -655,16 +655,15 @@ pub async fn preview(
         (Client::Saml(_), _, _) => {
             return Err(AppError::Invalid("saml: a SAML provider previews a NameID and attributes".into()))
         }
-        (Client::Oidc(_), _, PreviewInput::Saml { .. }) => {
-            return Err(AppError::Invalid("saml: this is an OIDC provider; give claims or an id_token".into()))
-        }
         (Client::Oidc(_), Stored::Oidc(settings), input) => {
             let claims = match input {
                 PreviewInput::IdToken(t) => {
                     crate::sso::oidc::payload_of(&t).map_err(|e| AppError::Invalid(format!("id_token: {e}")))?
                 }
                 PreviewInput::Claims(c) => c,
-                PreviewInput::Saml { .. } => return Err(AppError::internal("unreachable preview input")),
+                PreviewInput::Saml { .. } => {
+                    return Err(AppError::Invalid("saml: this is an OIDC provider; give claims or an id_token".into()))
+                }
             };
             let subject = claims.get("sub").and_then(|v| v.as_str()).unwrap_or_default().to_string();
             if subject.is_empty() {

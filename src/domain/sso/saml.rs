@@ -134,12 +134,24 @@ pub(super) fn client(
 /// `s`, the private keys come back sealed.
 pub(super) async fn new_keys(state: &AppState, id: &str, s: &mut SamlStored) -> Result<String, AppError> {
     let cn = format!("Gatehouse SAML SP {id}");
-    let (signing, encryption) = crate::telemetry::spawn_blocking_in_span(move || {
-        Ok::<_, proto::SamlError>((proto::generate_key(&cn)?, proto::generate_key(&cn)?))
-    })
-    .await
-    .map_err(AppError::internal)?
-    .map_err(|e| AppError::internal(e.0))?;
+    let pair =
+        crate::telemetry::spawn_blocking_in_span(move || generate_keys(&cn)).await.map_err(AppError::internal)??;
+    install_keys(state, id, s, pair)
+}
+
+/// Two RSA key pairs: (signing, encryption). Blocking (RSA key generation).
+fn generate_keys(cn: &str) -> Result<(proto::GeneratedKey, proto::GeneratedKey), AppError> {
+    let key = || proto::generate_key(cn).map_err(|e| AppError::internal(e.0));
+    Ok((key()?, key()?))
+}
+
+/// Put the certificates of `(signing, encryption)` into `s`; the private keys come back sealed.
+fn install_keys(
+    state: &AppState,
+    id: &str,
+    s: &mut SamlStored,
+    (signing, encryption): (proto::GeneratedKey, proto::GeneratedKey),
+) -> Result<String, AppError> {
     s.sp_signing_cert = signing.cert_pem;
     s.sp_encryption_cert = encryption.cert_pem;
     let keys = SealedKeys { signing_key: signing.key_pem.to_string(), encryption_key: encryption.key_pem.to_string() };
@@ -182,23 +194,16 @@ pub(super) fn from_config(
         sp_encryption_cert: String::new(),
     };
     stored.check()?;
-    if let Some(old) = old.filter(|o| o.secret_sealed.is_some()) {
+    if let Some((old, sealed)) = old.and_then(|o| o.secret_sealed.as_ref().map(|s| (o, s))) {
         keep_keys(&mut stored, old)?;
-        if let Some(sealed) = &old.secret_sealed {
-            if !stored.sp_signing_cert.is_empty() {
-                return Ok((stored, sealed.clone()));
-            }
+        if !stored.sp_signing_cert.is_empty() {
+            return Ok((stored, sealed.clone()));
         }
     }
     // At start, before the server listens: generating here blocks nothing else.
-    let cn = format!("Gatehouse SAML SP {}", p.id);
-    let signing = proto::generate_key(&cn).map_err(|e| AppError::internal(e.0))?;
-    let encryption = proto::generate_key(&cn).map_err(|e| AppError::internal(e.0))?;
-    stored.sp_signing_cert = signing.cert_pem;
-    stored.sp_encryption_cert = encryption.cert_pem;
-    let keys = SealedKeys { signing_key: signing.key_pem.to_string(), encryption_key: encryption.key_pem.to_string() };
-    let json = zeroize::Zeroizing::new(serde_json::to_string(&keys).map_err(AppError::internal)?);
-    Ok((stored, state.auth.sealing.seal(json.as_bytes(), &secret_aad(&p.id))?))
+    let pair = generate_keys(&format!("Gatehouse SAML SP {}", p.id))?;
+    let sealed = install_keys(state, &p.id, &mut stored, pair)?;
+    Ok((stored, sealed))
 }
 
 /// What the admin API shows of a SAML provider: what to give the IdP, and what was read from
