@@ -70,6 +70,16 @@ fn api_key_value(state: &AppState, req: &mut Request) -> Option<SecretString> {
     None
 }
 
+/// Whether the request has a header that could carry a credential (cheap: no parsing). When it
+/// has none, [`authenticate`] has nothing to do.
+pub fn may_carry_credential(state: &AppState, req: &Request) -> bool {
+    let h = req.headers();
+    h.contains_key(header::AUTHORIZATION)
+        || h.contains_key(API_KEY_HEADER)
+        || h.contains_key(header::COOKIE)
+        || state.http.api_key_headers.iter().any(|alias| h.contains_key(alias))
+}
+
 /// Check the request's credential, if it has one. The `Authorization` header wins over an API
 /// key, and an API key over the cookie.
 pub async fn authenticate(state: &AppState, req: &mut Request, info: &RequestInfo) -> Option<AuthOutcome> {

@@ -41,7 +41,10 @@ img-src 'self' data:; font-src 'self'; connect-src 'self'; frame-ancestors 'none
 
 /// The edge endpoint.
 pub struct Edge {
-    inner: poem::endpoint::BoxEndpoint<'static, Response>,
+    /// The API (poem-openapi's router).
+    api: poem::endpoint::BoxEndpoint<'static, Response>,
+    /// `/openapi.json`, `/docs/…` and `/login/…`: see [`is_page_path`].
+    pages: poem::endpoint::BoxEndpoint<'static, Response>,
     state: AppState,
     /// Route template → `Allow` header value for 405 answers.
     allow: HashMap<String, String>,
@@ -50,13 +53,38 @@ pub struct Edge {
     unmatched: Arc<String>,
 }
 
+/// The playground and the sign-in page, which run their own scripts (their CSP allows them).
+fn is_script_page(path: &str) -> bool {
+    path == "/docs" || path.starts_with("/docs/") || path == "/login" || path.starts_with("/login/")
+}
+
+/// Served by the pages endpoint rather than the API.
+fn is_page_path(path: &str) -> bool {
+    path == "/openapi.json" || is_script_page(path)
+}
+
 impl Edge {
-    pub fn wrap<E>(routes: E, state: AppState) -> Self
+    pub fn wrap<A, P>(api: A, pages: P, state: AppState) -> Self
     where
-        E: Endpoint + 'static,
+        A: Endpoint + 'static,
+        P: Endpoint + 'static,
     {
+        let api = Self::harden(api, &state);
+        let pages = Self::harden(pages, &state);
+        Self {
+            api,
+            pages,
+            state,
+            allow: HashMap::new(),
+            labels: HashMap::new(),
+            unmatched: Arc::new("unmatched".into()),
+        }
+    }
+
+    /// Panics caught, and CORS when origins are allow-listed.
+    fn harden<E: Endpoint + 'static>(routes: E, state: &AppState) -> poem::endpoint::BoxEndpoint<'static, Response> {
         let routes = routes.with(CatchPanic::new()).map_to_response();
-        let inner = if state.http.cors_allowed_origins.is_empty() {
+        if state.http.cors_allowed_origins.is_empty() {
             routes.boxed()
         } else {
             let cors = Cors::new()
@@ -68,8 +96,7 @@ impl Edge {
                 .allow_credentials(true)
                 .max_age(600);
             routes.with(cors).map_to_response().boxed()
-        };
-        Self { inner, state, allow: HashMap::new(), labels: HashMap::new(), unmatched: Arc::new("unmatched".into()) }
+        }
     }
 
     /// The methods each route pattern accepts, for the `Allow` header of a 405, and the label
@@ -110,7 +137,10 @@ fn request_id(req: &Request) -> Arc<str> {
         {
             Arc::from(id)
         }
-        _ => Arc::from(uuid::Uuid::new_v4().to_string()),
+        _ => {
+            let mut buf = uuid::Uuid::encode_buffer();
+            Arc::from(&*uuid::Uuid::new_v4().hyphenated().encode_lower(&mut buf))
+        }
     }
 }
 
@@ -279,6 +309,7 @@ impl Edge {
             resp = replace_body(resp, &Problem::new(status, detail_for(status, ""), &info.request_id));
         }
         let h = resp.headers_mut();
+        h.reserve(12);
         if let Ok(v) = HeaderValue::from_str(&info.request_id) {
             h.insert(REQUEST_ID_HEADER, v);
         }
@@ -370,9 +401,8 @@ impl Endpoint for Edge {
                 .map(|s| Arc::from(s.chars().take(256).collect::<String>())),
         };
         let method = req.method().clone();
-        // The playground and the sign-in page run their own scripts: their CSP allows them.
         let path = req.uri().path();
-        let docs = path == "/docs" || path.starts_with("/docs/") || path == "/login" || path.starts_with("/login/");
+        let (docs, page) = (is_script_page(path), is_page_path(path));
         req.extensions_mut().insert(info.clone());
         // The span carries who and what; route, status and latency ride on the one access event
         // at the end (recording them into the span would format them a second time).
@@ -388,7 +418,14 @@ impl Endpoint for Edge {
             let mut refused = None;
             let mut reader = None;
             let mut rejected = None;
-            if let Some(outcome) = super::auth::authenticate(&self.state, &mut req, &info).await {
+            // The checks' futures are large and most requests need none of them: they are boxed
+            // rather than carried inline by every request's future.
+            let outcome = if super::auth::may_carry_credential(&self.state, &req) {
+                Box::pin(super::auth::authenticate(&self.state, &mut req, &info)).await
+            } else {
+                None
+            };
+            if let Some(outcome) = outcome {
                 match &outcome.0 {
                     Ok(p) => {
                         tracing::Span::current().record("principal", p.describe());
@@ -410,7 +447,8 @@ impl Endpoint for Edge {
             }
             let result = match self.limit_body(&mut req).await {
                 Err(status) => Err(poem::Error::from_status(status)),
-                Ok(()) => self.inner.call(req).await,
+                Ok(()) if page => self.pages.call(req).await,
+                Ok(()) => self.api.call(req).await,
             };
             let resp = match result {
                 Ok(resp) => resp,
@@ -440,14 +478,14 @@ impl Endpoint for Edge {
             let route = self.route_label(resp.data::<PathPattern>());
             let status = resp.status().as_u16();
             if let Some((who, path)) = reader {
-                self.record_read(&who, path, &route, status, &info).await;
+                Box::pin(self.record_read(&who, path, &route, status, &info)).await;
             }
             if let Some(reason) = rejected {
-                self.record_rejected(reason, &route, status, &info).await;
+                Box::pin(self.record_rejected(reason, &route, status, &info)).await;
             }
             let elapsed = started.elapsed();
             self.state.metrics.observe_request(method_label(&method), route.clone(), status, elapsed);
-            let latency_ms = elapsed.as_secs_f64() * 1000.0;
+            let latency_ms = elapsed.as_micros() as f64 / 1000.0;
             // A server error is always logged; the rest only with `log.access`.
             if status >= 500 {
                 tracing::error!(target: "gatehouse::access", route = route.as_str(), status, latency_ms, "request completed");

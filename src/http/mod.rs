@@ -137,12 +137,14 @@ pub fn app(state: AppState) -> impl Endpoint {
         allow.insert(path.to_string(), "GET, HEAD".to_string());
         labels.insert(path.to_string(), path.to_string());
     }
-    let routes = Route::new()
+    // The pages (the document, the playground, the sign-in page) and the API are two endpoints
+    // the edge picks between by path prefix, rather than one more router level every API
+    // request would pass through.
+    let pages = Route::new()
         .at("/openapi.json", poem::get(docs::spec_endpoint(spec)))
         .nest("/docs", docs::playground())
-        .nest("/login", docs::login_page())
-        .nest_no_strip("/", api);
-    edge::Edge::wrap(routes.data(state.clone()), state).with_allow(allow, labels)
+        .nest("/login", docs::login_page());
+    edge::Edge::wrap(api.data(state.clone()), pages.data(state.clone()), state).with_allow(allow, labels)
 }
 
 /// The pattern poem's router reports for a spec path: poem-openapi registers `{name}`

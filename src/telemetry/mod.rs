@@ -4,12 +4,15 @@
 //! What reaches a log: request id, method, route template, status, latency, principal, and the
 //! messages written by Gatehouse. Never headers, bodies, query strings or secret values.
 
-use std::io::{IsTerminal, Write};
+use std::io::Write;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 use tracing::{Level, Metadata};
+use tracing_subscriber::filter::Targets;
 use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::{fmt, layer::SubscriberExt, util::SubscriberInitExt, EnvFilter};
+
+mod line;
 
 /// Log line format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize, clap::ValueEnum, Default)]
@@ -160,24 +163,37 @@ impl<'a> MakeWriter<'a> for MakeSinkWriter {
 /// writer thread (see `Sink`), so a request never waits on a write to the terminal or the
 /// journal; a line waits at most `GATHER` (10 ms), warnings and errors not at all.
 pub fn init(format: LogFormat, level: &str) -> Option<LogGuard> {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
     let sink = Arc::new(Sink::default());
     let thread = {
         let sink = sink.clone();
         std::thread::Builder::new().name("gatehouse-log".into()).spawn(move || sink.run()).ok()?
     };
     let guard = LogGuard { sink: sink.clone(), thread: Some(thread) };
+    let line = line::LineFormat { json: format == LogFormat::Json };
     let writer = MakeSinkWriter(sink);
-    let registry = tracing_subscriber::registry().with(filter);
-    let installed = match format {
-        LogFormat::Json => registry
-            .with(fmt::layer().json().with_current_span(true).with_span_list(false).with_writer(writer))
-            .try_init(),
-        LogFormat::Pretty => {
-            registry.with(fmt::layer().with_ansi(std::io::stderr().is_terminal()).with_writer(writer)).try_init()
+    // `RUST_LOG` when set, else the configured level. A plain list of `target=level` directives
+    // (the usual case) becomes a static `Targets` filter, which costs nothing when a span is
+    // entered or left; directives on spans or fields need an `EnvFilter`.
+    let from_env = std::env::var("RUST_LOG").ok().filter(|v| !v.trim().is_empty());
+    let directives = from_env.as_deref().unwrap_or(level);
+    let installed = match directives.parse::<Targets>() {
+        Ok(targets) => tracing_subscriber::registry().with(targets).with(fmt_layer(line, writer)).try_init(),
+        Err(_) => {
+            let env = EnvFilter::try_new(directives).unwrap_or_else(|_| EnvFilter::new(level));
+            tracing_subscriber::registry().with(env).with(fmt_layer(line, writer)).try_init()
         }
     };
     installed.ok().map(|_| guard)
+}
+
+fn fmt_layer<S>(
+    line: line::LineFormat,
+    writer: MakeSinkWriter,
+) -> fmt::Layer<S, line::LineFormat, line::LineFormat, MakeSinkWriter>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+{
+    fmt::layer().with_ansi(false).fmt_fields(line).event_format(line).with_writer(writer)
 }
 
 /// Run blocking work (SQLite, argon2, XML signatures) on the blocking pool, in the current

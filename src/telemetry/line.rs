@@ -1,0 +1,421 @@
+//! How a log line is written: the event formatter and span field formatter the fmt layer uses,
+//! for both `--log-format pretty` and `json`.
+//!
+//! They write the same lines as tracing-subscriber's own `Full` and `Json` formats (timestamp,
+//! level, span scope, target, message and fields; in JSON the innermost span's fields under
+//! `span`), in one pass into the line buffer: strings and numbers are written as they are,
+//! span fields are formatted once when the span opens (JSON as a ready-made fragment, never
+//! parsed again), and the timestamp is computed without a formatting library. A request pays
+//! for its span and its access line on every request, so this is on the hot path.
+//!
+//! Nothing a client sent can forge a line: in pretty lines every control character is escaped
+//! (`\n`, `\x1b`…), and JSON strings are escaped as JSON.
+
+use std::fmt::{self, Write};
+use std::time::{SystemTime, UNIX_EPOCH};
+use tracing::field::{Field, Visit};
+use tracing::{Event, Level, Subscriber};
+use tracing_subscriber::field::RecordFields;
+use tracing_subscriber::fmt::format::Writer;
+use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, FormattedFields};
+use tracing_subscriber::registry::LookupSpan;
+
+/// Formats span fields (once, when the span opens or a field is recorded) and whole events.
+#[derive(Debug, Clone, Copy)]
+pub struct LineFormat {
+    pub json: bool,
+}
+
+impl<'w> FormatFields<'w> for LineFormat {
+    fn format_fields<R: RecordFields>(&self, mut writer: Writer<'w>, fields: R) -> fmt::Result {
+        let mut buf = String::new();
+        let mut v = Fields::new(&mut buf, self.json, true);
+        fields.record(&mut v);
+        writer.write_str(&buf)
+    }
+
+    fn add_fields(&self, current: &'w mut FormattedFields<Self>, fields: &tracing::span::Record<'_>) -> fmt::Result {
+        let first = current.fields.is_empty();
+        let mut v = Fields::new(&mut current.fields, self.json, first);
+        fields.record(&mut v);
+        Ok(())
+    }
+}
+
+impl<S> FormatEvent<S, LineFormat> for LineFormat
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+{
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, LineFormat>,
+        mut writer: Writer<'_>,
+        event: &Event<'_>,
+    ) -> fmt::Result {
+        let mut line = String::with_capacity(256);
+        let meta = event.metadata();
+        if self.json {
+            line.push_str("{\"timestamp\":\"");
+            timestamp(&mut line, SystemTime::now());
+            line.push_str("\",\"level\":\"");
+            line.push_str(level_name(meta.level()));
+            line.push_str("\",\"fields\":{");
+            let mut v = Fields::new(&mut line, true, true);
+            event.record(&mut v);
+            let log_target = v.log_target.take();
+            line.push_str("},\"target\":");
+            json_str(&mut line, log_target.as_deref().unwrap_or(meta.target()));
+            if let Some(span) = ctx.lookup_current() {
+                line.push_str(",\"span\":{");
+                let ext = span.extensions();
+                let fields = ext.get::<FormattedFields<LineFormat>>().map(|f| f.fields.as_str()).unwrap_or("");
+                line.push_str(fields);
+                if !fields.is_empty() {
+                    line.push(',');
+                }
+                line.push_str("\"name\":");
+                json_str(&mut line, span.name());
+                line.push('}');
+            }
+            line.push_str("}\n");
+        } else {
+            timestamp(&mut line, SystemTime::now());
+            line.push(' ');
+            let level = level_name(meta.level());
+            for _ in level.len()..5 {
+                line.push(' ');
+            }
+            line.push_str(level);
+            line.push(' ');
+            if let Some(scope) = ctx.event_scope() {
+                for span in scope.from_root() {
+                    line.push_str(span.name());
+                    let ext = span.extensions();
+                    if let Some(f) = ext.get::<FormattedFields<LineFormat>>().filter(|f| !f.fields.is_empty()) {
+                        line.push('{');
+                        line.push_str(&f.fields);
+                        line.push('}');
+                    }
+                    line.push_str(": ");
+                }
+            }
+            let start = line.len();
+            let mut v = Fields::new(&mut line, false, true);
+            event.record(&mut v);
+            let log_target = v.log_target.take();
+            let target = log_target.as_deref().unwrap_or(meta.target());
+            line.insert_str(start, ": ");
+            line.insert_str(start, target);
+            line.push('\n');
+        }
+        writer.write_str(&line)
+    }
+}
+
+fn level_name(level: &Level) -> &'static str {
+    match *level {
+        Level::ERROR => "ERROR",
+        Level::WARN => "WARN",
+        Level::INFO => "INFO",
+        Level::DEBUG => "DEBUG",
+        Level::TRACE => "TRACE",
+    }
+}
+
+/// Writes `name=value` pairs (pretty) or `"name":value` members (JSON) into a line.
+struct Fields<'a> {
+    out: &'a mut String,
+    json: bool,
+    first: bool,
+    /// Events bridged from the `log` crate carry their real target in a field.
+    log_target: Option<String>,
+}
+
+impl<'a> Fields<'a> {
+    fn new(out: &'a mut String, json: bool, first: bool) -> Self {
+        Self { out, json, first, log_target: None }
+    }
+
+    /// The separator and the name; `false` when the field is not written at all.
+    fn name(&mut self, field: &Field) -> bool {
+        let name = field.name();
+        if name.starts_with("log.") {
+            return false;
+        }
+        if !self.first {
+            self.out.push(if self.json { ',' } else { ' ' });
+        }
+        self.first = false;
+        if self.json {
+            json_str(self.out, name);
+            self.out.push(':');
+        } else if name != "message" {
+            self.out.push_str(name);
+            self.out.push('=');
+        }
+        true
+    }
+
+    fn number(&mut self, field: &Field, value: impl fmt::Display) {
+        if self.name(field) {
+            let _ = write!(self.out, "{value}");
+        }
+    }
+}
+
+impl Visit for Fields<'_> {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        if field.name() == "log.target" {
+            self.log_target = Some(value.to_string());
+            return;
+        }
+        if !self.name(field) {
+            return;
+        }
+        if self.json {
+            json_str(self.out, value);
+        } else if field.name() == "message" {
+            escaped(self.out, value);
+        } else {
+            // As tracing-subscriber writes a string field: quoted, with Debug's escapes.
+            let _ = write!(self.out, "{value:?}");
+        }
+    }
+
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        self.number(field, value);
+    }
+
+    fn record_i64(&mut self, field: &Field, value: i64) {
+        self.number(field, value);
+    }
+
+    fn record_bool(&mut self, field: &Field, value: bool) {
+        self.number(field, value);
+    }
+
+    fn record_f64(&mut self, field: &Field, value: f64) {
+        if self.json && !value.is_finite() {
+            // JSON has no NaN or infinity.
+            if self.name(field) {
+                json_str(self.out, &value.to_string());
+            }
+        } else {
+            self.number(field, value);
+        }
+    }
+
+    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        if !self.name(field) {
+            return;
+        }
+        if self.json {
+            self.out.push('"');
+            let _ = write!(Escaping { out: self.out, json: true }, "{value:?}");
+            self.out.push('"');
+        } else {
+            let _ = write!(Escaping { out: self.out, json: false }, "{value:?}");
+        }
+    }
+}
+
+/// Writes text escaped as it goes, for a JSON string's inside or a pretty line.
+struct Escaping<'a> {
+    out: &'a mut String,
+    json: bool,
+}
+
+impl Write for Escaping<'_> {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        if self.json {
+            json_inner(self.out, s);
+        } else {
+            escaped(self.out, s);
+        }
+        Ok(())
+    }
+}
+
+/// Whether `s` holds a control character: C0, DEL, or C1 (`U+0080`–`U+009F`, encoded after a
+/// `0xC2` byte).
+fn has_control(s: &str) -> bool {
+    s.bytes().any(|b| b < 0x20 || b == 0x7f || b == 0xc2)
+}
+
+/// Text for a pretty line: control characters (newlines, escape sequences, C1 codes) escaped,
+/// so that no value can start a line of its own or drive a terminal.
+fn escaped(out: &mut String, s: &str) {
+    if !has_control(s) {
+        out.push_str(s);
+        return;
+    }
+    for ch in s.chars() {
+        if ch.is_control() {
+            let _ = write!(out, "\\u{{{:x}}}", ch as u32);
+        } else {
+            out.push(ch);
+        }
+    }
+}
+
+/// A JSON string literal.
+fn json_str(out: &mut String, s: &str) {
+    out.push('"');
+    json_inner(out, s);
+    out.push('"');
+}
+
+/// The inside of a JSON string literal.
+fn json_inner(out: &mut String, s: &str) {
+    if !has_control(s) && !s.bytes().any(|b| b == b'"' || b == b'\\') {
+        out.push_str(s);
+        return;
+    }
+    for ch in s.chars() {
+        match ch {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if c.is_control() => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+}
+
+/// RFC 3339 in UTC with microseconds, as tracing-subscriber writes it: `2026-11-30T01:02:03.456789Z`.
+fn timestamp(out: &mut String, now: SystemTime) {
+    let since = now.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let secs = since.as_secs();
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    let (y, m, d) = civil_from_days(days as i64);
+    let _ = write!(
+        out,
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:06}Z",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60,
+        since.subsec_micros()
+    );
+}
+
+/// Days since 1970-01-01 to a proleptic Gregorian (year, month, day) (H. Hinnant's algorithm).
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+
+    #[test]
+    fn timestamps_match_the_calendar() {
+        let at = |s: u64, us: u32| {
+            let mut out = String::new();
+            timestamp(&mut out, UNIX_EPOCH + Duration::from_secs(s) + Duration::from_micros(us.into()));
+            out
+        };
+        assert_eq!(at(0, 0), "1970-01-01T00:00:00.000000Z");
+        assert_eq!(at(951_782_400, 5), "2000-02-29T00:00:00.000005Z");
+        assert_eq!(at(1_709_251_199, 999_999), "2024-02-29T23:59:59.999999Z");
+        assert_eq!(at(1_795_914_245, 123_456), "2026-11-29T01:04:05.123456Z");
+        // Every day for 400 years agrees with the `time` crate.
+        for day in (0..146_097i64).step_by(7) {
+            let date = time::Date::from_julian_day(2_440_588 + day as i32).unwrap();
+            assert_eq!(
+                civil_from_days(day),
+                (i64::from(date.year()), u8::from(date.month()) as u32, date.day() as u32)
+            );
+        }
+    }
+
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn capture(json: bool, f: impl FnOnce()) -> String {
+        use tracing_subscriber::layer::SubscriberExt;
+        let out = Captured::default();
+        let sink = out.clone();
+        let layer = tracing_subscriber::fmt::layer()
+            .with_ansi(false)
+            .fmt_fields(LineFormat { json })
+            .event_format(LineFormat { json })
+            .with_writer(move || sink.clone());
+        let subscriber = tracing_subscriber::registry().with(layer);
+        tracing::subscriber::with_default(subscriber, f);
+        let bytes = out.0.lock().unwrap().clone();
+        String::from_utf8(bytes).unwrap()
+    }
+
+    fn request_line() {
+        let span =
+            tracing::info_span!("request", request_id = %"r-1", method = %"GET", principal = tracing::field::Empty);
+        let _e = span.enter();
+        span.record("principal", "user:42");
+        tracing::info!(target: "gatehouse::access", route = "/v1/\"x\"\n", status = 200u16, latency_ms = 0.25, ok = true, "request completed");
+        tracing::warn!(agent = ?"evil\n2026-01-01T00:00:00Z ERROR forged\u{1b}[31m", "odd \u{1b} message\r\nline");
+    }
+
+    #[test]
+    fn json_lines_parse_and_carry_the_span() {
+        let out = capture(true, request_line);
+        let lines: Vec<serde_json::Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        assert_eq!(lines.len(), 2, "{out}");
+        let v = &lines[0];
+        assert_eq!(v["level"], "INFO");
+        assert_eq!(v["target"], "gatehouse::access");
+        assert_eq!(v["fields"]["message"], "request completed");
+        assert_eq!(v["fields"]["route"], "/v1/\"x\"\n");
+        assert_eq!(v["fields"]["status"], 200);
+        assert_eq!(v["fields"]["latency_ms"], 0.25);
+        assert_eq!(v["fields"]["ok"], true);
+        assert_eq!(v["span"]["request_id"], "r-1");
+        assert_eq!(v["span"]["method"], "GET");
+        assert_eq!(v["span"]["principal"], "user:42");
+        assert_eq!(v["span"]["name"], "request");
+        assert!(v["timestamp"].as_str().unwrap().ends_with('Z'));
+        assert_eq!(lines[1]["fields"]["agent"], "\"evil\\n2026-01-01T00:00:00Z ERROR forged\\u{1b}[31m\"");
+        assert_eq!(lines[1]["fields"]["message"], "odd \u{1b} message\r\nline");
+    }
+
+    #[test]
+    fn pretty_lines_cannot_be_forged() {
+        let out = capture(false, request_line);
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines.len(), 2, "{out}");
+        let first = lines[0];
+        assert!(
+            first.ends_with(
+                "  INFO request{request_id=r-1 method=GET principal=\"user:42\"}: gatehouse::access: \
+                 request completed route=\"/v1/\\\"x\\\"\\n\" status=200 latency_ms=0.25 ok=true"
+            ),
+            "{first}"
+        );
+        assert!(lines[1].contains(" WARN request{"), "{}", lines[1]);
+        assert!(!out.contains('\u{1b}') && !out.contains('\r'), "{out:?}");
+    }
+}
