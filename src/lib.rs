@@ -11,7 +11,8 @@
 //!
 //! Time comes from [`clock::Clock`]; secrets live in redacting newtypes from [`crypto::secret`].
 
-// One audited exception: `telemetry::LowPriorityPool` lowers its threads' priority (two syscalls).
+// Two audited exceptions: `telemetry::LowPriorityPool` lowers its threads' priority (two
+// syscalls), and `startup` hands start-up's freed heap back with glibc's `malloc_trim`.
 #![deny(unsafe_code)]
 #![cfg_attr(
     not(test),

@@ -617,6 +617,7 @@ impl Application {
     ) -> Result<(), FatalError> {
         let state = self.state.clone();
         let app = crate::http::app(state.clone());
+        release_startup_memory();
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let housekeeping = tokio::spawn(housekeeping(state.clone(), stop_rx.clone()));
         let (audit_stop_tx, audit_stop_rx) = tokio::sync::watch::channel(false);
@@ -875,3 +876,20 @@ impl TlsReloader {
         }
     }
 }
+
+/// Hand the memory start-up used and freed (the OpenAPI document and the routes built from it,
+/// migrations, the first start's password hash) back to the system. glibc keeps freed heap pages
+/// mapped; after a start they are a few megabytes of the idle footprint (3.5 MB measured on a
+/// fresh data folder).
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn release_startup_memory() {
+    // SAFETY: `malloc_trim` takes an integer, touches only the allocator's own free lists (under
+    // its locks), and is safe to call from any thread at any time.
+    #[allow(unsafe_code)]
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn release_startup_memory() {}

@@ -17,7 +17,7 @@ pub mod sso;
 pub mod workspaces;
 
 use crate::state::AppState;
-use poem::{Endpoint, EndpointExt, Route};
+use poem::{Endpoint, IntoEndpoint, Route};
 use poem_openapi::{OpenApiService, Tags};
 use std::collections::HashMap;
 
@@ -144,7 +144,7 @@ pub fn app(state: AppState) -> impl Endpoint {
         .at("/openapi.json", poem::get(docs::spec_endpoint(spec)))
         .nest("/docs", docs::playground())
         .nest("/login", docs::login_page());
-    edge::Edge::wrap(api.data(state.clone()), pages.data(state.clone()), state).with_allow(allow, labels)
+    edge::Edge::wrap(api.into_endpoint(), pages, state).with_allow(allow, labels)
 }
 
 /// The pattern poem's router reports for a spec path: poem-openapi registers `{name}`

@@ -176,9 +176,13 @@ impl Visit for Fields<'_> {
             json_str(self.out, value);
         } else if field.name() == "message" {
             escaped(self.out, value);
-        } else {
+        } else if !value.bytes().all(|b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\') {
             // As tracing-subscriber writes a string field: quoted, with Debug's escapes.
             let _ = write!(self.out, "{value:?}");
+        } else {
+            self.out.push('"');
+            self.out.push_str(value);
+            self.out.push('"');
         }
     }
 

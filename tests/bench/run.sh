@@ -37,7 +37,8 @@
 #
 # Knobs (environment): BENCH_ROUNDS (default 3), BENCH_DURATION (wrk -d, default 10s),
 # BENCH_READY_RUNS (default 7), BENCH_SKIP_BUILD=1 (use the binaries already built),
-# BENCH_ONLY=saml (build and run section (i) alone; unset: every section),
+# BENCH_ONLY=saml (build and run section (i) alone), BENCH_ONLY=healthz (sections (a) to (d) alone:
+# the /healthz ratio, idle RSS, start to READY, binary size); unset: every section,
 # BENCH_SAML_FLOOD_SECONDS (default 10; bench-saml reads BENCH_SAML_ROUNDS and BENCH_SAML_SECONDS).
 set -euo pipefail
 
@@ -53,8 +54,8 @@ DURATION="${BENCH_DURATION:-10s}"
 READY_RUNS="${BENCH_READY_RUNS:-7}"
 ONLY="${BENCH_ONLY:-}"
 case "$ONLY" in
-    "" | saml) ;;
-    *) printf 'bench: BENCH_ONLY=%s: unknown section (known: saml)\n' "$ONLY" >&2; exit 2 ;;
+    "" | saml | healthz) ;;
+    *) printf 'bench: BENCH_ONLY=%s: unknown section (known: saml, healthz)\n' "$ONLY" >&2; exit 2 ;;
 esac
 WRK_ARGS=(--latency -t2 -c32 -d"$DURATION")
 
@@ -137,6 +138,8 @@ if [ "${BENCH_SKIP_BUILD:-0}" != 1 ]; then
     log "building release (cargo waits if another build holds the target dir)"
     if [ "$ONLY" = saml ]; then
         (cd "$ROOT" && cargo build --release --locked --bin gatehouse --example bench-saml)
+    elif [ "$ONLY" = healthz ]; then
+        (cd "$ROOT" && cargo build --release --locked --bin gatehouse --example bench-ceiling)
     else
         (cd "$ROOT" && cargo build --release --locked --bin gatehouse --example bench-ceiling --example bench-argon2 --example bench-audit --example bench-saml)
     fi
@@ -266,6 +269,7 @@ LOG_LINES="$(wc -l <"$OUT/gatehouse.log")"
 { head -n 40 "$OUT/gatehouse.log"; echo "... ($LOG_LINES lines in all) ..."; tail -n 40 "$OUT/gatehouse.log"; } >"$OUT/gatehouse.log.short"
 mv "$OUT/gatehouse.log.short" "$OUT/gatehouse.log"
 
+if [ "$ONLY" != healthz ]; then
 # --- (e) accounts ------------------------------------------------------------------------------
 # A second server on its own data folder: a bench account made with `users add-admin`, the
 # sign-in rate limit lifted (the per-address limit would otherwise be what is measured).
@@ -384,18 +388,22 @@ stop_pid "$ACC_PID"; ACC_PID=""
 mv "$OUT/accounts.log.short" "$OUT/accounts.log"
 export ARGON_MS CORES="$(nproc)"
 
+fi # (e) to (g)
+
 # --- (c) start to READY=1 on the existing data folder --------------------------------------------
 READY_PORT="$(free_port)"
 log "start to READY=1: $READY_RUNS starts on the existing data folder"
 READY_JSON="$(python3 "$HERE/ready_time.py" "$READY_RUNS" "$OUT/ready.log" -- \
     "$BIN" serve --data-dir "$DATA" --listen "127.0.0.1:$READY_PORT" 9>&-)"
 
+if [ "$ONLY" != healthz ]; then
 # --- (h) audit (issue 6): appends, queries over 1,000,000 records, export memory -------------------
 log "audit: appends, fill to ${BENCH_AUDIT_RECORDS:-1000000} records, queries, export (bench-audit)"
 export AUDIT_JSON="$("$TARGET/release/examples/bench-audit" 2>"$OUT/audit.log" 9>&-)" || die "bench-audit failed (see $OUT/audit.log)"
 
 # --- (i) SAML ACS (issue 8) -------------------------------------------------------------------------
 saml_section
+fi # (h) and (i)
 
 # --- (d) binary size -----------------------------------------------------------------------------
 BIN_BYTES="$(stat -c %s "$BIN")"
