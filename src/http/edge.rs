@@ -1,8 +1,10 @@
 //! The edge middleware every request passes through, outermost first:
 //! request id → client address (trusting `X-Forwarded-For` only from `trusted_proxies`) →
-//! request span → body size limit → CORS (when origins are allow-listed) → panic catcher →
-//! routes. On the way out: every error becomes problem+json (5xx generic), security headers,
-//! `X-Request-Id`, metrics by route template, one access log line.
+//! request span → credential check → body size limit → panic catcher → CORS (when origins are
+//! allow-listed) → the API or the pages (picked by path). On the way out: every error becomes
+//! problem+json (5xx generic), security headers, `X-Request-Id`, metrics by route template, one
+//! access log line. It is one endpoint rather than a stack of middleware layers because every
+//! layer boxes and moves each request's future (see `tests/bench/README.md`).
 //!
 //! Nothing here logs headers, bodies or query strings.
 
