@@ -70,43 +70,51 @@ fn api_key_value(state: &AppState, req: &mut Request) -> Option<SecretString> {
     None
 }
 
-/// Whether the request has a header that could carry a credential (cheap: no parsing). When it
-/// has none, [`authenticate`] has nothing to do.
-pub fn may_carry_credential(state: &AppState, req: &Request) -> bool {
-    let h = req.headers();
-    h.contains_key(header::AUTHORIZATION)
-        || h.contains_key(API_KEY_HEADER)
-        || h.contains_key(header::COOKIE)
-        || state.http.api_key_headers.iter().any(|alias| h.contains_key(alias))
+/// A credential as a request presents it, read from its headers and not yet checked.
+pub enum Presented {
+    Bearer(SecretString),
+    ApiKey(SecretString),
+    Cookie { session: SecretString, csrf: Option<SecretString>, changes: bool },
 }
 
-/// Check the request's credential, if it has one. The `Authorization` header wins over an API
-/// key, and an API key over the cookie.
-pub async fn authenticate(state: &AppState, req: &mut Request, info: &RequestInfo) -> Option<AuthOutcome> {
+/// The request's credential, if it has one: cheap, nothing is checked here (that is
+/// [`authenticate`]). The `Authorization` header wins over an API key, and an API key over the
+/// cookie.
+pub fn presented(state: &AppState, req: &mut Request) -> Option<Presented> {
     let bearer = req
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
         .map(|t| SecretString::new(t.trim().to_string()));
-    let result = if let Some(token) = bearer {
-        if token.expose().starts_with("gthp_") {
+    if let Some(token) = bearer {
+        return Some(Presented::Bearer(token));
+    }
+    if let Some(key) = api_key_value(state, req) {
+        return Some(Presented::ApiKey(key));
+    }
+    let session = cookie_value(req, SESSION_COOKIE)?;
+    let csrf = req.headers().get(CSRF_HEADER).and_then(|v| v.to_str().ok()).map(|s| SecretString::new(s.to_string()));
+    let changes = !matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS);
+    Some(Presented::Cookie { session: SecretString::new(session), csrf, changes })
+}
+
+/// Check a credential the request presented.
+pub async fn authenticate(state: &AppState, credential: Presented, info: &RequestInfo) -> AuthOutcome {
+    let result = match credential {
+        Presented::Bearer(token) if token.expose().starts_with("gthp_") => {
             auth::authenticate_pat(state, token, info.client_ip.map(|ip| ip.to_string()), || origin(info)).await
-        } else {
-            auth::authenticate_jwt(state, token.expose(), info.client_ip)
         }
-    } else if let Some(key) = api_key_value(state, req) {
-        let ip = info.client_ip.map(|ip| ip.to_string());
-        crate::domain::workspaces::authenticate_api_key(state, key, ip, || origin(info)).await
-    } else if let Some(cookie) = cookie_value(req, SESSION_COOKIE) {
-        let csrf =
-            req.headers().get(CSRF_HEADER).and_then(|v| v.to_str().ok()).map(|s| SecretString::new(s.to_string()));
-        let changes = !matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS);
-        auth::authenticate_cookie(state, SecretString::new(cookie), csrf, changes, info.client_ip).await
-    } else {
-        return None;
+        Presented::Bearer(token) => auth::authenticate_jwt(state, token.expose(), info.client_ip),
+        Presented::ApiKey(key) => {
+            let ip = info.client_ip.map(|ip| ip.to_string());
+            crate::domain::workspaces::authenticate_api_key(state, key, ip, || origin(info)).await
+        }
+        Presented::Cookie { session, csrf, changes } => {
+            auth::authenticate_cookie(state, session, csrf, changes, info.client_ip).await
+        }
     };
-    Some(AuthOutcome(result.map_err(|e| status_of(&e))))
+    AuthOutcome(result.map_err(|e| status_of(&e)))
 }
 
 /// What a session without a second factor may still do when `auth.require_mfa` is on.

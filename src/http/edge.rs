@@ -427,10 +427,9 @@ impl Endpoint for Edge {
             let mut rejected = None;
             // The checks' futures are large and most requests need none of them: they are boxed
             // rather than carried inline by every request's future.
-            let outcome = if super::auth::may_carry_credential(&self.state, &req) {
-                Box::pin(super::auth::authenticate(&self.state, &mut req, &info)).await
-            } else {
-                None
+            let outcome = match super::auth::presented(&self.state, &mut req) {
+                Some(credential) => Some(Box::pin(super::auth::authenticate(&self.state, credential, &info)).await),
+                None => None,
             };
             if let Some(outcome) = outcome {
                 match &outcome.0 {
