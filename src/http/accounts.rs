@@ -378,6 +378,7 @@ pub enum JwksResponse {
     Ok(Json<Jwks>, #[oai(header = "Cache-Control")] String),
 }
 
+#[derive(Default)]
 pub struct AccountsApi;
 
 #[OpenApi]

@@ -153,6 +153,7 @@ pub struct AcknowledgeRequest {
     pub note: String,
 }
 
+#[derive(Default)]
 pub struct AlertsApi;
 
 #[OpenApi]

@@ -172,6 +172,7 @@ pub enum ExportResponse {
     Ok(Binary<Body>, #[oai(header = "Cache-Control")] String),
 }
 
+#[derive(Default)]
 pub struct AuditApi;
 
 #[allow(clippy::too_many_arguments)]

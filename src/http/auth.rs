@@ -9,7 +9,7 @@ use crate::domain::audit::Origin;
 use crate::domain::auth::{self, Credential, Principal};
 use crate::error::AppError;
 use crate::state::AppState;
-use poem::http::{header, Method, StatusCode};
+use poem::http::{header, HeaderName, Method, StatusCode};
 use poem::Request;
 use poem_openapi::auth::{ApiKey, Bearer};
 use poem_openapi::SecurityScheme;
@@ -57,8 +57,9 @@ fn status_of(e: &AppError) -> (StatusCode, String) {
 /// The API key of a request: `X-Api-Key`, else the first configured alias header. An alias is
 /// copied into `X-Api-Key` so that the `apiKey` security scheme finds it.
 fn api_key_value(state: &AppState, req: &mut Request) -> Option<SecretString> {
-    let value = |req: &Request, name: &str| req.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
-    if let Some(v) = value(req, API_KEY_HEADER) {
+    // A name made once rather than parsed from text on every request.
+    const API_KEY: HeaderName = HeaderName::from_static(API_KEY_HEADER);
+    if let Some(v) = req.headers().get(API_KEY).and_then(|v| v.to_str().ok()) {
         return Some(SecretString::new(v.trim().to_string()));
     }
     for alias in &state.http.api_key_headers {

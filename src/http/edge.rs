@@ -1,10 +1,12 @@
 //! The edge middleware every request passes through, outermost first:
 //! request id → client address (trusting `X-Forwarded-For` only from `trusted_proxies`) →
-//! request span → credential check → body size limit → panic catcher → CORS (when origins are
-//! allow-listed) → the API or the pages (picked by path). On the way out: every error becomes
-//! problem+json (5xx generic), security headers, `X-Request-Id`, metrics by route template, one
-//! access log line. It is one endpoint rather than a stack of middleware layers because every
-//! layer boxes and moves each request's future (see `tests/bench/README.md`).
+//! request span → credential check → body size limit → panic catcher → the pages or the API
+//! (picked by path; for the API, its query parsed for poem-openapi's extractors), each behind
+//! CORS when origins are allow-listed. On the way out: every error becomes problem+json (5xx generic),
+//! security headers, `X-Request-Id`, metrics by route template, one access log line. It is one
+//! endpoint rather than a stack of middleware layers, and it calls the API's router in place
+//! rather than boxed, because every layer boxes and moves each request's future (see
+//! `tests/bench/README.md`).
 //!
 //! Nothing here logs headers, bodies or query strings.
 
@@ -12,10 +14,12 @@ use super::error::{Problem, PROBLEM_JSON};
 use crate::state::AppState;
 use futures_util::FutureExt;
 use ipnet::IpNet;
+use poem::endpoint::BoxEndpoint;
 use poem::http::{header, HeaderName, HeaderValue, Method, StatusCode};
+use poem::middleware::CookieJarManagerEndpoint;
 use poem::middleware::Cors;
-use poem::PathPattern;
 use poem::{Body, Endpoint, EndpointExt, IntoResponse, Request, Response, Result};
+use poem::{PathPattern, Route};
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::panic::AssertUnwindSafe;
@@ -37,18 +41,28 @@ pub const REQUEST_ID: &str = "x-request-id";
 const REQUEST_ID_HEADER: HeaderName = HeaderName::from_static(REQUEST_ID);
 const COOP: HeaderName = HeaderName::from_static("cross-origin-opener-policy");
 const CORP: HeaderName = HeaderName::from_static("cross-origin-resource-policy");
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 
 const CSP_API: &str = "default-src 'none'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'";
 /// The playground needs its own scripts, inline styles (Swagger UI sets them) and data: images.
 const CSP_DOCS: &str = "default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-inline'; \
 img-src 'self' data:; font-src 'self'; connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'";
 
+/// The API: the router of the operations (see `http::api_routes`).
+pub type ApiRoutes = CookieJarManagerEndpoint<Route>;
+
+/// The API endpoint, with CORS in front when origins are allow-listed.
+#[allow(clippy::large_enum_variant)] // One per process; the router is called in place, not boxed.
+enum Api {
+    Bare(ApiRoutes),
+    Cors(BoxEndpoint<'static, Response>),
+}
+
 /// The edge endpoint.
 pub struct Edge {
-    /// The API (poem-openapi's router).
-    api: poem::endpoint::BoxEndpoint<'static, Response>,
+    api: Api,
     /// `/openapi.json`, `/docs/…` and `/login/…`: see [`is_page_path`].
-    pages: poem::endpoint::BoxEndpoint<'static, Response>,
+    pages: BoxEndpoint<'static, Response>,
     state: AppState,
     /// Route template → `Allow` header value for 405 answers.
     allow: HashMap<String, String>,
@@ -68,13 +82,15 @@ fn is_page_path(path: &str) -> bool {
 }
 
 impl Edge {
-    pub fn wrap<A, P>(api: A, pages: P, state: AppState) -> Self
-    where
-        A: Endpoint<Output = Response> + 'static,
-        P: Endpoint<Output = Response> + 'static,
-    {
-        let api = Self::with_cors(api, &state);
-        let pages = Self::with_cors(pages, &state);
+    /// The API is kept as it is (not boxed) unless CORS goes in front of it: each boxed layer
+    /// is one more move of every request's future. The pages come boxed.
+    pub fn wrap(api: ApiRoutes, pages: BoxEndpoint<'static, Response>, state: AppState) -> Self {
+        let api = if state.http.cors_allowed_origins.is_empty() {
+            Api::Bare(api)
+        } else {
+            Api::Cors(with_cors(api.map_to_response().boxed(), &state))
+        };
+        let pages = with_cors(pages, &state);
         Self {
             api,
             pages,
@@ -82,27 +98,6 @@ impl Edge {
             allow: HashMap::new(),
             labels: HashMap::new(),
             unmatched: Arc::new("unmatched".into()),
-        }
-    }
-
-    /// CORS when origins are allow-listed. (Panics are caught in [`Edge::call`] itself, and the
-    /// state is put in the request there: two layers fewer for every request to pass through.)
-    fn with_cors<E>(routes: E, state: &AppState) -> poem::endpoint::BoxEndpoint<'static, Response>
-    where
-        E: Endpoint<Output = Response> + 'static,
-    {
-        if state.http.cors_allowed_origins.is_empty() {
-            routes.boxed()
-        } else {
-            let cors = Cors::new()
-                .allow_origins(state.http.cors_allowed_origins.iter().map(String::as_str))
-                .allow_methods([Method::GET, Method::POST, Method::PUT, Method::PATCH, Method::DELETE])
-                .allow_headers(["authorization", "content-type", "x-api-key", "x-csrf-token", REQUEST_ID])
-                .allow_headers(state.http.api_key_headers.iter().map(|h| h.as_str()))
-                .expose_headers([REQUEST_ID])
-                .allow_credentials(true)
-                .max_age(600);
-            routes.with(cors).map_to_response().boxed()
         }
     }
 
@@ -119,6 +114,31 @@ impl Edge {
     fn route_label(&self, pattern: Option<&PathPattern>) -> Arc<String> {
         pattern.and_then(|p| self.labels.get(p.0.as_ref())).cloned().unwrap_or_else(|| self.unmatched.clone())
     }
+}
+
+/// CORS when origins are allow-listed. (Panics are caught in [`Edge::call`] itself, and the
+/// state is put in the request there: two layers fewer for every request to pass through.)
+fn with_cors(routes: BoxEndpoint<'static, Response>, state: &AppState) -> BoxEndpoint<'static, Response> {
+    if state.http.cors_allowed_origins.is_empty() {
+        routes
+    } else {
+        let cors = Cors::new()
+            .allow_origins(state.http.cors_allowed_origins.iter().map(String::as_str))
+            .allow_methods([Method::GET, Method::POST, Method::PUT, Method::PATCH, Method::DELETE])
+            .allow_headers(["authorization", "content-type", "x-api-key", "x-csrf-token", REQUEST_ID])
+            .allow_headers(state.http.api_key_headers.iter().map(|h| h.as_str()))
+            .expose_headers([REQUEST_ID])
+            .allow_credentials(true)
+            .max_age(600);
+        routes.with(cors).map_to_response().boxed()
+    }
+}
+
+/// The parsed query, where poem-openapi's parameter extractors read it (see
+/// `http::api_routes`).
+fn parse_query(req: &mut Request) {
+    let query = if req.uri().query().is_some() { req.params().unwrap_or_default() } else { Vec::new() };
+    req.extensions_mut().insert(poem_openapi::__private::UrlQuery(query));
 }
 
 /// Methods as static labels; anything else is `OTHER`.
@@ -155,7 +175,7 @@ fn request_id(req: &Request) -> Arc<str> {
 /// `Err` when a line is not readable text: the chain cannot be trusted then.
 fn forwarded_for(req: &Request) -> Result<Option<String>, ()> {
     let mut chain: Option<String> = None;
-    for value in req.headers().get_all("x-forwarded-for") {
+    for value in req.headers().get_all(X_FORWARDED_FOR) {
         let text = value.to_str().map_err(|_| ())?;
         match &mut chain {
             Some(c) => {
@@ -193,6 +213,30 @@ pub fn client_ip(peer: Option<IpAddr>, forwarded: Result<Option<&str>, ()>, trus
         }
     }
     client
+}
+
+/// An address as text. IPv4 (nearly every request's case) is written digit by digit: through
+/// the formatting machinery it cost more than the rest of the request's span.
+fn ip_text(ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V4(v4) => {
+            let mut text = String::with_capacity(15);
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    text.push('.');
+                }
+                if octet >= 100 {
+                    text.push(char::from(b'0' + octet / 100));
+                }
+                if octet >= 10 {
+                    text.push(char::from(b'0' + octet / 10 % 10));
+                }
+                text.push(char::from(b'0' + octet % 10));
+            }
+            text
+        }
+        IpAddr::V6(v6) => v6.to_string(),
+    }
 }
 
 fn peer_ip(req: &Request) -> Option<IpAddr> {
@@ -248,7 +292,9 @@ fn detail_for(status: StatusCode, message: &str) -> String {
 }
 
 impl Edge {
-    async fn limit_body(&self, req: &mut Request) -> std::result::Result<(), StatusCode> {
+    /// The body limit, checked without reading: `Ok(None)` when there is no body to read (a GET,
+    /// an empty body), `Ok(Some(limit))` when the body must be read, with its limit.
+    fn body_limit(&self, req: &mut Request) -> std::result::Result<Option<usize>, StatusCode> {
         let mut limit = self.state.http.max_body_bytes;
         // The SAML ACS reads less: a Response is a few kilobytes, rarely more than a hundred.
         let path = req.uri().path();
@@ -261,18 +307,20 @@ impl Edge {
             return Err(StatusCode::PAYLOAD_TOO_LARGE);
         }
         if declared == Some(0) {
-            return Ok(());
+            return Ok(None);
         }
-        // Read the whole body (at most `limit` bytes) before any handler runs, declared length
-        // or streamed: an answer given before the body was read (a refused credential, a wrong
-        // content type) would otherwise leave it unread and the connection unusable for the
-        // client's next request.
         let body = req.take_body();
-        if body.is_empty() {
-            req.set_body(body);
-            return Ok(());
-        }
-        match body.into_bytes_limit(limit).await {
+        let empty = body.is_empty();
+        req.set_body(body);
+        Ok((!empty).then_some(limit))
+    }
+
+    /// Read the whole body (at most `limit` bytes) before any handler runs, declared length or
+    /// streamed: an answer given before the body was read (a refused credential, a wrong content
+    /// type) would otherwise leave it unread and the connection unusable for the client's next
+    /// request.
+    async fn read_body(req: &mut Request, limit: usize) -> std::result::Result<(), StatusCode> {
+        match req.take_body().into_bytes_limit(limit).await {
             Ok(bytes) => {
                 req.set_body(Body::from_bytes(bytes));
                 Ok(())
@@ -408,16 +456,16 @@ impl Endpoint for Edge {
                 .map(|s| Arc::from(s.chars().take(256).collect::<String>())),
         };
         let method = req.method().clone();
-        let path = req.uri().path();
-        let (docs, page) = (is_script_page(path), is_page_path(path));
+        let (docs, page) = (is_script_page(req.uri().path()), is_page_path(req.uri().path()));
         req.extensions_mut().insert(info.clone());
         // The span carries who and what; route, status and latency ride on the one access event
         // at the end (recording them into the span would format them a second time).
+        let ip = info.client_ip.map(ip_text);
         let span = tracing::info_span!(
             "request",
             request_id = %info.request_id,
             method = %method,
-            client_ip = info.client_ip.map(tracing::field::display),
+            client_ip = ip.as_deref().map(tracing::field::display),
             principal = tracing::field::Empty,
         );
         async move {
@@ -451,14 +499,28 @@ impl Endpoint for Edge {
                 }
                 req.extensions_mut().insert(outcome);
             }
-            let result = match self.limit_body(&mut req).await {
+            // Most requests have no body: the reading future (large) is boxed only when one comes.
+            let body = match self.body_limit(&mut req) {
+                Ok(Some(limit)) => Box::pin(Self::read_body(&mut req, limit)).await,
+                other => other.map(|_| ()),
+            };
+            let result = match body {
                 Err(status) => Err(poem::Error::from_status(status)),
                 Ok(()) => {
                     // Handlers read the state with `Data<&AppState>`.
                     req.extensions_mut().insert(self.state.clone());
-                    let inner = if page { &self.pages } else { &self.api };
+                    let inner = async {
+                        if page {
+                            return self.pages.call(req).await;
+                        }
+                        parse_query(&mut req);
+                        match &self.api {
+                            Api::Bare(api) => api.call(req).await.map(IntoResponse::into_response),
+                            Api::Cors(api) => api.call(req).await,
+                        }
+                    };
                     // A panic is answered with a 500, made generic below, like any other 500.
-                    match AssertUnwindSafe(inner.call(req)).catch_unwind().await {
+                    match AssertUnwindSafe(inner).catch_unwind().await {
                         Ok(result) => result,
                         Err(_panic) => Err(poem::Error::from_status(StatusCode::INTERNAL_SERVER_ERROR)),
                     }
@@ -519,6 +581,18 @@ mod tests {
 
     fn nets(list: &[&str]) -> Vec<IpNet> {
         list.iter().map(|s| s.parse().unwrap()).collect()
+    }
+
+    #[test]
+    fn addresses_are_written_as_display_writes_them() {
+        let mut ips: Vec<IpAddr> = ["0.0.0.0", "127.0.0.1", "10.9.99.100", "255.255.255.255", "::1", "2001:db8::7"]
+            .iter()
+            .map(|s| s.parse().unwrap())
+            .collect();
+        ips.extend((0..=255u8).map(|o| IpAddr::from([o, 255 - o, o / 2, 9])));
+        for ip in ips {
+            assert_eq!(ip_text(ip), ip.to_string());
+        }
     }
 
     #[test]

@@ -10,6 +10,7 @@ use poem::web::Data;
 use poem_openapi::payload::Json;
 use poem_openapi::{ApiResponse, Object, OpenApi};
 
+#[derive(Default)]
 pub struct HealthApi;
 
 /// A health answer.

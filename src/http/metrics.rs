@@ -12,6 +12,7 @@ use poem_openapi::auth::Bearer;
 use poem_openapi::payload::PlainText;
 use poem_openapi::{ApiResponse, OpenApi, SecurityScheme};
 
+#[derive(Default)]
 pub struct MetricsApi;
 
 /// The operator's metrics token (`metrics.token_file`), sent as `Authorization: Bearer`.

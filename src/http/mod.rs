@@ -17,7 +17,8 @@ pub mod sso;
 pub mod workspaces;
 
 use crate::state::AppState;
-use poem::{Endpoint, IntoEndpoint, Route};
+use poem::middleware::{CookieJarManager, CookieJarManagerEndpoint};
+use poem::{Endpoint, EndpointExt, Route, RouteMethod};
 use poem_openapi::{OpenApiService, Tags};
 use std::collections::HashMap;
 
@@ -63,22 +64,24 @@ type Apis = (
 );
 
 pub fn api_service() -> OpenApiService<Apis, ()> {
-    OpenApiService::new(
-        (
-            health::HealthApi,
-            metrics::MetricsApi,
-            accounts::AccountsApi,
-            workspaces::WorkspacesApi,
-            secrets::SecretsApi,
-            audit::AuditApi,
-            alerts::AlertsApi,
-            sso::SsoApi,
-        ),
-        "Gatehouse",
-        env!("CARGO_PKG_VERSION"),
-    )
-    .description(DESCRIPTION)
-    .license("Apache-2.0")
+    OpenApiService::new(Apis::default(), "Gatehouse", env!("CARGO_PKG_VERSION"))
+        .description(DESCRIPTION)
+        .license("Apache-2.0")
+}
+
+/// The operations of [`Apis`] at their paths, by method: the router the edge calls.
+///
+/// Built here rather than by `OpenApiService::into_endpoint`, which puts the same router behind
+/// a boxed endpoint, a response mapping and a query pre-parser: three layers more for every
+/// request's future to be moved through. The edge parses the query (poem-openapi's `UrlQuery`)
+/// instead, and the cookie jar manager is the same one `into_endpoint` adds.
+pub fn api_routes() -> CookieJarManagerEndpoint<Route> {
+    let mut table = HashMap::new();
+    poem_openapi::OpenApi::add_routes(Apis::default(), &mut table);
+    let routes = table.into_iter().fold(Route::new(), |route, (path, methods)| {
+        route.at(path, methods.into_iter().fold(RouteMethod::new(), |each, (method, op)| each.method(method, op)))
+    });
+    routes.with(CookieJarManager::new())
 }
 
 /// The OpenAPI document as pretty JSON, exactly as `/openapi.json` serves it.
@@ -129,8 +132,7 @@ fn with_credential_schemes(spec: String) -> String {
 
 /// Every route, wrapped in the edge middleware.
 pub fn app(state: AppState) -> impl Endpoint {
-    let api = api_service();
-    let spec = with_credential_schemes(api.spec());
+    let spec = with_credential_schemes(api_service().spec());
     let mut allow = allowed_methods(&spec);
     let mut labels = route_labels(&spec);
     for path in ["/openapi.json", "/docs", "/docs/", "/docs/assets/:name", "/login", "/login/", "/login/assets/:name"] {
@@ -144,7 +146,7 @@ pub fn app(state: AppState) -> impl Endpoint {
         .at("/openapi.json", poem::get(docs::spec_endpoint(spec)))
         .nest("/docs", docs::playground())
         .nest("/login", docs::login_page());
-    edge::Edge::wrap(api.into_endpoint(), pages, state).with_allow(allow, labels)
+    edge::Edge::wrap(api_routes(), pages.boxed(), state).with_allow(allow, labels)
 }
 
 /// The pattern poem's router reports for a spec path: poem-openapi registers `{name}`

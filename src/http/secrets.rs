@@ -115,6 +115,7 @@ pub enum RevealResponse {
     Ok(Json<Revealed>, #[oai(header = "Cache-Control")] String),
 }
 
+#[derive(Default)]
 pub struct SecretsApi;
 
 #[OpenApi]

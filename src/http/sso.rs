@@ -750,6 +750,7 @@ fn session_cookies(i: &Issued) -> Vec<String> {
     v
 }
 
+#[derive(Default)]
 pub struct SsoApi;
 
 #[OpenApi]

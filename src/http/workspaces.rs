@@ -361,6 +361,7 @@ pub struct CreatedApiKey {
     pub record: ApiKeyView,
 }
 
+#[derive(Default)]
 pub struct WorkspacesApi;
 
 #[OpenApi]

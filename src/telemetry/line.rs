@@ -11,8 +11,9 @@
 //! Nothing a client sent can forge a line: in pretty lines every control character is escaped
 //! (`\n`, `\x1b`…), and JSON strings are escaped as JSON.
 
+use std::cell::{Cell, RefCell};
 use std::fmt::{self, Write};
-use std::time::SystemTime;
+use std::time::{SystemTime, UNIX_EPOCH};
 use tracing::field::{Field, Visit};
 use tracing::{Event, Subscriber};
 use tracing_subscriber::field::RecordFields;
@@ -52,19 +53,48 @@ where
         mut writer: Writer<'_>,
         event: &Event<'_>,
     ) -> fmt::Result {
-        let mut line = String::with_capacity(256);
+        thread_local! {
+            /// The line being written, kept between events so that a line costs no allocation.
+            static LINE: RefCell<String> = const { RefCell::new(String::new()) };
+        }
+        LINE.with(|cell| match cell.try_borrow_mut() {
+            Ok(mut line) => {
+                line.clear();
+                self.write_line(&mut line, ctx, event);
+                let written = writer.write_str(&line);
+                if line.capacity() > 64 * 1024 {
+                    // Not kept for ever after one long line.
+                    *line = String::new();
+                }
+                written
+            }
+            // An event logged while a line is being written (from a field's `Display`).
+            Err(_) => {
+                let mut line = String::new();
+                self.write_line(&mut line, ctx, event);
+                writer.write_str(&line)
+            }
+        })
+    }
+}
+
+impl LineFormat {
+    fn write_line<S>(&self, line: &mut String, ctx: &FmtContext<'_, S, LineFormat>, event: &Event<'_>)
+    where
+        S: Subscriber + for<'a> LookupSpan<'a>,
+    {
         let meta = event.metadata();
         if self.json {
             line.push_str("{\"timestamp\":\"");
-            timestamp(&mut line, SystemTime::now());
+            timestamp(line, SystemTime::now());
             line.push_str("\",\"level\":\"");
             line.push_str(meta.level().as_str());
             line.push_str("\",\"fields\":{");
-            let mut v = Fields::new(&mut line, true, true);
+            let mut v = Fields::new(line, true, true);
             event.record(&mut v);
             let log_target = v.log_target.take();
             line.push_str("},\"target\":");
-            json_str(&mut line, log_target.as_deref().unwrap_or(meta.target()));
+            json_str(line, log_target.as_deref().unwrap_or(meta.target()));
             if let Some(span) = ctx.lookup_current() {
                 line.push_str(",\"span\":{");
                 let ext = span.extensions();
@@ -74,13 +104,18 @@ where
                     line.push(',');
                 }
                 line.push_str("\"name\":");
-                json_str(&mut line, span.name());
+                json_str(line, span.name());
                 line.push('}');
             }
             line.push_str("}\n");
         } else {
-            timestamp(&mut line, SystemTime::now());
-            let _ = write!(line, " {:>5} ", meta.level().as_str());
+            timestamp(line, SystemTime::now());
+            // The level right-aligned in five columns, as tracing-subscriber writes it.
+            let level = meta.level().as_str();
+            line.push(' ');
+            (level.len()..5).for_each(|_| line.push(' '));
+            line.push_str(level);
+            line.push(' ');
             if let Some(scope) = ctx.event_scope() {
                 for span in scope.from_root() {
                     line.push_str(span.name());
@@ -94,7 +129,7 @@ where
                 }
             }
             let start = line.len();
-            let mut v = Fields::new(&mut line, false, true);
+            let mut v = Fields::new(line, false, true);
             event.record(&mut v);
             let log_target = v.log_target.take();
             let target = log_target.as_deref().unwrap_or(meta.target());
@@ -102,7 +137,6 @@ where
             line.insert_str(start, target);
             line.push('\n');
         }
-        writer.write_str(&line)
     }
 }
 
@@ -183,13 +217,14 @@ impl Visit for Fields<'_> {
     }
 
     fn record_f64(&mut self, field: &Field, value: f64) {
+        if !self.name(field) || write_millis(self.out, value) {
+            return;
+        }
         if self.json && !value.is_finite() {
             // JSON has no NaN or infinity.
-            if self.name(field) {
-                json_str(self.out, &value.to_string());
-            }
+            json_str(self.out, &value.to_string());
         } else {
-            self.number(field, value);
+            let _ = write!(self.out, "{value}");
         }
     }
 
@@ -275,10 +310,67 @@ fn json_inner(out: &mut String, s: &str) {
 }
 
 /// RFC 3339 in UTC with microseconds, as tracing-subscriber writes it: `2026-11-30T01:02:03.456789Z`.
+/// The calendar part is worked out once a second per thread; the microseconds are written as
+/// digits.
 fn timestamp(out: &mut String, now: SystemTime) {
+    thread_local! {
+        /// The second last written and its `YYYY-MM-DDTHH:MM:SS`.
+        static SECOND: Cell<(u64, [u8; 19])> = const { Cell::new((u64::MAX, [b'0'; 19])) };
+    }
+    let Ok(since) = now.duration_since(UNIX_EPOCH) else {
+        return calendar_timestamp(out, now);
+    };
+    let secs = since.as_secs();
+    let (cached, mut text) = SECOND.get();
+    if cached != secs {
+        let mut fresh = String::with_capacity(27);
+        calendar_timestamp(&mut fresh, UNIX_EPOCH + std::time::Duration::from_secs(secs));
+        let Some(head) = fresh.as_bytes().get(..19).and_then(|h| <[u8; 19]>::try_from(h).ok()) else {
+            return calendar_timestamp(out, now);
+        };
+        text = head;
+        SECOND.set((secs, text));
+    }
+    out.push_str(std::str::from_utf8(&text).unwrap_or("0000-00-00T00:00:00"));
+    let mut frac = *b".000000Z";
+    let mut micros = since.subsec_micros();
+    for digit in frac[1..7].iter_mut().rev() {
+        *digit = b'0' + (micros % 10) as u8;
+        micros /= 10;
+    }
+    out.push_str(std::str::from_utf8(&frac).unwrap_or(".000000Z"));
+}
+
+/// The same text, through the calendar every time.
+fn calendar_timestamp(out: &mut String, now: SystemTime) {
     let t = time::OffsetDateTime::from(now);
     let (h, m, s, us) = t.to_hms_micro();
     let _ = write!(out, "{:04}-{:02}-{:02}T{h:02}:{m:02}:{s:02}.{us:06}Z", t.year(), u8::from(t.month()), t.day());
+}
+
+/// A non-negative number below 10^9 with at most three decimals (a latency in milliseconds)
+/// written as `{}` writes it, without the general float formatting; `false` for anything else.
+fn write_millis(out: &mut String, value: f64) -> bool {
+    if !(0.0..1e9).contains(&value) {
+        return false;
+    }
+    let thousandths = (value * 1000.0).round();
+    if thousandths / 1000.0 != value {
+        return false;
+    }
+    let thousandths = thousandths as u64;
+    let (whole, mut frac) = (thousandths / 1000, thousandths % 1000);
+    let _ = write!(out, "{whole}");
+    if frac != 0 {
+        out.push('.');
+        let mut digits = 3;
+        while frac % 10 == 0 {
+            frac /= 10;
+            digits -= 1;
+        }
+        let _ = write!(out, "{frac:0digits$}");
+    }
+    true
 }
 
 #[cfg(test)]
@@ -299,6 +391,34 @@ mod tests {
         assert_eq!(at(1_709_251_199, 999_999), "2024-02-29T23:59:59.999999Z");
         assert_eq!(at(1_795_914_245, 123_456), "2026-11-29T01:04:05.123456Z");
         assert_eq!(at(4_102_444_800, 0), "2100-01-01T00:00:00.000000Z");
+        // The same second again (from the per-second cache), then the next one.
+        assert_eq!(at(4_102_444_800, 70), "2100-01-01T00:00:00.000070Z");
+        assert_eq!(at(4_102_444_801, 999_000), "2100-01-01T00:00:01.999000Z");
+        for s in [0, 59, 86_399, 951_868_799, 1_795_914_245] {
+            let mut calendar = String::new();
+            calendar_timestamp(&mut calendar, UNIX_EPOCH + Duration::from_secs(s) + Duration::from_micros(1));
+            assert_eq!(at(s, 1), calendar);
+        }
+    }
+
+    #[test]
+    fn millis_are_written_as_display_writes_them() {
+        let mut values =
+            vec![0.0, 0.001, 0.01, 0.1, 0.25, 1.0, 2.5, 10.0, 12.345, 999.999, 1000.0, 123_456.789, 999_999_999.999];
+        values.extend((0..20_000u32).map(|us| f64::from(us) / 1000.0));
+        values.extend((0..2_000u32).map(|n| f64::from(n) * 1.37 + 0.0005));
+        for v in values {
+            let mut fast = String::new();
+            if write_millis(&mut fast, v) {
+                assert_eq!(fast, format!("{v}"), "{v}");
+            }
+        }
+        let mut out = String::new();
+        for odd in [-1.0, 0.0001, 1e9, f64::NAN, f64::INFINITY, 1.0 / 3.0] {
+            assert!(!write_millis(&mut out, odd), "{odd}");
+        }
+        assert!(out.is_empty());
+        assert!(write_millis(&mut out, 0.125) && out == "0.125");
     }
 
     #[derive(Clone, Default)]

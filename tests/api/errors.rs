@@ -5,7 +5,8 @@
 use crate::helpers::{client, spawn_app};
 use gatehouse::http::edge::Edge;
 use gatehouse::http::json::JsonBody;
-use poem::Route;
+use poem::middleware::CookieJarManager;
+use poem::{EndpointExt, Route};
 use poem_openapi::payload::Json;
 use poem_openapi::{Object, OpenApi, OpenApiService};
 use reqwest::StatusCode;
@@ -93,7 +94,7 @@ async fn spawn_probe() -> (String, tokio::task::JoinHandle<()>, crate::helpers::
     let app = spawn_app().await;
     let state = app.state.clone();
     let routes = Route::new().nest("/", OpenApiService::new(ProbeApi, "probe", "1"));
-    let edge = Edge::wrap(routes, Route::new(), state);
+    let edge = Edge::wrap(routes.with(CookieJarManager::new()), Route::new().boxed(), state);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     drop(listener);
