@@ -12,6 +12,7 @@
 
 use super::error::{Problem, PROBLEM_JSON};
 use crate::state::AppState;
+use futures_util::future::Either;
 use futures_util::FutureExt;
 use ipnet::IpNet;
 use poem::endpoint::BoxEndpoint;
@@ -21,6 +22,7 @@ use poem::middleware::Cors;
 use poem::{Body, Endpoint, EndpointExt, IntoResponse, Request, Response, Result};
 use poem::{PathPattern, Route};
 use std::collections::HashMap;
+use std::future::Future;
 use std::net::IpAddr;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
@@ -439,7 +441,10 @@ impl Edge {
 impl Endpoint for Edge {
     type Output = Response;
 
-    async fn call(&self, mut req: Request) -> Result<Self::Output> {
+    /// What needs no waiting is done here, before any future exists; the rest is one future,
+    /// [`Edge::handle`] in the request's span. (An `async fn` here would carry the request a
+    /// second time, and every request's future is moved into a box by the server.)
+    fn call(&self, mut req: Request) -> impl Future<Output = Result<Self::Output>> + Send {
         let started = Instant::now();
         let forwarded = forwarded_for(&req);
         let info = RequestInfo {
@@ -468,6 +473,24 @@ impl Endpoint for Edge {
             client_ip = ip.as_deref().map(tracing::field::display),
             principal = tracing::field::Empty,
         );
+        self.handle(req, info, method, started, (docs, page)).instrument(span)
+    }
+}
+
+impl Edge {
+    /// The request in its span: the credential check, the body, the pages (`page`; `docs`: one
+    /// that runs scripts) or the API, then the answer's headers, metrics and access line.
+    #[allow(clippy::manual_async_fn)] // See the comment on the async block.
+    fn handle(
+        &self,
+        mut req: Request,
+        info: RequestInfo,
+        method: Method,
+        started: Instant,
+        (docs, page): (bool, bool),
+    ) -> impl Future<Output = Result<Response>> + Send + '_ {
+        // An async block rather than an `async fn`: its captures are kept once, where an `async
+        // fn` keeps its arguments twice (as arguments and as locals) in the future.
         async move {
             // One credential check per request; the security schemes read its outcome.
             let mut refused = None;
@@ -509,14 +532,13 @@ impl Endpoint for Edge {
                 Ok(()) => {
                     // Handlers read the state with `Data<&AppState>`.
                     req.extensions_mut().insert(self.state.clone());
-                    let inner = async {
-                        if page {
-                            return self.pages.call(req).await;
-                        }
+                    let inner = if page {
+                        Either::Left(self.pages.call(req))
+                    } else {
                         parse_query(&mut req);
                         match &self.api {
-                            Api::Bare(api) => api.call(req).await.map(IntoResponse::into_response),
-                            Api::Cors(api) => api.call(req).await,
+                            Api::Bare(api) => Either::Right(api.call(req)),
+                            Api::Cors(api) => Either::Left(api.call(req)),
                         }
                     };
                     // A panic is answered with a 500, made generic below, like any other 500.
@@ -570,8 +592,6 @@ impl Endpoint for Edge {
             }
             Ok(resp.into_response())
         }
-        .instrument(span)
-        .await
     }
 }
 
