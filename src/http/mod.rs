@@ -74,8 +74,16 @@ pub fn api_service() -> OpenApiService<Apis, ()> {
 /// Built here rather than by `OpenApiService::into_endpoint`, which puts the same router behind
 /// a boxed endpoint, a response mapping and a query pre-parser: three layers more for every
 /// request's future to be moved through. The edge parses the query (poem-openapi's `UrlQuery`)
-/// instead, and the cookie jar manager is the same one `into_endpoint` adds.
+/// instead, and the cookie jar manager is the same one `into_endpoint` adds. Like
+/// `into_endpoint`, it panics at start on two operations with one id (a unit test builds it).
 pub fn api_routes() -> CookieJarManagerEndpoint<Route> {
+    // As `into_endpoint` does: two operations under one id would break generated clients.
+    let mut ids = std::collections::HashSet::new();
+    for op in <Apis as poem_openapi::OpenApi>::meta().into_iter().flat_map(|api| api.paths).flat_map(|p| p.operations) {
+        if let Some(id) = op.operation_id {
+            assert!(ids.insert(id), "duplicate operation id: {id}");
+        }
+    }
     let mut table = HashMap::new();
     poem_openapi::OpenApi::add_routes(Apis::default(), &mut table);
     let routes = table.into_iter().fold(Route::new(), |route, (path, methods)| {
@@ -194,4 +202,12 @@ fn allowed_methods(spec: &str) -> HashMap<String, String> {
         out.insert(poem_pattern(path), methods.join(", "));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn api_routes_build_with_unique_operation_ids() {
+        let _routes = super::api_routes();
+    }
 }

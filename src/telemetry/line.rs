@@ -351,7 +351,8 @@ fn calendar_timestamp(out: &mut String, now: SystemTime) {
 /// A non-negative number below 10^9 with at most three decimals (a latency in milliseconds)
 /// written as `{}` writes it, without the general float formatting; `false` for anything else.
 fn write_millis(out: &mut String, value: f64) -> bool {
-    if !(0.0..1e9).contains(&value) {
+    // `-0.0` is in the range but `{}` writes it `-0`.
+    if !(0.0..1e9).contains(&value) || value.is_sign_negative() {
         return false;
     }
     let thousandths = (value * 1000.0).round();
@@ -414,7 +415,7 @@ mod tests {
             }
         }
         let mut out = String::new();
-        for odd in [-1.0, 0.0001, 1e9, f64::NAN, f64::INFINITY, 1.0 / 3.0] {
+        for odd in [-1.0, -0.0, 0.0001, 1e9, f64::NAN, f64::INFINITY, 1.0 / 3.0] {
             assert!(!write_millis(&mut out, odd), "{odd}");
         }
         assert!(out.is_empty());
