@@ -19,7 +19,7 @@ use poem::endpoint::BoxEndpoint;
 use poem::http::{header, HeaderName, HeaderValue, Method, StatusCode};
 use poem::middleware::CookieJarManagerEndpoint;
 use poem::middleware::Cors;
-use poem::{Body, Endpoint, EndpointExt, IntoResponse, Request, Response, Result};
+use poem::{Body, Endpoint, EndpointExt, IntoResponse, Middleware, Request, Response, Result};
 use poem::{PathPattern, Route};
 use std::collections::HashMap;
 use std::future::Future;
@@ -87,12 +87,13 @@ impl Edge {
     /// The API is kept as it is (not boxed) unless CORS goes in front of it: each boxed layer
     /// is one more move of every request's future. The pages come boxed.
     pub fn wrap(api: ApiRoutes, pages: BoxEndpoint<'static, Response>, state: AppState) -> Self {
-        let api = if state.http.cors_allowed_origins.is_empty() {
-            Api::Bare(api)
-        } else {
-            Api::Cors(with_cors(api.map_to_response().boxed(), &state))
+        let (api, pages) = match cors(&state) {
+            None => (Api::Bare(api), pages),
+            Some(cors) => (
+                Api::Cors(cors.transform(api).map_to_response().boxed()),
+                cors.transform(pages).map_to_response().boxed(),
+            ),
         };
-        let pages = with_cors(pages, &state);
         Self {
             api,
             pages,
@@ -118,22 +119,22 @@ impl Edge {
     }
 }
 
-/// CORS when origins are allow-listed. (Panics are caught in [`Edge::call`] itself, and the
-/// state is put in the request there: two layers fewer for every request to pass through.)
-fn with_cors(routes: BoxEndpoint<'static, Response>, state: &AppState) -> BoxEndpoint<'static, Response> {
+/// The CORS layer, when origins are allow-listed; made once for the API and the pages. (Panics
+/// are caught in [`Edge::handle`] itself, and the state is put in the request there: two layers
+/// fewer for every request to pass through.)
+fn cors(state: &AppState) -> Option<Cors> {
     if state.http.cors_allowed_origins.is_empty() {
-        routes
-    } else {
-        let cors = Cors::new()
-            .allow_origins(state.http.cors_allowed_origins.iter().map(String::as_str))
-            .allow_methods([Method::GET, Method::POST, Method::PUT, Method::PATCH, Method::DELETE])
-            .allow_headers(["authorization", "content-type", "x-api-key", "x-csrf-token", REQUEST_ID])
-            .allow_headers(state.http.api_key_headers.iter().map(|h| h.as_str()))
-            .expose_headers([REQUEST_ID])
-            .allow_credentials(true)
-            .max_age(600);
-        routes.with(cors).map_to_response().boxed()
+        return None;
     }
+    let cors = Cors::new()
+        .allow_origins(state.http.cors_allowed_origins.iter().map(String::as_str))
+        .allow_methods([Method::GET, Method::POST, Method::PUT, Method::PATCH, Method::DELETE])
+        .allow_headers(["authorization", "content-type", "x-api-key", "x-csrf-token", REQUEST_ID])
+        .allow_headers(state.http.api_key_headers.iter().map(|h| h.as_str()))
+        .expose_headers([REQUEST_ID])
+        .allow_credentials(true)
+        .max_age(600);
+    Some(cors)
 }
 
 /// The parsed query, where poem-openapi's parameter extractors read it (see
@@ -461,7 +462,6 @@ impl Endpoint for Edge {
                 .map(|s| Arc::from(s.chars().take(256).collect::<String>())),
         };
         let method = req.method().clone();
-        let (docs, page) = (is_script_page(req.uri().path()), is_page_path(req.uri().path()));
         req.extensions_mut().insert(info.clone());
         // The span carries who and what; route, status and latency ride on the one access event
         // at the end (recording them into the span would format them a second time).
@@ -473,13 +473,13 @@ impl Endpoint for Edge {
             client_ip = ip.as_deref().map(tracing::field::display),
             principal = tracing::field::Empty,
         );
-        self.handle(req, info, method, started, (docs, page)).instrument(span)
+        self.handle(req, info, method, started).instrument(span)
     }
 }
 
 impl Edge {
-    /// The request in its span: the credential check, the body, the pages (`page`; `docs`: one
-    /// that runs scripts) or the API, then the answer's headers, metrics and access line.
+    /// The request in its span: the credential check, the body, the pages or the API, then the
+    /// answer's headers, metrics and access line.
     #[allow(clippy::manual_async_fn)] // See the comment on the async block.
     fn handle(
         &self,
@@ -487,8 +487,9 @@ impl Edge {
         info: RequestInfo,
         method: Method,
         started: Instant,
-        (docs, page): (bool, bool),
     ) -> impl Future<Output = Result<Response>> + Send + '_ {
+        // `docs`: a page that runs scripts (its own CSP).
+        let (docs, page) = (is_script_page(req.uri().path()), is_page_path(req.uri().path()));
         // An async block rather than an `async fn`: its captures are kept once, where an `async
         // fn` keeps its arguments twice (as arguments and as locals) in the future.
         async move {
