@@ -16,7 +16,7 @@ use futures_util::future::Either;
 use futures_util::FutureExt;
 use ipnet::IpNet;
 use poem::endpoint::BoxEndpoint;
-use poem::http::{header, HeaderName, HeaderValue, Method, StatusCode};
+use poem::http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use poem::middleware::CookieJarManagerEndpoint;
 use poem::middleware::Cors;
 use poem::{Body, Endpoint, EndpointExt, IntoResponse, Middleware, Request, Response, Result};
@@ -371,24 +371,28 @@ impl Edge {
         if let Ok(v) = HeaderValue::from_str(&info.request_id) {
             h.insert(REQUEST_ID_HEADER, v);
         }
-        h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
-        h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
-        h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
-        h.insert(COOP, HeaderValue::from_static("same-origin"));
-        h.insert(CORP, HeaderValue::from_static("same-origin"));
-        h.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(if docs { CSP_DOCS } else { CSP_API }));
-        if self.state.http.tls {
-            h.insert(
-                header::STRICT_TRANSPORT_SECURITY,
-                HeaderValue::from_static("max-age=63072000; includeSubDomains"),
-            );
-        }
-        if !h.contains_key(header::CACHE_CONTROL) {
-            h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-        }
-        h.remove(header::SERVER);
+        security_headers(h, docs, self.state.http.tls);
         resp
     }
+}
+
+/// The security headers every answer carries: `docs` for a page that runs scripts (its own CSP),
+/// `tls` for HSTS. A `Cache-Control` the operation set is kept; any `Server` header goes. (Public
+/// for the benchmark, whose calibration ceiling sends the same headers: `tests/bench/ceiling.rs`.)
+pub fn security_headers(h: &mut HeaderMap, docs: bool, tls: bool) {
+    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    h.insert(COOP, HeaderValue::from_static("same-origin"));
+    h.insert(CORP, HeaderValue::from_static("same-origin"));
+    h.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(if docs { CSP_DOCS } else { CSP_API }));
+    if tls {
+        h.insert(header::STRICT_TRANSPORT_SECURITY, HeaderValue::from_static("max-age=63072000; includeSubDomains"));
+    }
+    if !h.contains_key(header::CACHE_CONTROL) {
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    }
+    h.remove(header::SERVER);
 }
 
 impl Edge {

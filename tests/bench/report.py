@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """Turn the raw figures gathered by run.sh into a table (stdout) and out/results.md.
 
-Reads the wrk outputs out/wrk-{gatehouse,ceiling}-N.txt and the environment variables run.sh
-exports. Medians over the rounds; ratio = gatehouse median req/s / ceiling median req/s.
+Reads the wrk outputs out/wrk-{gatehouse,ceiling,cal-N}-N.txt, the CPU times out/cpu-*-N.txt
+and the environment variables run.sh exports. Medians over the rounds; ratio = gatehouse median
+req/s / ceiling median req/s.
 """
 
 import datetime
@@ -38,6 +39,56 @@ def parse_wrk(path):
 def runs(name):
     files = sorted(glob.glob(os.path.join(OUT, "wrk-%s-*.txt" % name)), key=lambda p: int(re.findall(r"-(\d+)\.txt$", p)[0]))
     return [parse_wrk(f) for f in files]
+
+
+def requests_in(path):
+    return int(re.search(r"^\s*(\d+) requests in", open(path).read(), re.M).group(1))
+
+
+def cpu_per_request(name):
+    """Median over the rounds of the server's (user, system) CPU µs per request, from the
+    /proc ticks run.sh read before and after each wrk run; None when not recorded."""
+    tick = os.sysconf("SC_CLK_TCK")
+    user, system = [], []
+    for f in glob.glob(os.path.join(OUT, "cpu-%s-*.txt" % name)):
+        u0, s0, u1, s1 = (int(x) for x in open(f).read().split())
+        n = requests_in(f.replace("/cpu-", "/wrk-"))
+        user.append((u1 - u0) / tick * 1e6 / n)
+        system.append((s1 - s0) / tick * 1e6 / n)
+    if not user:
+        return None
+    return statistics.median(user), statistics.median(system)
+
+
+def calibration(ce_rps, gh_ratio):
+    """The calibration servers' rows, and where Gatehouse's ratio and the target fall among them
+    (µs of CPU per request beyond the ceiling with Gatehouse's headers, interpolated)."""
+    points = []
+    for us in os.environ.get("CALIBRATION", "").split():
+        r = runs("cal-" + us)
+        if r:
+            points.append((float(us), statistics.median(x for x, _ in r) / ce_rps))
+    if not points:
+        return [], None, None
+
+    def where(ratio):
+        # Linear between the two neighbouring points; beyond the ends, along the nearest segment
+        # (marked as an extrapolation).
+        if len(points) < 2:
+            return None
+        for (u0, r0), (u1, r1) in zip(points, points[1:]):
+            if min(r0, r1) <= ratio <= max(r0, r1) and r0 != r1:
+                return (u0 + (ratio - r0) * (u1 - u0) / (r1 - r0), False)
+        (u0, r0), (u1, r1) = points[:2] if ratio > points[0][1] else points[-2:]
+        if r0 == r1:
+            return None
+        return (u0 + (ratio - r0) * (u1 - u0) / (r1 - r0), True)
+
+    rows = []
+    for us, ratio in points:
+        rows.append(("/healthz req/s, ceiling + headers + %g us CPU (median); ratio to the ceiling" % us,
+                     "%.0f; %.2f" % (ratio * ce_rps, ratio), "", "calibration"))
+    return rows, where(gh_ratio), where(TARGET_RATIO)
 
 
 def cpu_model():
@@ -129,6 +180,20 @@ def main():
         ("release binary size, gatehouse", "%.1f MiB" % bin_mb, "", ""),
         ("release binary size, ceiling (info)", "%.1f MiB" % ceil_mb, "", ""),
     ]
+
+    cal_rows, gh_at, target_at = calibration(ce_rps, ratio)
+    rows += cal_rows
+    fmt_at = lambda at: "n/a" if at is None else ("%.1f us%s" % (at[0], " (extrapolated)" if at[1] else ""))
+    if cal_rows:
+        rows += [
+            ("gatehouse's ratio = ceiling + headers + this much CPU per request", fmt_at(gh_at), "", "calibration"),
+            ("the target ratio %.1f = ceiling + headers + this much CPU per request" % TARGET_RATIO, fmt_at(target_at),
+             "", "calibration"),
+        ]
+    for name in ["gatehouse", "ceiling"] + ["cal-" + us for us in os.environ.get("CALIBRATION", "").split()]:
+        cpu = cpu_per_request(name)
+        if cpu:
+            rows.append(("server CPU per request, %s: user; system (median)" % name, "%.1f; %.1f us" % cpu, "", ""))
 
     # Accounts (issue 3), when run.sh measured them.
     acc = runs("acc-healthz")
@@ -252,6 +317,14 @@ def main():
     for i, ((gr, gp), (cr, cp)) in enumerate(zip(gh, ce), 1):
         md.append("| %d | %.0f | %.2f | %.0f | %.2f |" % (i, gr, gp, cr, cp))
     md.append("")
+    cal = [(us, runs("cal-" + us)) for us in os.environ.get("CALIBRATION", "").split()]
+    if cal:
+        md.append("Calibration per round (req/s): the ceiling with Gatehouse's headers, plus N us of CPU per request:\n")
+        md.append("| round | " + " | ".join("+%s us" % us for us, _ in cal) + " |")
+        md.append("| ---: | " + " | ".join("---:" for _ in cal) + " |")
+        for i in range(len(ce)):
+            md.append("| %d | " % (i + 1) + " | ".join("%.0f" % r[i][0] if i < len(r) else "" for _, r in cal) + " |")
+        md.append("")
     md.append("Start to READY=1, each run (ms): %s" % ", ".join("%.1f" % x for x in ready["runs_ms"]))
     md.append("")
     with open(os.path.join(OUT, "results.md"), "w") as f:

@@ -5,6 +5,11 @@
 #       (tests/bench/ceiling.rs, a bare poem HTTPS hello-world from the same dependencies),
 #       measured alternately, never at the same time; the median of the rounds and the ratio
 #       gatehouse / ceiling (target >= 0.7);
+#       Beside them, in the same rounds, the calibration: the ceiling sending Gatehouse's headers
+#       (bench-ceiling --headers), and the same spending N more µs of CPU per request
+#       (--cpu-us N, for each N in BENCH_CALIBRATION); their ratios to the ceiling say how many µs
+#       of work per request Gatehouse's ratio corresponds to on this machine, and where 0.7 lies.
+#       The CPU time (user, system) each server spent per request is read from /proc.
 #   (b) idle RSS of Gatehouse after start and a few requests (target <= 25 MB);
 #   (c) time from process start to sd_notify READY=1 on an existing data folder (target <= 200 ms);
 #   (d) release binary size;
@@ -39,7 +44,8 @@
 # BENCH_READY_RUNS (default 7), BENCH_SKIP_BUILD=1 (use the binaries already built),
 # BENCH_ONLY=saml (build and run section (i) alone), BENCH_ONLY=healthz (sections (a) to (d) alone:
 # the /healthz ratio, idle RSS, start to READY, binary size); unset: every section,
-# BENCH_SAML_FLOOD_SECONDS (default 10; bench-saml reads BENCH_SAML_ROUNDS and BENCH_SAML_SECONDS).
+# BENCH_SAML_FLOOD_SECONDS (default 10; bench-saml reads BENCH_SAML_ROUNDS and BENCH_SAML_SECONDS),
+# BENCH_CALIBRATION (default "0 3 6 9": the µs of CPU each calibration server adds; "none": none).
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -53,6 +59,11 @@ ROUNDS="${BENCH_ROUNDS:-3}"
 DURATION="${BENCH_DURATION:-10s}"
 READY_RUNS="${BENCH_READY_RUNS:-7}"
 ONLY="${BENCH_ONLY:-}"
+CALIBRATION="${BENCH_CALIBRATION:-0 3 6 9}"
+[ "$CALIBRATION" = none ] && CALIBRATION=""
+for us in $CALIBRATION; do
+    [[ "$us" =~ ^[0-9]+$ ]] || { printf 'bench: BENCH_CALIBRATION=%s: whole µs, space-separated, or none\n' "$CALIBRATION" >&2; exit 2; }
+done
 case "$ONLY" in
     "" | saml | healthz) ;;
     *) printf 'bench: BENCH_ONLY=%s: unknown section (known: saml, healthz)\n' "$ONLY" >&2; exit 2 ;;
@@ -66,13 +77,14 @@ if ! flock -n 9; then
     printf '==> another benchmark holds %s; waiting for it\n' "$OUT/.lock" >&2
     flock 9
 fi
-rm -f "$OUT"/wrk-*.txt "$OUT"/*.log "$OUT"/saml-*.json "$OUT/results.md"
+rm -f "$OUT"/wrk-*.txt "$OUT"/cpu-*.txt "$OUT"/*.log "$OUT"/saml-*.json "$OUT/results.md"
 WORK="$(mktemp -d /tmp/gatehouse-bench.XXXXXX)"
 DATA="$WORK/data"
 GH_PID=""
 CEIL_PID=""
 ACC_PID=""
 SAML_PID=""
+CAL_PIDS=()
 
 stop_pid() { # stop_pid PID: SIGTERM, wait up to 15 s, then SIGKILL. Only our own children.
     local pid="$1"
@@ -88,6 +100,8 @@ cleanup() {
     stop_pid "$CEIL_PID"; CEIL_PID=""
     stop_pid "$ACC_PID"; ACC_PID=""
     stop_pid "$SAML_PID"; SAML_PID=""
+    for pid in "${CAL_PIDS[@]}"; do stop_pid "$pid"; done
+    CAL_PIDS=()
     rm -rf "$WORK"
 }
 trap cleanup EXIT
@@ -111,6 +125,7 @@ wait_healthy() { # wait_healthy URL PID SECONDS
 }
 
 rss_kb() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
+cpu_ticks() { awk '{print $14, $15}' "/proc/$1/stat"; } # user and system time, in clock ticks
 
 as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 
@@ -240,6 +255,23 @@ body="$(curl -fsk "$CEIL_URL")"
 body="$(curl -fsk "$GH_URL")"
 [ "$body" = '{"status":"ok"}' ] || die "gatehouse answered $body"
 
+# --- (a) calibration servers: the ceiling with Gatehouse's headers, and N µs more CPU ---------------
+declare -A URLS=([gatehouse]="$GH_URL" [ceiling]="$CEIL_URL")
+declare -A PIDS=([gatehouse]="$GH_PID" [ceiling]="$CEIL_PID")
+TARGETS=(gatehouse ceiling)
+for us in $CALIBRATION; do
+    name="cal-$us"
+    port="$(free_port)"
+    log "starting the calibration server $name (the ceiling, --headers --cpu-us $us) on 127.0.0.1:$port"
+    "$CEIL" "$DATA/tls/cert.pem" "$DATA/tls/key.pem" "127.0.0.1:$port" --headers --cpu-us "$us" \
+        >"$OUT/$name.log" 2>&1 9>&- &
+    CAL_PIDS+=($!)
+    wait_healthy "https://127.0.0.1:$port/healthz" "$!" 30 || die "$name did not answer (see $OUT/$name.log)"
+    URLS[$name]="https://127.0.0.1:$port/healthz"
+    PIDS[$name]="$!"
+    TARGETS+=("$name")
+done
+
 # --- (a) throughput and p99, alternately ---------------------------------------------------------
 run_wrk() { # run_wrk NAME URL FILE: one wrk run, fails on errors or non-2xx answers
     local name="$1" url="$2" file="$3"
@@ -248,21 +280,27 @@ run_wrk() { # run_wrk NAME URL FILE: one wrk run, fails on errors or non-2xx ans
     if grep -q 'Socket errors' "$file"; then log "warning: socket errors against $name: $(grep 'Socket errors' "$file")"; fi
 }
 log "warm-up: 3 s each"
-wrk --latency -t2 -c32 -d3s "$GH_URL" >/dev/null 2>&1 || true
-wrk --latency -t2 -c32 -d3s "$CEIL_URL" >/dev/null 2>&1 || true
+for name in "${TARGETS[@]}"; do wrk --latency -t2 -c32 -d3s "${URLS[$name]}" >/dev/null 2>&1 || true; done
 for i in $(seq "$ROUNDS"); do
-    # Alternate which server goes first so neither always follows the other.
-    if [ $((i % 2)) -eq 1 ]; then order="gatehouse ceiling"; else order="ceiling gatehouse"; fi
-    for name in $order; do
-        if [ "$name" = gatehouse ]; then url="$GH_URL"; else url="$CEIL_URL"; fi
+    # Every server once per round, one after the other; the order is reversed every other round
+    # so that none always follows another. Gatehouse and the ceiling are always next to each other.
+    order=("${TARGETS[@]}")
+    if [ $((i % 2)) -eq 0 ]; then
+        order=(); for ((k = ${#TARGETS[@]} - 1; k >= 0; k--)); do order+=("${TARGETS[$k]}"); done
+    fi
+    for name in "${order[@]}"; do
         log "round $i/$ROUNDS: $name (wrk ${WRK_ARGS[*]})"
-        run_wrk "$name" "$url" "$OUT/wrk-$name-$i.txt"
+        before="$(cpu_ticks "${PIDS[$name]}")"
+        run_wrk "$name" "${URLS[$name]}" "$OUT/wrk-$name-$i.txt"
+        echo "$before $(cpu_ticks "${PIDS[$name]}")" >"$OUT/cpu-$name-$i.txt"
     done
 done
 LOAD_AFTER="$(cut -d' ' -f1-3 /proc/loadavg)"
 LOADED_RSS_KB="$(rss_kb "$GH_PID")"
 
 stop_pid "$CEIL_PID"; CEIL_PID=""
+for pid in "${CAL_PIDS[@]}"; do stop_pid "$pid"; done
+CAL_PIDS=()
 stop_pid "$GH_PID"; GH_PID=""
 LOG_LINES="$(wc -l <"$OUT/gatehouse.log")"
 # Keep the log small: its head and tail are enough to see what went on.
@@ -410,6 +448,6 @@ BIN_BYTES="$(stat -c %s "$BIN")"
 CEIL_BYTES="$(stat -c %s "$CEIL")"
 
 # --- report --------------------------------------------------------------------------------------
-export GIT_REV OUT ROUNDS DURATION IDLE_RSS_KB LOADED_RSS_KB READY_JSON BIN_BYTES CEIL_BYTES LOAD_BEFORE LOAD_AFTER LOG_LINES
+export CALIBRATION GIT_REV OUT ROUNDS DURATION IDLE_RSS_KB LOADED_RSS_KB READY_JSON BIN_BYTES CEIL_BYTES LOAD_BEFORE LOAD_AFTER LOG_LINES
 export WRK_LINE="wrk ${WRK_ARGS[*]}"
 python3 "$HERE/report.py"
