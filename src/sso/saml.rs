@@ -33,6 +33,7 @@ use samael::schema::Assertion;
 use samael::service_provider::ServiceProvider;
 use samael::traits::ToXml;
 use serde_json::{Map, Value};
+use std::ffi::{c_char, c_int};
 use std::time::Duration;
 
 const NS_PROTOCOL: &[u8] = b"urn:oasis:names:tc:SAML:2.0:protocol";
@@ -253,6 +254,82 @@ pub struct Verified {
     pub expires_at_ms: i64,
 }
 
+/// xmlsec reports what it refuses (a signature that does not match, a key it cannot find, a
+/// reference it cannot follow) through an errors callback whose default writes a line to stderr.
+/// That line would bypass the log: its level, its format (a JSON log would get a plain-text
+/// line), and its escaping, with values from the document in it (a reference's URI, where
+/// `&#10;` is a newline: a forged log line). These reports go to the log instead, at debug under
+/// `gatehouse::sso::xmlsec`, escaped like every field. `verify` turns the refusal into its own
+/// short reason (which the ACS answers and audits). Installed once, when the first provider is
+/// made (before any verification), with one of its certificates.
+fn route_xmlsec_errors(certs: &[CertificateDer]) {
+    static INSTALLED: std::sync::Once = std::sync::Once::new();
+    INSTALLED.call_once(|| {
+        // samael starts xmlsec on first use, and xmlsec's OpenSSL backend installs a callback of
+        // its own as it starts: start it now (checking a document without a signature loads the
+        // certificate, which starts it, and fails without a report), then install ours.
+        if let Some(cert) = certs.first() {
+            let _ = <Crypto as CryptoProvider>::verify_signed_xml(b"<unsigned/>", cert, None);
+        }
+        // SAFETY: xmlsec keeps the callback in a plain global and calls it on the thread that hit
+        // the error. It is set here once, before the first provider exists, so before any
+        // verification reads it; `xmlsec_error` has the C signature xmlsec declares
+        // (`xmlSecErrorsCallback`, xmlsec/errors.h), and libxmlsec1 is linked by samael.
+        #[allow(unsafe_code)]
+        unsafe {
+            xmlSecErrorsSetCallback(Some(xmlsec_error));
+        }
+    });
+}
+
+type XmlSecErrorsCallback = unsafe extern "C" fn(
+    file: *const c_char,
+    line: c_int,
+    func: *const c_char,
+    error_object: *const c_char,
+    error_subject: *const c_char,
+    reason: c_int,
+    msg: *const c_char,
+);
+
+#[allow(unsafe_code)]
+extern "C" {
+    fn xmlSecErrorsSetCallback(callback: Option<XmlSecErrorsCallback>);
+}
+
+/// xmlsec's errors callback: one debug line per report. Never unwinds into C.
+#[allow(unsafe_code)]
+unsafe extern "C" fn xmlsec_error(
+    _file: *const c_char,
+    _line: c_int,
+    func: *const c_char,
+    error_object: *const c_char,
+    error_subject: *const c_char,
+    reason: c_int,
+    msg: *const c_char,
+) {
+    let text = |p: *const c_char| {
+        if p.is_null() {
+            String::new()
+        } else {
+            // SAFETY: xmlsec passes NUL-terminated strings (or NULL, handled above) that live
+            // for the duration of the call; they are copied before it returns.
+            unsafe { std::ffi::CStr::from_ptr(p) }.to_string_lossy().into_owned()
+        }
+    };
+    let _ = std::panic::catch_unwind(|| {
+        tracing::debug!(
+            target: "gatehouse::sso::xmlsec",
+            func = %text(func),
+            object = %text(error_object),
+            subject = %text(error_subject),
+            reason,
+            detail = %text(msg),
+            "xmlsec refused"
+        );
+    });
+}
+
 /// One SAML identity provider, as this SP sees it.
 #[derive(Debug)]
 pub struct SamlProvider {
@@ -264,6 +341,7 @@ pub struct SamlProvider {
 impl SamlProvider {
     pub fn new(settings: SamlSettings, keys: SpKeys) -> Result<Self, SamlError> {
         let idp = parse_idp_metadata(&settings.idp_metadata_xml)?;
+        route_xmlsec_errors(&idp.certs);
         Ok(Self { settings, idp, keys })
     }
 

@@ -527,6 +527,62 @@ async fn post_acs(
     (status, r.text().await.unwrap())
 }
 
+/// xmlsec's own reports of a refused signature reach the log, in its format and at debug, never
+/// stderr as plain text (xmlsec's default), where they would bypass the level, break a JSON log
+/// and carry the document's values unescaped.
+#[test]
+fn xmlsec_reports_go_to_the_log_not_to_stderr() {
+    use crate::saml_forge::{self as forge, Forge, SigningKey};
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let (idp, attacker) = (SigningKey::rsa("idp"), SigningKey::rsa("attacker"));
+    let metadata = dir.path().join("idp.xml");
+    std::fs::write(&metadata, idp_metadata(FORGED_ISSUER, "https://idp.corp.example/sso", &[idp.cert_base64_der()]))
+        .unwrap();
+    let cfg = dir.path().join("gatehouse.toml");
+    let toml = format!(
+        "[[sso.saml]]\nid = \"corp\"\ndisplay_name = \"Corp\"\nidp_metadata_file = \"{}\"\nallow_unsolicited = true\n",
+        metadata.display()
+    );
+    std::fs::write(&cfg, toml).unwrap();
+    let mut cmd = crate::helpers::gatehouse(&[
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--config",
+        cfg.to_str().unwrap(),
+        "--log-format",
+        "json",
+    ]);
+    cmd.env("GATEHOUSE_LOG__LEVEL", "info,gatehouse::sso::xmlsec=debug");
+    let server = crate::helpers::ServeProcess::start(cmd);
+    let (acs, sp) = (server.url("/v1/sso/saml/corp/acs"), server.url("/v1/sso/saml/corp/metadata"));
+    // Signed by a key the IdP's metadata does not hold: xmlsec checks it and refuses it.
+    let xml = forge::signed_assertion(&Forge::new(FORGED_ISSUER, &sp, &acs, None, "mallory@corp.example"), &attacker);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (status, body) = rt.block_on(async {
+        let form = [("SAMLResponse", saml_forge_b64(&xml))];
+        let r = crate::helpers::client().post(&acs).form(&form).send().await.unwrap();
+        (r.status(), r.text().await.unwrap())
+    });
+    assert!(status.is_client_error(), "{status} {body}");
+    let (exit, _, err) = server.terminate();
+    assert!(exit.success());
+    let mut reports = 0;
+    for line in err.lines().filter(|l| !l.trim().is_empty()) {
+        let v: Value = serde_json::from_str(line).unwrap_or_else(|_| panic!("a line outside the JSON log: {line}"));
+        if v["target"] == "gatehouse::sso::xmlsec" {
+            assert_eq!(v["level"], "DEBUG", "{line}");
+            assert!(v["fields"]["func"].as_str().is_some_and(|f| f.starts_with("xmlSec")), "{line}");
+            reports += 1;
+        }
+    }
+    assert!(reports > 0, "xmlsec's reports of the refused signature are in the log:\n{err}");
+    assert!(!err.contains("func=xmlSec"), "xmlsec wrote to stderr itself:\n{err}");
+}
+
 fn saml_forge_b64(xml: &str) -> String {
     crate::saml_forge::b64(xml)
 }
