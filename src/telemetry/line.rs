@@ -29,10 +29,31 @@ pub struct LineFormat {
 
 impl<'w> FormatFields<'w> for LineFormat {
     fn format_fields<R: RecordFields>(&self, mut writer: Writer<'w>, fields: R) -> fmt::Result {
-        let mut buf = String::new();
-        let mut v = Fields::new(&mut buf, self.json, true);
-        fields.record(&mut v);
-        writer.write_str(&buf)
+        thread_local! {
+            /// Kept between spans, so that a span's fields are written without growing a buffer.
+            static FIELDS: RefCell<String> = const { RefCell::new(String::new()) };
+        }
+        let format = |buf: &mut String| {
+            let mut v = Fields::new(buf, self.json, true);
+            fields.record(&mut v);
+        };
+        FIELDS.with(|cell| match cell.try_borrow_mut() {
+            Ok(mut buf) => {
+                buf.clear();
+                format(&mut buf);
+                let written = writer.write_str(&buf);
+                if buf.capacity() > 16 * 1024 {
+                    *buf = String::new();
+                }
+                written
+            }
+            // Fields written while fields are being written (a field's `Display` logs).
+            Err(_) => {
+                let mut buf = String::new();
+                format(&mut buf);
+                writer.write_str(&buf)
+            }
+        })
     }
 
     fn add_fields(&self, current: &'w mut FormattedFields<Self>, fields: &tracing::span::Record<'_>) -> fmt::Result {
@@ -179,6 +200,12 @@ impl<'a> Fields<'a> {
             let _ = write!(self.out, "{value}");
         }
     }
+
+    fn unsigned(&mut self, field: &Field, value: u64) {
+        if self.name(field) {
+            write_u64(self.out, value);
+        }
+    }
 }
 
 impl Visit for Fields<'_> {
@@ -205,11 +232,14 @@ impl Visit for Fields<'_> {
     }
 
     fn record_u64(&mut self, field: &Field, value: u64) {
-        self.number(field, value);
+        self.unsigned(field, value);
     }
 
     fn record_i64(&mut self, field: &Field, value: i64) {
-        self.number(field, value);
+        match u64::try_from(value) {
+            Ok(v) => self.unsigned(field, v),
+            Err(_) => self.number(field, value),
+        }
     }
 
     fn record_bool(&mut self, field: &Field, value: bool) {
@@ -240,6 +270,22 @@ impl Visit for Fields<'_> {
             let _ = write!(Escaping { out: self.out, json: false }, "{value:?}");
         }
     }
+}
+
+/// A number's decimal digits, as `Display` writes them, without the formatting machinery (a
+/// status code is on every access line).
+fn write_u64(out: &mut String, mut value: u64) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (value % 10) as u8;
+        value /= 10;
+        if value == 0 {
+            break;
+        }
+    }
+    digits[at..].iter().for_each(|&d| out.push(char::from(d)));
 }
 
 /// Writes text escaped as it goes, for a JSON string's inside or a pretty line.
@@ -422,6 +468,18 @@ mod tests {
         assert!(write_millis(&mut out, 0.125) && out == "0.125");
     }
 
+    #[test]
+    fn integers_are_written_as_display_writes_them() {
+        let mut values = vec![0, 1, 9, 10, 99, 100, 200, 404, 999, 1000, 65_535, u64::from(u32::MAX), u64::MAX];
+        values.extend((0..64).map(|b| 1u64 << b));
+        values.extend((0..64).map(|b| (1u64 << b) - 1));
+        for v in values {
+            let mut out = String::new();
+            write_u64(&mut out, v);
+            assert_eq!(out, v.to_string());
+        }
+    }
+
     #[derive(Clone, Default)]
     struct Captured(Arc<Mutex<Vec<u8>>>);
 
@@ -451,11 +509,20 @@ mod tests {
     }
 
     fn request_line() {
+        // As the edge writes them: string values, the access line's message as a string field.
         let span =
-            tracing::info_span!("request", request_id = %"r-1", method = %"GET", principal = tracing::field::Empty);
+            tracing::info_span!("request", request_id = "r-1", method = "GET", principal = tracing::field::Empty);
         let _e = span.enter();
         span.record("principal", "user:42");
-        tracing::info!(target: "gatehouse::access", route = "/v1/\"x\"\n", status = 200u16, latency_ms = 0.25, ok = true, "request completed");
+        tracing::info!(
+            target: "gatehouse::access",
+            message = "request completed",
+            route = "/v1/\"x\"\n",
+            status = 200u16,
+            latency_ms = 0.25,
+            ok = true,
+            delta = -3i64
+        );
         tracing::warn!(agent = ?"evil\n2026-01-01T00:00:00Z ERROR forged\u{1b}[31m", "odd \u{1b} message\r\nline");
     }
 
@@ -472,6 +539,7 @@ mod tests {
         assert_eq!(v["fields"]["status"], 200);
         assert_eq!(v["fields"]["latency_ms"], 0.25);
         assert_eq!(v["fields"]["ok"], true);
+        assert_eq!(v["fields"]["delta"], -3);
         assert_eq!(v["span"]["request_id"], "r-1");
         assert_eq!(v["span"]["method"], "GET");
         assert_eq!(v["span"]["principal"], "user:42");
@@ -489,8 +557,8 @@ mod tests {
         let first = lines[0];
         assert!(
             first.ends_with(
-                "  INFO request{request_id=r-1 method=GET principal=\"user:42\"}: gatehouse::access: \
-                 request completed route=\"/v1/\\\"x\\\"\\n\" status=200 latency_ms=0.25 ok=true"
+                "  INFO request{request_id=\"r-1\" method=\"GET\" principal=\"user:42\"}: gatehouse::access: \
+                 request completed route=\"/v1/\\\"x\\\"\\n\" status=200 latency_ms=0.25 ok=true delta=-3"
             ),
             "{first}"
         );

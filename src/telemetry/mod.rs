@@ -125,14 +125,14 @@ impl Sink {
     }
 }
 
-/// The `MakeWriter` the fmt layer formats each event into; each event arrives as one write.
-#[derive(Clone)]
-struct SinkWriter {
-    sink: Arc<Sink>,
+/// The `MakeWriter` the fmt layer formats each event into; each event arrives as one write. It
+/// borrows the sink (no reference count to touch from both workers on every line).
+struct SinkWriter<'a> {
+    sink: &'a Sink,
     urgent: bool,
 }
 
-impl Write for SinkWriter {
+impl Write for SinkWriter<'_> {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         self.sink.push(buf, self.urgent);
         Ok(buf.len())
@@ -147,14 +147,14 @@ impl Write for SinkWriter {
 struct MakeSinkWriter(Arc<Sink>);
 
 impl<'a> MakeWriter<'a> for MakeSinkWriter {
-    type Writer = SinkWriter;
+    type Writer = SinkWriter<'a>;
 
-    fn make_writer(&'a self) -> SinkWriter {
-        SinkWriter { sink: self.0.clone(), urgent: false }
+    fn make_writer(&'a self) -> SinkWriter<'a> {
+        SinkWriter { sink: &self.0, urgent: false }
     }
 
-    fn make_writer_for(&'a self, meta: &Metadata<'_>) -> SinkWriter {
-        SinkWriter { sink: self.0.clone(), urgent: *meta.level() <= Level::WARN }
+    fn make_writer_for(&'a self, meta: &Metadata<'_>) -> SinkWriter<'a> {
+        SinkWriter { sink: &self.0, urgent: *meta.level() <= Level::WARN }
     }
 }
 
