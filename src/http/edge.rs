@@ -71,6 +71,10 @@ pub struct Edge {
     /// Route template → its metrics label, made once so that a request allocates none.
     labels: HashMap<String, Arc<String>>,
     unmatched: Arc<String>,
+    /// The security headers of an API answer and of a script page, made once (see
+    /// [`with_security_headers`]).
+    headers_api: HeaderMap,
+    headers_docs: HeaderMap,
 }
 
 /// The playground and the sign-in page, which run their own scripts (their CSP allows them).
@@ -97,10 +101,12 @@ impl Edge {
         Self {
             api,
             pages,
-            state,
             allow: HashMap::new(),
             labels: HashMap::new(),
             unmatched: Arc::new("unmatched".into()),
+            headers_api: security_header_set(false, state.http.tls),
+            headers_docs: security_header_set(true, state.http.tls),
+            state,
         }
     }
 
@@ -242,6 +248,14 @@ fn ip_text(ip: IpAddr) -> String {
     }
 }
 
+/// The first `n` characters of `s` (all of it when shorter), without copying.
+fn first_chars(s: &str, n: usize) -> &str {
+    if s.len() <= n {
+        return s;
+    }
+    s.char_indices().nth(n).map_or(s, |(end, _)| &s[..end])
+}
+
 fn peer_ip(req: &Request) -> Option<IpAddr> {
     req.remote_addr().as_socket_addr().map(|a| a.ip().to_canonical())
 }
@@ -366,14 +380,47 @@ impl Edge {
         } else if status.is_client_error() && !is_problem(&resp) && !is_page(&resp) {
             resp = replace_body(resp, &Problem::new(status, detail_for(status, ""), &info.request_id));
         }
+        let own = std::mem::take(resp.headers_mut());
         let h = resp.headers_mut();
-        h.reserve(12);
+        *h = with_security_headers(own, if docs { &self.headers_docs } else { &self.headers_api });
         if let Ok(v) = HeaderValue::from_str(&info.request_id) {
             h.insert(REQUEST_ID_HEADER, v);
         }
-        security_headers(h, docs, self.state.http.tls);
         resp
     }
+}
+
+/// What [`security_headers`] puts in an empty map: the headers every answer of this kind starts
+/// from.
+fn security_header_set(docs: bool, tls: bool) -> HeaderMap {
+    let mut h = HeaderMap::with_capacity(16);
+    security_headers(&mut h, docs, tls);
+    h
+}
+
+/// An answer's own headers over a copy of `set` (from [`security_header_set`]): the same headers
+/// as [`security_headers`] applied to `own` (its security headers replaced, its `Cache-Control`
+/// kept, no `Server`), made by copying a ready map and adding the answer's few headers rather
+/// than by a hashed insert of each security header into every answer.
+fn with_security_headers(own: HeaderMap, set: &HeaderMap) -> HeaderMap {
+    let mut h = set.clone();
+    h.reserve(own.len() + 1);
+    let mut current: Option<(HeaderName, bool)> = None;
+    for (name, value) in own {
+        if let Some(name) = name {
+            let keep = if name == header::CACHE_CONTROL {
+                h.remove(header::CACHE_CONTROL);
+                true
+            } else {
+                name != header::SERVER && !set.contains_key(&name)
+            };
+            current = Some((name, keep));
+        }
+        if let Some((name, true)) = &current {
+            h.append(name.clone(), value);
+        }
+    }
+    h
 }
 
 /// The security headers every answer carries: `docs` for a page that runs scripts (its own CSP),
@@ -467,7 +514,7 @@ impl Endpoint for Edge {
                 .headers()
                 .get(header::USER_AGENT)
                 .and_then(|v| v.to_str().ok())
-                .map(|s| Arc::from(s.chars().take(256).collect::<String>())),
+                .map(|s| Arc::from(first_chars(s, 256))),
         };
         let method = req.method().clone();
         req.extensions_mut().insert(info.clone());
@@ -636,6 +683,59 @@ mod tests {
         ips.extend((0..=255u8).map(|o| IpAddr::from([o, 255 - o, o / 2, 9])));
         for ip in ips {
             assert_eq!(ip_text(ip), ip.to_string());
+        }
+    }
+
+    #[test]
+    fn a_copied_header_set_gives_the_same_headers_as_inserting_them() {
+        let own = |pairs: &[(&'static str, &'static str)]| {
+            let mut h = HeaderMap::new();
+            for (k, v) in pairs {
+                h.append(HeaderName::from_static(k), HeaderValue::from_static(v));
+            }
+            h
+        };
+        let sorted = |h: &HeaderMap| {
+            let mut v: Vec<(String, String)> =
+                h.iter().map(|(k, v)| (k.to_string(), v.to_str().unwrap().to_string())).collect();
+            v.sort();
+            v
+        };
+        let cases = [
+            own(&[]),
+            own(&[("content-type", "application/json; charset=utf-8")]),
+            own(&[("content-type", "text/html"), ("cache-control", "public, max-age=300"), ("server", "x")]),
+            own(&[
+                ("cache-control", "no-cache"),
+                ("cache-control", "private"),
+                ("set-cookie", "a=1"),
+                ("set-cookie", "b=2"),
+            ]),
+            own(&[
+                ("x-frame-options", "SAMEORIGIN"),
+                ("content-security-policy", "default-src *"),
+                ("retry-after", "3"),
+            ]),
+            own(&[("x-request-id", "op"), ("access-control-allow-origin", "https://app.example"), ("vary", "origin")]),
+        ];
+        for (docs, tls) in [(false, false), (false, true), (true, false), (true, true)] {
+            let set = security_header_set(docs, tls);
+            for case in &cases {
+                let mut inserted = case.clone();
+                security_headers(&mut inserted, docs, tls);
+                assert_eq!(sorted(&with_security_headers(case.clone(), &set)), sorted(&inserted), "{case:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn first_chars_counts_characters_not_bytes() {
+        for s in
+            ["", "curl/8.5", "é", &"a".repeat(300), &"é".repeat(300), &format!("{}é{}", "a".repeat(255), "b".repeat(9))]
+        {
+            for n in [0, 1, 255, 256, 257] {
+                assert_eq!(first_chars(s, n), s.chars().take(n).collect::<String>(), "{s} {n}");
+            }
         }
     }
 

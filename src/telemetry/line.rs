@@ -407,15 +407,16 @@ fn write_millis(out: &mut String, value: f64) -> bool {
     }
     let thousandths = thousandths as u64;
     let (whole, mut frac) = (thousandths / 1000, thousandths % 1000);
-    let _ = write!(out, "{whole}");
+    write_u64(out, whole);
     if frac != 0 {
         out.push('.');
-        let mut digits = 3;
-        while frac % 10 == 0 {
-            frac /= 10;
-            digits -= 1;
+        // The three decimals without their trailing zeros.
+        let mut unit = 100;
+        while frac > 0 {
+            out.push(char::from(b'0' + (frac / unit) as u8));
+            frac %= unit;
+            unit /= 10;
         }
-        let _ = write!(out, "{frac:0digits$}");
     }
     true
 }
