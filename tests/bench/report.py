@@ -73,8 +73,9 @@ def calibration(ce_rps, gh_ratio):
 
     def where(ratio):
         # Linear between the two neighbouring points; beyond the ends, along the nearest segment
-        # (marked as an extrapolation).
-        if len(points) < 2:
+        # (marked as an extrapolation). Only when more CPU gave a lower ratio at every step: on a
+        # host too busy for that, no figure (rather than a wrong one).
+        if len(points) < 2 or any(r1 >= r0 for (_, r0), (_, r1) in zip(points, points[1:])):
             return None
         for (u0, r0), (u1, r1) in zip(points, points[1:]):
             if min(r0, r1) <= ratio <= max(r0, r1) and r0 != r1:
@@ -183,7 +184,8 @@ def main():
 
     cal_rows, gh_at, target_at = calibration(ce_rps, ratio)
     rows += cal_rows
-    fmt_at = lambda at: "n/a" if at is None else ("%.1f us%s" % (at[0], " (extrapolated)" if at[1] else ""))
+    fmt_at = lambda at: ("n/a (the calibration servers' ratios do not fall with their CPU: host too busy)"
+                         if at is None else ("%.1f us%s" % (at[0], " (extrapolated)" if at[1] else "")))
     if cal_rows:
         rows += [
             ("gatehouse's ratio = ceiling + headers + this much CPU per request", fmt_at(gh_at), "", "calibration"),
