@@ -294,23 +294,48 @@ pub fn files_below(dir: &Path) -> Vec<PathBuf> {
 }
 
 /// Spawn a test peer that announces itself with one JSON line on stdout once it listens; the
-/// child and that line. Panics when no such line comes within 90 s.
+/// child and that line. A peer that has not announced itself within 90 s is killed and started
+/// once more (on two cores shared with the rest of the suite, a start has been seen to stall);
+/// a second failure panics with what the peer wrote on stderr.
 pub fn spawn_peer(mut cmd: std::process::Command, what: &str) -> (std::process::Child, serde_json::Value) {
-    use std::io::{BufRead, BufReader};
-    let mut child = cmd
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap_or_else(|e| panic!("{what} does not start (run tests/run.sh): {e}"));
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut line = String::new();
-        let _ = BufReader::new(stdout).read_line(&mut line);
-        let _ = tx.send(line);
-    });
-    let line =
-        rx.recv_timeout(std::time::Duration::from_secs(90)).unwrap_or_else(|_| panic!("{what} starts within 90 s"));
-    let ready = serde_json::from_str(line.trim()).unwrap_or_else(|_| panic!("{what} said {line:?}"));
-    (child, ready)
+    use std::io::{BufRead, BufReader, Read};
+    let mut stalled = String::new();
+    for attempt in 1..=2 {
+        let mut child = cmd
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("{what} does not start (run tests/run.sh): {e}"));
+        let stdout = child.stdout.take().unwrap();
+        let mut stderr = child.stderr.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let _ = BufReader::new(stdout).read_line(&mut line);
+            let _ = tx.send(line);
+        });
+        // The peer's log, kept for a failure report (and read so that it never blocks on it).
+        let log = Arc::new(std::sync::Mutex::new(String::new()));
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n @ 1..) = stderr.read(&mut buf) {
+                sink.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        });
+        match rx.recv_timeout(Duration::from_secs(90)) {
+            Ok(line) => {
+                let ready = serde_json::from_str(line.trim())
+                    .unwrap_or_else(|_| panic!("{what} said {line:?}; its log:\n{}", log.lock().unwrap()));
+                return (child, ready);
+            }
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                stalled = log.lock().unwrap().clone();
+                eprintln!("{what} did not start within 90 s (attempt {attempt}); its log:\n{stalled}");
+            }
+        }
+    }
+    panic!("{what} starts within 90 s; its log:\n{stalled}")
 }
