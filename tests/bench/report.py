@@ -72,18 +72,17 @@ def calibration(ce_rps, gh_ratio):
         return [], None, None
 
     def where(ratio):
-        # Linear between the two neighbouring points; beyond the ends, along the nearest segment
-        # (marked as an extrapolation). Only when more CPU gave a lower ratio at every step: on a
-        # host too busy for that, no figure (rather than a wrong one).
+        # Linear between the two neighbouring points; outside them, only which side (a segment
+        # extended past its ends says little on a noisy host). Only when more CPU gave a lower
+        # ratio at every step: on a host too busy for that, no figure (rather than a wrong one).
         if len(points) < 2 or any(r1 >= r0 for (_, r0), (_, r1) in zip(points, points[1:])):
             return None
         for (u0, r0), (u1, r1) in zip(points, points[1:]):
-            if min(r0, r1) <= ratio <= max(r0, r1) and r0 != r1:
-                return (u0 + (ratio - r0) * (u1 - u0) / (r1 - r0), False)
-        (u0, r0), (u1, r1) = points[:2] if ratio > points[0][1] else points[-2:]
-        if r0 == r1:
-            return None
-        return (u0 + (ratio - r0) * (u1 - u0) / (r1 - r0), True)
+            if r1 <= ratio <= r0:
+                return "%.1f us" % (u0 + (ratio - r0) * (u1 - u0) / (r1 - r0))
+        if ratio > points[0][1]:
+            return "less than %g us" % points[0][0]
+        return "more than %g us" % points[-1][0]
 
     rows = []
     for us, ratio in points:
@@ -184,8 +183,7 @@ def main():
 
     cal_rows, gh_at, target_at = calibration(ce_rps, ratio)
     rows += cal_rows
-    fmt_at = lambda at: ("n/a (the calibration servers' ratios do not fall with their CPU: host too busy)"
-                         if at is None else ("%.1f us%s" % (at[0], " (extrapolated)" if at[1] else "")))
+    fmt_at = lambda at: "n/a (the calibration servers' ratios do not fall with their CPU: host too busy)" if at is None else at
     if cal_rows:
         rows += [
             ("gatehouse's ratio = ceiling + headers + this much CPU per request", fmt_at(gh_at), "", "calibration"),
