@@ -13,6 +13,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::fmt::{self, Write};
+use std::thread::LocalKey;
 use std::time::{SystemTime, UNIX_EPOCH};
 use tracing::field::{Field, Visit};
 use tracing::{Event, Subscriber};
@@ -33,26 +34,9 @@ impl<'w> FormatFields<'w> for LineFormat {
             /// Kept between spans, so that a span's fields are written without growing a buffer.
             static FIELDS: RefCell<String> = const { RefCell::new(String::new()) };
         }
-        let format = |buf: &mut String| {
+        through_scratch(&FIELDS, 16 * 1024, &mut writer, |buf| {
             let mut v = Fields::new(buf, self.json, true);
             fields.record(&mut v);
-        };
-        FIELDS.with(|cell| match cell.try_borrow_mut() {
-            Ok(mut buf) => {
-                buf.clear();
-                format(&mut buf);
-                let written = writer.write_str(&buf);
-                if buf.capacity() > 16 * 1024 {
-                    *buf = String::new();
-                }
-                written
-            }
-            // Fields written while fields are being written (a field's `Display` logs).
-            Err(_) => {
-                let mut buf = String::new();
-                format(&mut buf);
-                writer.write_str(&buf)
-            }
         })
     }
 
@@ -78,25 +62,36 @@ where
             /// The line being written, kept between events so that a line costs no allocation.
             static LINE: RefCell<String> = const { RefCell::new(String::new()) };
         }
-        LINE.with(|cell| match cell.try_borrow_mut() {
-            Ok(mut line) => {
-                line.clear();
-                self.write_line(&mut line, ctx, event);
-                let written = writer.write_str(&line);
-                if line.capacity() > 64 * 1024 {
-                    // Not kept for ever after one long line.
-                    *line = String::new();
-                }
-                written
-            }
-            // An event logged while a line is being written (from a field's `Display`).
-            Err(_) => {
-                let mut line = String::new();
-                self.write_line(&mut line, ctx, event);
-                writer.write_str(&line)
-            }
-        })
+        through_scratch(&LINE, 64 * 1024, &mut writer, |line| self.write_line(line, ctx, event))
     }
+}
+
+/// Write what `fill` writes through `writer`, using this thread's buffer in `scratch` (kept
+/// between calls, so that a line costs no allocation; dropped once it grew past `keep` bytes, so
+/// that one long line is not kept for ever). When the buffer is in use (something logged from a
+/// field's `Display` while a line was being written), a fresh one.
+fn through_scratch(
+    scratch: &'static LocalKey<RefCell<String>>,
+    keep: usize,
+    writer: &mut Writer<'_>,
+    fill: impl FnOnce(&mut String),
+) -> fmt::Result {
+    scratch.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut buf) => {
+            buf.clear();
+            fill(&mut buf);
+            let written = writer.write_str(&buf);
+            if buf.capacity() > keep {
+                *buf = String::new();
+            }
+            written
+        }
+        Err(_) => {
+            let mut buf = String::new();
+            fill(&mut buf);
+            writer.write_str(&buf)
+        }
+    })
 }
 
 impl LineFormat {
