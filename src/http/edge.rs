@@ -201,13 +201,18 @@ fn forwarded_for(req: &Request) -> Result<Option<String>, ()> {
 /// `X-Forwarded-For` from the right and take the first address that is not a trusted proxy.
 /// A chain with an unreadable or malformed hop gives no address at all (an unknown client),
 /// never the proxy's own address: a client must not be able to pass for the proxy.
-pub fn client_ip(peer: Option<IpAddr>, forwarded: Result<Option<&str>, ()>, trusted: &[IpNet]) -> Option<IpAddr> {
+/// `forwarded` reads the chain (see [`forwarded_for`]); it is called only for a trusted peer.
+pub fn client_ip(
+    peer: Option<IpAddr>,
+    forwarded: impl FnOnce() -> Result<Option<String>, ()>,
+    trusted: &[IpNet],
+) -> Option<IpAddr> {
     let peer = peer?;
     let is_trusted = |ip: &IpAddr| trusted.iter().any(|net| net.contains(ip));
     if !is_trusted(&peer) {
         return Some(peer);
     }
-    let header = match forwarded {
+    let header = match forwarded() {
         Ok(Some(h)) => h,
         // The proxy itself is calling.
         Ok(None) => return Some(peer),
@@ -498,18 +503,10 @@ impl Endpoint for Edge {
     /// second time, and every request's future is moved into a box by the server.)
     fn call(&self, mut req: Request) -> impl Future<Output = Result<Self::Output>> + Send {
         let started = Instant::now();
-        let trusted = &self.state.http.trusted_proxies;
-        let peer = peer_ip(&req);
-        // `X-Forwarded-For` is read only when a proxy could be trusted (none by default).
-        let client = if trusted.is_empty() {
-            peer
-        } else {
-            let forwarded = forwarded_for(&req);
-            client_ip(peer, forwarded.as_ref().map(|f| f.as_deref()).map_err(|_| ()), trusted)
-        };
         let info = RequestInfo {
             request_id: request_id(&req),
-            client_ip: client,
+            // `X-Forwarded-For` is read only when the peer is a trusted proxy.
+            client_ip: client_ip(peer_ip(&req), || forwarded_for(&req), &self.state.http.trusted_proxies),
             user_agent: req
                 .headers()
                 .get(header::USER_AGENT)
@@ -742,7 +739,7 @@ mod tests {
     #[test]
     fn forwarded_for_only_from_trusted_proxies() {
         let peer: IpAddr = "10.0.0.5".parse().unwrap();
-        let one = |h: &'static str| Ok(Some(h));
+        let one = |h: &'static str| move || Ok(Some(h.to_string()));
         assert_eq!(client_ip(Some(peer), one("1.2.3.4"), &[]), Some(peer));
         let trusted = nets(&["10.0.0.0/8"]);
         assert_eq!(client_ip(Some(peer), one("1.2.3.4"), &trusted), Some("1.2.3.4".parse().unwrap()));
@@ -752,11 +749,11 @@ mod tests {
             Some("1.2.3.4".parse().unwrap())
         );
         // The proxy calling on its own behalf.
-        assert_eq!(client_ip(Some(peer), Ok(None), &trusted), Some(peer));
+        assert_eq!(client_ip(Some(peer), || Ok(None), &trusted), Some(peer));
         // Garbage, a port, or an unreadable header make the client unknown, never the proxy.
         for bad in ["junk", "203.0.113.9:4444", "1.2.3.4, ", ""] {
             assert_eq!(client_ip(Some(peer), one(bad), &trusted), None, "{bad}");
         }
-        assert_eq!(client_ip(Some(peer), Err(()), &trusted), None);
+        assert_eq!(client_ip(Some(peer), || Err(()), &trusted), None);
     }
 }
