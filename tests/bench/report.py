@@ -16,6 +16,8 @@ import subprocess
 
 OUT = os.environ["OUT"]
 UNIT_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0}
+# The µs of CPU each calibration server added (run.sh's BENCH_CALIBRATION), as run.sh names them.
+CALIBRATION_US = os.environ.get("CALIBRATION", "").split()
 
 TARGET_RATIO = 0.7
 TARGET_RSS_MB = 25.0
@@ -64,7 +66,7 @@ def calibration(ce_rps, gh_ratio):
     """The calibration servers' rows, and where Gatehouse's ratio and the target fall among them
     (µs of CPU per request beyond the ceiling with Gatehouse's headers, interpolated)."""
     points = []
-    for us in os.environ.get("CALIBRATION", "").split():
+    for us in CALIBRATION_US:
         r = runs("cal-" + us)
         if r:
             points.append((float(us), statistics.median(x for x, _ in r) / ce_rps))
@@ -190,7 +192,7 @@ def main():
             ("the target ratio %.1f = ceiling + headers + this much CPU per request" % TARGET_RATIO, fmt_at(target_at),
              "", "calibration"),
         ]
-    for name in ["gatehouse", "ceiling"] + ["cal-" + us for us in os.environ.get("CALIBRATION", "").split()]:
+    for name in ["gatehouse", "ceiling"] + ["cal-" + us for us in CALIBRATION_US]:
         cpu = cpu_per_request(name)
         if cpu:
             rows.append(("server CPU per request, %s: user; system (median)" % name, "%.1f; %.1f us" % cpu, "", ""))
@@ -317,7 +319,7 @@ def main():
     for i, ((gr, gp), (cr, cp)) in enumerate(zip(gh, ce), 1):
         md.append("| %d | %.0f | %.2f | %.0f | %.2f |" % (i, gr, gp, cr, cp))
     md.append("")
-    cal = [(us, runs("cal-" + us)) for us in os.environ.get("CALIBRATION", "").split()]
+    cal = [(us, runs("cal-" + us)) for us in CALIBRATION_US]
     if cal:
         md.append("Calibration per round (req/s): the ceiling with Gatehouse's headers, plus N us of CPU per request:\n")
         md.append("| round | " + " | ".join("+%s us" % us for us, _ in cal) + " |")

@@ -265,10 +265,11 @@ for us in $CALIBRATION; do
     log "starting the calibration server $name (the ceiling, --headers --cpu-us $us) on 127.0.0.1:$port"
     "$CEIL" "$DATA/tls/cert.pem" "$DATA/tls/key.pem" "127.0.0.1:$port" --headers --cpu-us "$us" \
         >"$OUT/$name.log" 2>&1 9>&- &
-    CAL_PIDS+=($!)
-    wait_healthy "https://127.0.0.1:$port/healthz" "$!" 30 || die "$name did not answer (see $OUT/$name.log)"
+    pid=$!
+    CAL_PIDS+=("$pid")
+    wait_healthy "https://127.0.0.1:$port/healthz" "$pid" 30 || die "$name did not answer (see $OUT/$name.log)"
     URLS[$name]="https://127.0.0.1:$port/healthz"
-    PIDS[$name]="$!"
+    PIDS[$name]="$pid"
     TARGETS+=("$name")
 done
 
