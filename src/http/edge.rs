@@ -11,13 +11,13 @@
 //! Nothing here logs headers, bodies or query strings.
 
 use super::error::{Problem, PROBLEM_JSON};
+use crate::metrics::{Metrics, RouteId};
 use crate::state::AppState;
 use futures_util::future::Either;
 use futures_util::FutureExt;
 use ipnet::IpNet;
 use poem::endpoint::BoxEndpoint;
 use poem::http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
-use poem::middleware::CookieJarManagerEndpoint;
 use poem::middleware::Cors;
 use poem::{Body, Endpoint, EndpointExt, IntoResponse, Middleware, Request, Response, Result};
 use poem::{PathPattern, Route};
@@ -45,13 +45,17 @@ const COOP: HeaderName = HeaderName::from_static("cross-origin-opener-policy");
 const CORP: HeaderName = HeaderName::from_static("cross-origin-resource-policy");
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 
-const CSP_API: &str = "default-src 'none'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'";
+/// Data (JSON, problem+json): nothing may load from it, nothing may frame it. (`base-uri` and
+/// `form-action` govern elements of an HTML document, which a data answer never is.)
+const CSP_DATA: &str = "default-src 'none'; frame-ancestors 'none'";
+/// An HTML page of the API's (the SSO callback's error page): no scripts, no forms, no `<base>`.
+const CSP_PAGE: &str = "default-src 'none'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'";
 /// The playground needs its own scripts, inline styles (Swagger UI sets them) and data: images.
 const CSP_DOCS: &str = "default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-inline'; \
 img-src 'self' data:; font-src 'self'; connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'";
 
 /// The API: the router of the operations (see `http::api_routes`).
-pub type ApiRoutes = CookieJarManagerEndpoint<Route>;
+pub type ApiRoutes = Route;
 
 /// The API endpoint, with CORS in front when origins are allow-listed.
 #[allow(clippy::large_enum_variant)] // One per process; the router is called in place, not boxed.
@@ -68,13 +72,14 @@ pub struct Edge {
     state: AppState,
     /// Route template → `Allow` header value for 405 answers.
     allow: HashMap<String, String>,
-    /// Route template → its metrics label, made once so that a request allocates none.
-    labels: HashMap<String, Arc<String>>,
-    unmatched: Arc<String>,
-    /// The security headers of an API answer and of a script page, made once (see
-    /// [`with_security_headers`]).
-    headers_api: HeaderMap,
-    headers_docs: HeaderMap,
+    /// Route pattern → its route template (the metrics label) and metrics number, made once so
+    /// that a request allocates none.
+    labels: HashMap<String, RouteName>,
+    unmatched: RouteName,
+    /// The security headers of each kind of answer, made once (see [`with_security_headers`]).
+    headers_data: HeaderMap,
+    headers_page: HeaderMap,
+    headers_script_page: HeaderMap,
 }
 
 /// The playground and the sign-in page, which run their own scripts (their CSP allows them).
@@ -103,9 +108,10 @@ impl Edge {
             pages,
             allow: HashMap::new(),
             labels: HashMap::new(),
-            unmatched: Arc::new("unmatched".into()),
-            headers_api: security_header_set(false, state.http.tls),
-            headers_docs: security_header_set(true, state.http.tls),
+            unmatched: RouteName::new("unmatched".into(), &state.metrics),
+            headers_data: security_header_set(Answer::Data, state.http.tls),
+            headers_page: security_header_set(Answer::Page, state.http.tls),
+            headers_script_page: security_header_set(Answer::ScriptPage, state.http.tls),
             state,
         }
     }
@@ -113,15 +119,27 @@ impl Edge {
     /// The methods each route pattern accepts, for the `Allow` header of a 405, and the label
     /// (route template) each pattern is counted under in metrics.
     pub fn with_allow(mut self, allow: HashMap<String, String>, labels: HashMap<String, String>) -> Self {
-        self.labels = labels.into_iter().map(|(k, v)| (k, Arc::new(v))).collect();
+        self.labels = labels.into_iter().map(|(k, v)| (k, RouteName::new(v, &self.state.metrics))).collect();
         self.allow = allow;
         self
     }
 
     /// The metrics label of a route template; anything unknown shares one label so that raw
     /// paths never become label values.
-    fn route_label(&self, pattern: Option<&PathPattern>) -> Arc<String> {
-        pattern.and_then(|p| self.labels.get(p.0.as_ref())).cloned().unwrap_or_else(|| self.unmatched.clone())
+    fn route_label(&self, pattern: Option<&PathPattern>) -> &RouteName {
+        pattern.and_then(|p| self.labels.get(p.0.as_ref())).unwrap_or(&self.unmatched)
+    }
+}
+
+/// A route template, as the log and the audit log name it, and its number in the metrics.
+struct RouteName {
+    label: String,
+    metrics: RouteId,
+}
+
+impl RouteName {
+    fn new(label: String, metrics: &Metrics) -> Self {
+        Self { metrics: metrics.route(&label), label }
     }
 }
 
@@ -385,9 +403,16 @@ impl Edge {
         } else if status.is_client_error() && !is_problem(&resp) && !is_page(&resp) {
             resp = replace_body(resp, &Problem::new(status, detail_for(status, ""), &info.request_id));
         }
+        let set = if docs {
+            &self.headers_script_page
+        } else if is_page(&resp) {
+            &self.headers_page
+        } else {
+            &self.headers_data
+        };
         let own = std::mem::take(resp.headers_mut());
         let h = resp.headers_mut();
-        *h = with_security_headers(own, if docs { &self.headers_docs } else { &self.headers_api });
+        *h = with_security_headers(own, set);
         if let Ok(v) = HeaderValue::from_str(&info.request_id) {
             h.insert(REQUEST_ID_HEADER, v);
         }
@@ -397,9 +422,9 @@ impl Edge {
 
 /// What [`security_headers`] puts in an empty map: the headers every answer of this kind starts
 /// from.
-fn security_header_set(docs: bool, tls: bool) -> HeaderMap {
+fn security_header_set(answer: Answer, tls: bool) -> HeaderMap {
     let mut h = HeaderMap::with_capacity(16);
-    security_headers(&mut h, docs, tls);
+    security_headers(&mut h, answer, tls);
     h
 }
 
@@ -428,16 +453,38 @@ fn with_security_headers(own: HeaderMap, set: &HeaderMap) -> HeaderMap {
     h
 }
 
-/// The security headers every answer carries: `docs` for a page that runs scripts (its own CSP),
-/// `tls` for HSTS. A `Cache-Control` the operation set is kept; any `Server` header goes. (Public
-/// for the benchmark, whose calibration ceiling sends the same headers: `tests/bench/ceiling.rs`.)
-pub fn security_headers(h: &mut HeaderMap, docs: bool, tls: bool) {
+/// What an answer is, for its security headers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Answer {
+    /// Data: JSON, problem+json, anything but HTML. Never a document with elements, windows or
+    /// scripts of its own.
+    Data,
+    /// An HTML page of the API's (the SSO callback's error page): a document, without scripts.
+    Page,
+    /// The playground and the sign-in page, which run their own scripts (their CSP allows them).
+    ScriptPage,
+}
+
+/// The security headers every answer carries, by kind of answer; `tls` for HSTS. A
+/// `Cache-Control` the operation set is kept; any `Server` header goes. Documents also get
+/// `Cross-Origin-Opener-Policy`, which browsers apply to documents only, and a CSP that
+/// governs their elements; data gets the CSP that matters for data (nothing loads, nothing
+/// frames). (Public for the benchmark, whose calibration ceiling sends the headers of a data
+/// answer: `tests/bench/ceiling.rs`.)
+pub fn security_headers(h: &mut HeaderMap, answer: Answer, tls: bool) {
     h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
     h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
-    h.insert(COOP, HeaderValue::from_static("same-origin"));
     h.insert(CORP, HeaderValue::from_static("same-origin"));
-    h.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(if docs { CSP_DOCS } else { CSP_API }));
+    let csp = match answer {
+        Answer::Data => CSP_DATA,
+        Answer::Page => CSP_PAGE,
+        Answer::ScriptPage => CSP_DOCS,
+    };
+    h.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(csp));
+    if answer != Answer::Data {
+        h.insert(COOP, HeaderValue::from_static("same-origin"));
+    }
     if tls {
         h.insert(header::STRICT_TRANSPORT_SECURITY, HeaderValue::from_static("max-age=63072000; includeSubDomains"));
     }
@@ -631,13 +678,13 @@ impl Edge {
             let route = self.route_label(resp.data::<PathPattern>());
             let status = resp.status().as_u16();
             if let Some((who, path)) = reader {
-                Box::pin(self.record_read(&who, path, &route, status, &info)).await;
+                Box::pin(self.record_read(&who, path, &route.label, status, &info)).await;
             }
             if let Some(reason) = rejected {
-                Box::pin(self.record_rejected(reason, &route, status, &info)).await;
+                Box::pin(self.record_rejected(reason, &route.label, status, &info)).await;
             }
             let elapsed = started.elapsed();
-            self.state.metrics.observe_request(method_label(&method), route.clone(), status, elapsed);
+            self.state.metrics.observe_request(method_label(&method), route.metrics, status, elapsed);
             let latency_ms = elapsed.as_micros() as f64 / 1000.0;
             // A server error is always logged; the rest only with `log.access`. The message is a
             // string field (the same line as a format-string message, without formatting it).
@@ -645,7 +692,7 @@ impl Edge {
                 tracing::error!(
                     target: "gatehouse::access",
                     message = "request completed",
-                    route = route.as_str(),
+                    route = route.label.as_str(),
                     status,
                     latency_ms
                 );
@@ -653,7 +700,7 @@ impl Edge {
                 tracing::info!(
                     target: "gatehouse::access",
                     message = "request completed",
-                    route = route.as_str(),
+                    route = route.label.as_str(),
                     status,
                     latency_ms
                 );
@@ -712,17 +759,48 @@ mod tests {
                 ("x-frame-options", "SAMEORIGIN"),
                 ("content-security-policy", "default-src *"),
                 ("retry-after", "3"),
+                ("cross-origin-opener-policy", "unsafe-none"),
             ]),
             own(&[("x-request-id", "op"), ("access-control-allow-origin", "https://app.example"), ("vary", "origin")]),
         ];
-        for (docs, tls) in [(false, false), (false, true), (true, false), (true, true)] {
-            let set = security_header_set(docs, tls);
+        for (answer, tls) in
+            [Answer::Data, Answer::Page, Answer::ScriptPage].into_iter().flat_map(|a| [(a, false), (a, true)])
+        {
+            let set = security_header_set(answer, tls);
             for case in &cases {
                 let mut inserted = case.clone();
-                security_headers(&mut inserted, docs, tls);
+                security_headers(&mut inserted, answer, tls);
                 assert_eq!(sorted(&with_security_headers(case.clone(), &set)), sorted(&inserted), "{case:?}");
             }
         }
+    }
+
+    #[test]
+    fn documents_get_the_document_headers_and_data_the_data_ones() {
+        let headers = |answer| {
+            let mut h = HeaderMap::new();
+            security_headers(&mut h, answer, true);
+            h
+        };
+        let data = headers(Answer::Data);
+        assert_eq!(data[header::CONTENT_SECURITY_POLICY], "default-src 'none'; frame-ancestors 'none'");
+        assert!(data.get(COOP).is_none());
+        for answer in [Answer::Data, Answer::Page, Answer::ScriptPage] {
+            let h = headers(answer);
+            assert_eq!(h[header::X_CONTENT_TYPE_OPTIONS], "nosniff");
+            assert_eq!(h[header::REFERRER_POLICY], "no-referrer");
+            assert_eq!(h[header::X_FRAME_OPTIONS], "DENY");
+            assert_eq!(h[CORP], "same-origin");
+            assert_eq!(h[header::CACHE_CONTROL], "no-store");
+            assert_eq!(h[header::STRICT_TRANSPORT_SECURITY], "max-age=63072000; includeSubDomains");
+            let csp = h[header::CONTENT_SECURITY_POLICY].to_str().unwrap();
+            assert!(csp.starts_with("default-src 'none';") && csp.contains("frame-ancestors 'none'"), "{csp}");
+            if answer != Answer::Data {
+                assert_eq!(h[COOP], "same-origin");
+                assert!(csp.contains("base-uri 'none'") && csp.contains("form-action"), "{csp}");
+            }
+        }
+        assert!(!headers(Answer::Page)[header::CONTENT_SECURITY_POLICY].to_str().unwrap().contains("script-src"));
     }
 
     #[test]

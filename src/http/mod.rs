@@ -17,7 +17,7 @@ pub mod sso;
 pub mod workspaces;
 
 use crate::state::AppState;
-use poem::middleware::{CookieJarManager, CookieJarManagerEndpoint};
+use poem::middleware::CookieJarManager;
 use poem::{Endpoint, EndpointExt, Route, RouteMethod};
 use poem_openapi::{OpenApiService, Tags};
 use std::collections::HashMap;
@@ -72,24 +72,58 @@ pub fn api_service() -> OpenApiService<Apis, ()> {
 /// The operations of [`Apis`] at their paths, by method: the router the edge calls.
 ///
 /// Built here rather than by `OpenApiService::into_endpoint`, which puts the same router behind
-/// a boxed endpoint, a response mapping and a query pre-parser: three layers more for every
-/// request's future to be moved through. The edge parses the query (poem-openapi's `UrlQuery`)
-/// instead, and the cookie jar manager is the same one `into_endpoint` adds. Like
+/// a boxed endpoint, a response mapping, a query pre-parser and a cookie jar manager: layers
+/// every request's future would be moved through. The edge parses the query (poem-openapi's
+/// `UrlQuery`) instead, and the cookie jar manager is put only in front of the operations that
+/// read a cookie (see [`reads_cookies`]): the others never look at the jar. Like
 /// `into_endpoint`, it panics at start on two operations with one id (a unit test builds it).
-pub fn api_routes() -> CookieJarManagerEndpoint<Route> {
+pub fn api_routes() -> Route {
+    let meta = <Apis as poem_openapi::OpenApi>::meta();
     // As `into_endpoint` does: two operations under one id would break generated clients.
     let mut ids = std::collections::HashSet::new();
-    for op in <Apis as poem_openapi::OpenApi>::meta().into_iter().flat_map(|api| api.paths).flat_map(|p| p.operations) {
+    for op in meta.iter().flat_map(|api| &api.paths).flat_map(|p| &p.operations) {
         if let Some(id) = op.operation_id {
             assert!(ids.insert(id), "duplicate operation id: {id}");
         }
     }
+    let with_cookies = reads_cookies(&meta);
     let mut table = HashMap::new();
     poem_openapi::OpenApi::add_routes(Apis::default(), &mut table);
-    let routes = table.into_iter().fold(Route::new(), |route, (path, methods)| {
-        route.at(path, methods.into_iter().fold(RouteMethod::new(), |each, (method, op)| each.method(method, op)))
-    });
-    routes.with(CookieJarManager::new())
+    table.into_iter().fold(Route::new(), |route, (path, methods)| {
+        let methods = methods.into_iter().fold(RouteMethod::new(), |each, (method, op)| {
+            let op = if with_cookies.contains(&(path.clone(), method.clone())) {
+                op.with(CookieJarManager::new()).boxed()
+            } else {
+                op
+            };
+            each.method(method, op)
+        });
+        route.at(path, methods)
+    })
+}
+
+/// The operations (route pattern as poem-openapi registers it, method) that read the request's
+/// cookie jar: those with a cookie parameter or a security scheme whose key is a cookie. poem
+/// panics when one of them runs without a `CookieJarManager` in front.
+fn reads_cookies(meta: &[poem_openapi::registry::MetaApi]) -> std::collections::HashSet<(String, poem::http::Method)> {
+    use poem_openapi::registry::{MetaParamIn, Registry};
+    let mut registry = Registry::new();
+    <Apis as poem_openapi::OpenApi>::register(&mut registry);
+    let cookie_schemes: Vec<&str> =
+        registry.security_schemes.iter().filter(|(_, s)| s.key_in == Some("cookie")).map(|(name, _)| *name).collect();
+    let mut out = std::collections::HashSet::new();
+    for path in meta.iter().flat_map(|api| &api.paths) {
+        for op in &path.operations {
+            let cookie_param = op.params.iter().any(|p| {
+                matches!(p.in_type, MetaParamIn::Cookie | MetaParamIn::CookiePrivate | MetaParamIn::CookieSigned)
+            });
+            let cookie_scheme = op.security.iter().any(|any| any.keys().any(|name| cookie_schemes.contains(name)));
+            if cookie_param || cookie_scheme {
+                out.insert((poem_pattern(&path.path), op.method.clone()));
+            }
+        }
+    }
+    out
 }
 
 /// The OpenAPI document as pretty JSON, exactly as `/openapi.json` serves it.

@@ -8,9 +8,9 @@
 //! must not grow: no middleware, no logging.
 //!
 //! The two options make the benchmark's calibration servers, never the ceiling itself:
-//! `--headers` adds the headers Gatehouse sends on every answer (a fresh `X-Request-Id` and
-//! `gatehouse::http::edge::security_headers`); `--cpu-us N` spends about N µs of CPU on each
-//! request (a loop timed at start). With them, `run.sh` shows which ratio a server reaches that
+//! `--headers` adds the headers Gatehouse sends on a data answer such as `/healthz` (a fresh
+//! `X-Request-Id` and `gatehouse::http::edge::security_headers` of `Answer::Data`); `--cpu-us N`
+//! spends about N µs of CPU on each request (a loop timed at start). With them, `run.sh` shows which ratio a server reaches that
 //! does N µs more work per request than the ceiling, on this machine, in the same rounds.
 
 use poem::http::HeaderValue;
@@ -44,7 +44,7 @@ fn healthz() -> Response {
         if let Ok(v) = HeaderValue::from_str(id) {
             h.insert(gatehouse::http::edge::REQUEST_ID, v);
         }
-        gatehouse::http::edge::security_headers(h, false, true);
+        gatehouse::http::edge::security_headers(h, gatehouse::http::edge::Answer::Data, true);
     }
     resp
 }
