@@ -175,8 +175,11 @@ def main():
         ("ratio gatehouse / ceiling", "%.2f" % ratio, ">= %.1f" % TARGET_RATIO, verdict(ratio >= TARGET_RATIO)),
         ("/healthz p99, gatehouse (median)", "%.2f ms" % gh_p99, "", ""),
         ("/healthz p99, ceiling (median)", "%.2f ms" % ce_p99, "", ""),
-        ("idle RSS, gatehouse", "%.1f MB" % idle_mb, "<= %.0f MB" % TARGET_RSS_MB, verdict(idle_mb <= TARGET_RSS_MB)),
-        ("RSS after the load rounds (info)", "%.1f MB" % loaded_mb, "", ""),
+        # VmRSS is in KiB: the target is read as 25 MiB; the decimal megabytes are shown beside,
+        # since the issue writes "MB".
+        ("idle RSS, gatehouse", "%.1f MiB (%.1f MB)" % (idle_mb, idle_mb * 1.048576), "<= %.0f MiB" % TARGET_RSS_MB,
+         verdict(idle_mb <= TARGET_RSS_MB)),
+        ("RSS after the load rounds (info)", "%.1f MiB" % loaded_mb, "", ""),
         ("start to READY=1, existing folder (median)", "%.0f ms" % ready["median_ms"], "<= %.0f ms" % TARGET_READY_MS,
          verdict(ready["median_ms"] <= TARGET_READY_MS)),
         ("release binary size, gatehouse", "%.1f MiB" % bin_mb, "", ""),
