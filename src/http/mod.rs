@@ -104,7 +104,10 @@ pub fn api_routes() -> Route {
 
 /// The operations (route pattern as poem-openapi registers it, method) that read the request's
 /// cookie jar: those with a cookie parameter or a security scheme whose key is a cookie. poem
-/// panics when one of them runs without a `CookieJarManager` in front.
+/// panics when one of them runs without a `CookieJarManager` in front (a 500, which
+/// `errors::a_forged_session_cookie_is_refused_by_every_operation` would catch). Only what the
+/// document shows is seen here: an operation that took poem's `CookieJar` as an extractor of its
+/// own, or a hidden operation, would have to be added by hand (there is none).
 fn reads_cookies(meta: &[poem_openapi::registry::MetaApi]) -> std::collections::HashSet<(String, poem::http::Method)> {
     use poem_openapi::registry::{MetaParamIn, Registry};
     let mut registry = Registry::new();
