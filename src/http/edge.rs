@@ -397,15 +397,16 @@ impl Edge {
         let status = resp.status();
         // A 500 is always replaced by the generic body (unless it is a page we wrote, which never
         // holds a detail); other 5xx keep a problem body or page we wrote.
-        let ours = is_problem(&resp) || is_page(&resp);
-        if status.is_server_error() && (!ours || (status == StatusCode::INTERNAL_SERVER_ERROR && !is_page(&resp))) {
+        let (problem, page) = (is_problem(&resp), is_page(&resp));
+        if status.is_server_error() && !page && (!problem || status == StatusCode::INTERNAL_SERVER_ERROR) {
             resp = replace_body(resp, &Problem::internal(&info.request_id));
-        } else if status.is_client_error() && !is_problem(&resp) && !is_page(&resp) {
+        } else if status.is_client_error() && !problem && !page {
             resp = replace_body(resp, &Problem::new(status, detail_for(status, ""), &info.request_id));
         }
+        // Only an answer that was not a page is replaced (by problem+json): `page` still holds.
         let set = if docs {
             &self.headers_script_page
-        } else if is_page(&resp) {
+        } else if page {
             &self.headers_page
         } else {
             &self.headers_data

@@ -10,8 +10,9 @@
 //! The two options make the benchmark's calibration servers, never the ceiling itself:
 //! `--headers` adds the headers Gatehouse sends on a data answer such as `/healthz` (a fresh
 //! `X-Request-Id` and `gatehouse::http::edge::security_headers` of `Answer::Data`); `--cpu-us N`
-//! spends about N µs of CPU on each request (a loop timed at start). With them, `run.sh` shows which ratio a server reaches that
-//! does N µs more work per request than the ceiling, on this machine, in the same rounds.
+//! spends about N µs of CPU on each request (a loop timed at start). With them, `run.sh` shows
+//! which ratio a server reaches that does N µs more work per request than the ceiling, on this
+//! machine, in the same rounds.
 
 use poem::http::HeaderValue;
 use poem::listener::{Listener, RustlsCertificate, RustlsConfig, TcpListener};
