@@ -85,6 +85,13 @@ impl Idp {
         let mut cmd = Command::new("node");
         cmd.arg(&script).arg(&conf).current_dir(repo_root());
         let (child, ready) = crate::helpers::spawn_peer(cmd, "the test IdP");
+        // The app runs on real time (`start_app`), but its clock stood still since it started; a
+        // slow provider start (up to two 90 s attempts) must not leave it behind the provider,
+        // which signs with the real clock ("issued in the future").
+        let behind = time::OffsetDateTime::now_utc() - gatehouse::clock::Clock::now(&*app.clock);
+        if behind.is_positive() {
+            app.clock.advance(behind);
+        }
         let http = reqwest::Client::builder()
             .add_root_certificate(reqwest::Certificate::from_pem(ca.pem().as_bytes()).unwrap())
             .redirect(reqwest::redirect::Policy::none())
