@@ -16,7 +16,7 @@ use crate::state::AppState;
 use futures_util::future::Either;
 use futures_util::FutureExt;
 use ipnet::IpNet;
-use poem::endpoint::BoxEndpoint;
+use poem::endpoint::{BoxEndpoint, DynEndpoint};
 use poem::http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use poem::middleware::Cors;
 use poem::{Body, Endpoint, EndpointExt, IntoResponse, Middleware, Request, Response, Result};
@@ -636,12 +636,12 @@ impl Edge {
                     // Handlers read the state with `Data<&AppState>`.
                     req.extensions_mut().insert(self.state.clone());
                     let inner = if page {
-                        Either::Left(self.pages.call(req))
+                        Either::Left(DynEndpoint::call(self.pages.as_ref(), req))
                     } else {
                         parse_query(&mut req);
                         match &self.api {
                             Api::Bare(api) => Either::Right(api.call(req)),
-                            Api::Cors(api) => Either::Left(api.call(req)),
+                            Api::Cors(api) => Either::Left(DynEndpoint::call(api.as_ref(), req)),
                         }
                     };
                     // A panic is answered with a 500, made generic below, like any other 500.
@@ -675,7 +675,12 @@ impl Edge {
                 }
                 _ => resp,
             };
-            let resp = self.finish(resp, &info, docs);
+            let mut resp = self.finish(resp, &info, docs);
+            // No answer to a HEAD has a body, an error's problem+json included (HTTP/2 clients
+            // reset the stream when one comes).
+            if method == Method::HEAD {
+                resp.set_body(());
+            }
             let route = self.route_label(resp.data::<PathPattern>());
             let status = resp.status().as_u16();
             if let Some((who, path)) = reader {

@@ -17,10 +17,15 @@ pub mod sso;
 pub mod workspaces;
 
 use crate::state::AppState;
+use futures_util::future::{ready, Either};
+use poem::endpoint::{BoxEndpoint, DynEndpoint};
+use poem::error::MethodNotAllowedError;
+use poem::http::Method;
 use poem::middleware::CookieJarManager;
-use poem::{Endpoint, EndpointExt, Route, RouteMethod};
+use poem::{Endpoint, EndpointExt, Request, Response, Route};
 use poem_openapi::{OpenApiService, Tags};
 use std::collections::HashMap;
+use std::future::Future;
 
 /// The tags that group operations in the spec and the playground.
 #[derive(Tags)]
@@ -75,7 +80,8 @@ pub fn api_service() -> OpenApiService<Apis, ()> {
 /// a boxed endpoint, a response mapping, a query pre-parser and a cookie jar manager: layers
 /// every request's future would be moved through. The edge parses the query (poem-openapi's
 /// `UrlQuery`) instead, and the cookie jar manager is put only in front of the operations that
-/// read a cookie (see [`reads_cookies`]): the others never look at the jar. Like
+/// read a cookie (see [`reads_cookies`]): the others never look at the jar. The operations of
+/// one path are picked by [`Operations`] rather than poem's `RouteMethod`. Like
 /// `into_endpoint`, it panics at start on two operations with one id (a unit test builds it).
 pub fn api_routes() -> Route {
     let meta = <Apis as poem_openapi::OpenApi>::meta();
@@ -90,16 +96,56 @@ pub fn api_routes() -> Route {
     let mut table = HashMap::new();
     poem_openapi::OpenApi::add_routes(Apis::default(), &mut table);
     table.into_iter().fold(Route::new(), |route, (path, methods)| {
-        let methods = methods.into_iter().fold(RouteMethod::new(), |each, (method, op)| {
-            let op = if with_cookies.contains(&(path.clone(), method.clone())) {
-                op.with(CookieJarManager::new()).boxed()
-            } else {
-                op
-            };
-            each.method(method, op)
-        });
-        route.at(path, methods)
+        let ops = methods
+            .into_iter()
+            .map(|(method, op)| {
+                let op = if with_cookies.contains(&(path.clone(), method.clone())) {
+                    op.with(CookieJarManager::new()).boxed()
+                } else {
+                    op
+                };
+                (method, op)
+            })
+            .collect();
+        route.at(path, Operations(ops))
     })
+}
+
+/// The operations at one path, by method, as poem's `RouteMethod` picks them: a `HEAD` with no
+/// operation of its own is answered by the `GET` one (the edge drops the body); any other method
+/// is a 405. Each operation's boxed endpoint is called as it is: `RouteMethod` boxes every operation
+/// a second time, and calling a `BoxEndpoint` through `Endpoint` wraps its future in two more
+/// that each hold the request. Together about 1.5 KB more to allocate and move on every API
+/// request (`tests/bench/README.md`).
+struct Operations(Vec<(Method, BoxEndpoint<'static, Response>)>);
+
+impl Operations {
+    fn find(&self, method: &Method) -> Option<&dyn DynEndpoint<Output = Response>> {
+        self.0.iter().find(|(m, _)| m == method).map(|(_, op)| op.as_ref())
+    }
+}
+
+impl Endpoint for Operations {
+    type Output = Response;
+
+    fn call(&self, mut req: Request) -> impl Future<Output = poem::Result<Response>> + Send {
+        let op = match self.find(req.method()) {
+            Some(op) => Some(op),
+            // The edge sends no body with any answer to a HEAD.
+            None if req.method() == Method::HEAD => {
+                let get = self.find(&Method::GET);
+                if get.is_some() {
+                    req.set_method(Method::GET);
+                }
+                get
+            }
+            None => None,
+        };
+        match op {
+            Some(op) => Either::Left(DynEndpoint::call(op, req)),
+            None => Either::Right(ready(Err(MethodNotAllowedError.into()))),
+        }
+    }
 }
 
 /// The operations (route pattern as poem-openapi registers it, method) that read the request's

@@ -24,6 +24,30 @@ async fn assert_problem(res: reqwest::Response, status: StatusCode) -> serde_jso
     body
 }
 
+/// `HEAD` is answered by the `GET` operation of the route, headers and all, without the body;
+/// a route without `GET` refuses it like any other method it lacks.
+#[tokio::test]
+async fn head_is_answered_by_get_without_a_body() {
+    let app = spawn_app().await;
+    let get = app.client.get(app.url("/healthz")).send().await.unwrap();
+    let res = app.client.head(app.url("/healthz")).send().await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    for name in ["content-type", "content-security-policy", "strict-transport-security", "cache-control"] {
+        assert_eq!(res.headers().get(name), get.headers().get(name), "{name}");
+    }
+    assert!(res.headers().contains_key("x-request-id"));
+    assert!(res.bytes().await.unwrap().is_empty(), "no body");
+    // A route with a parameter, and an operation that needs a credential: the GET's 401.
+    let res = app.client.head(app.url("/v1/users/98765")).send().await.unwrap();
+    assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+    assert!(res.bytes().await.unwrap().is_empty(), "no body");
+
+    let res = app.client.head(app.url("/v1/auth/login")).send().await.unwrap();
+    assert_eq!(res.status(), StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(res.headers()["allow"], "POST");
+    app.stop().await;
+}
+
 #[tokio::test]
 async fn unknown_route_wrong_method_and_oversized_body_are_problems() {
     let app = spawn_app().await;
