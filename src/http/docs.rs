@@ -1,9 +1,12 @@
 //! The playground at `/docs` (Swagger UI, embedded from `static/docs`, no CDN), the sign-in page
 //! at `/login` (from `static/login`) and the spec at `/openapi.json`. Works air-gapped: every asset comes from this binary.
 
+use bytes::Bytes;
 use poem::http::{header, StatusCode};
 use poem::web::Path;
 use poem::{handler, Endpoint, EndpointExt, IntoResponse, Response, Route};
+use std::sync::Arc;
+use tokio::sync::OnceCell;
 
 #[derive(rust_embed::RustEmbed)]
 #[folder = "static/docs/"]
@@ -71,14 +74,24 @@ pub fn login_page() -> Route {
     Route::new().at("/", poem::get(login_index)).at("/assets/:name", poem::get(login_assets))
 }
 
-/// `/openapi.json`.
-pub fn spec_endpoint(spec: String) -> impl Endpoint {
-    let body = std::sync::Arc::new(spec);
-    poem::endpoint::make_sync(move |_| {
-        Response::builder()
-            .content_type("application/json")
-            .header(header::CACHE_CONTROL, "no-cache")
-            .body(body.as_str().to_owned())
+/// `/openapi.json`: made on the first request (on the blocking pool; about 10 ms) and kept. A
+/// server whose document nobody reads does not hold its 400 kB, nor makes it at start.
+pub fn spec_endpoint() -> impl Endpoint {
+    let document: Arc<OnceCell<Bytes>> = Arc::default();
+    poem::endpoint::make(move |_| {
+        let document = document.clone();
+        async move {
+            let made = document
+                .get_or_try_init(|| async { tokio::task::spawn_blocking(|| Bytes::from(super::openapi_json())).await })
+                .await;
+            match made {
+                Ok(body) => Response::builder()
+                    .content_type("application/json")
+                    .header(header::CACHE_CONTROL, "no-cache")
+                    .body(body.clone()),
+                Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+            }
+        }
     })
     .map_to_response()
 }

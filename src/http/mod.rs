@@ -223,9 +223,7 @@ fn with_credential_schemes(spec: String) -> String {
 
 /// Every route, wrapped in the edge middleware.
 pub fn app(state: AppState) -> impl Endpoint {
-    let spec = with_credential_schemes(api_service().spec());
-    let mut allow = allowed_methods(&spec);
-    let mut labels = route_labels(&spec);
+    let (mut allow, mut labels) = route_table(&<Apis as poem_openapi::OpenApi>::meta());
     for path in ["/openapi.json", "/docs", "/docs/", "/docs/assets/:name", "/login", "/login/", "/login/assets/:name"] {
         allow.insert(path.to_string(), "GET, HEAD".to_string());
         labels.insert(path.to_string(), path.to_string());
@@ -234,10 +232,37 @@ pub fn app(state: AppState) -> impl Endpoint {
     // the edge picks between by path prefix, rather than one more router level every API
     // request would pass through.
     let pages = Route::new()
-        .at("/openapi.json", poem::get(docs::spec_endpoint(spec)))
+        .at("/openapi.json", poem::get(docs::spec_endpoint()))
         .nest("/docs", docs::playground())
         .nest("/login", docs::login_page());
     edge::Edge::wrap(api_routes(), pages.boxed(), state).with_allow(allow, labels)
+}
+
+/// Route pattern (as poem reports it) → the methods the document lists for it, for the `Allow`
+/// header of a 405; and → its metrics label (the document's `{name}` form). Read from the
+/// operations' metadata, which the document is made from, so that a start does not make the
+/// document (see `docs::spec_endpoint`).
+fn route_table(meta: &[poem_openapi::registry::MetaApi]) -> (HashMap<String, String>, HashMap<String, String>) {
+    let mut by_path: HashMap<&str, Vec<&Method>> = HashMap::new();
+    for path in meta.iter().flat_map(|api| &api.paths) {
+        by_path.entry(path.path.as_str()).or_default().extend(path.operations.iter().map(|op| &op.method));
+    }
+    let (mut allow, mut labels) = (HashMap::new(), HashMap::new());
+    for (path, methods) in by_path {
+        let mut names: Vec<&str> = [Method::GET, Method::PUT, Method::POST, Method::DELETE, Method::PATCH]
+            .iter()
+            .filter(|m| methods.contains(m))
+            .map(Method::as_str)
+            .collect();
+        if methods.contains(&&Method::GET) {
+            // poem answers HEAD on every GET route.
+            names.insert(1, "HEAD");
+        }
+        let pattern = poem_pattern(path);
+        allow.insert(pattern.clone(), names.join(", "));
+        labels.insert(pattern, path.to_string());
+    }
+    (allow, labels)
 }
 
 /// The pattern poem's router reports for a spec path: poem-openapi registers `{name}`
@@ -258,39 +283,35 @@ fn poem_pattern(spec_path: &str) -> String {
         .join("/")
 }
 
-/// Route pattern (as poem reports it) → its metrics label (the spec's `{name}` form).
-fn route_labels(spec: &str) -> HashMap<String, String> {
-    let Ok(doc) = serde_json::from_str::<serde_json::Value>(spec) else { return HashMap::new() };
-    let Some(paths) = doc.get("paths").and_then(|p| p.as_object()) else { return HashMap::new() };
-    paths.keys().map(|p| (poem_pattern(p), p.clone())).collect()
-}
-
-/// Route pattern (poem syntax) → the methods the spec documents for it, for the `Allow` header
-/// of a 405.
-fn allowed_methods(spec: &str) -> HashMap<String, String> {
-    let mut out = HashMap::new();
-    let Ok(doc) = serde_json::from_str::<serde_json::Value>(spec) else { return out };
-    let Some(paths) = doc.get("paths").and_then(|p| p.as_object()) else { return out };
-    for (path, item) in paths {
-        let Some(ops) = item.as_object() else { continue };
-        let mut methods: Vec<String> = ["get", "put", "post", "delete", "patch"]
-            .iter()
-            .filter(|m| ops.contains_key(**m))
-            .map(|m| m.to_uppercase())
-            .collect();
-        if ops.contains_key("get") {
-            // poem answers HEAD on every GET route.
-            methods.insert(1, "HEAD".to_string());
-        }
-        out.insert(poem_pattern(path), methods.join(", "));
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     #[test]
     fn api_routes_build_with_unique_operation_ids() {
         let _routes = super::api_routes();
+    }
+
+    /// The `Allow` values and metrics labels read from the operations' metadata are those the
+    /// document itself gives.
+    #[test]
+    fn the_route_table_is_the_documents() {
+        let doc: serde_json::Value = serde_json::from_str(&super::openapi_json()).unwrap();
+        let mut allow = std::collections::HashMap::new();
+        let mut labels = std::collections::HashMap::new();
+        for (path, item) in doc["paths"].as_object().unwrap() {
+            let ops = item.as_object().unwrap();
+            let mut methods: Vec<String> = ["get", "put", "post", "delete", "patch"]
+                .iter()
+                .filter(|m| ops.contains_key(**m))
+                .map(|m| m.to_uppercase())
+                .collect();
+            if ops.contains_key("get") {
+                methods.insert(1, "HEAD".to_string());
+            }
+            allow.insert(super::poem_pattern(path), methods.join(", "));
+            labels.insert(super::poem_pattern(path), path.clone());
+        }
+        assert!(allow.len() > 40, "{}", allow.len());
+        let meta = <super::Apis as poem_openapi::OpenApi>::meta();
+        assert_eq!(super::route_table(&meta), (allow, labels));
     }
 }
