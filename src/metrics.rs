@@ -62,6 +62,10 @@ fn latency_histogram() -> Histogram {
     Histogram::new(LATENCY_BUCKETS)
 }
 
+/// The route label of every request no route template matched: raw paths never become label
+/// values.
+pub const UNMATCHED_ROUTE: &str = "unmatched";
+
 /// A route template's number in the request metrics (see [`Metrics::route`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RouteId(usize);
@@ -185,7 +189,7 @@ impl Collector for RequestCollector {
             return Ok(());
         }
         let routes = self.0.routes.read().unwrap_or_else(PoisonError::into_inner).clone();
-        let unknown = Arc::new(String::from("unmatched"));
+        let unknown = Arc::new(String::from(UNMATCHED_ROUTE));
         let label = |i: usize| routes.get(i).cloned().unwrap_or_else(|| unknown.clone());
         let mut requests = encoder.encode_descriptor(
             "http_requests",

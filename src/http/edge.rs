@@ -11,7 +11,7 @@
 //! Nothing here logs headers, bodies or query strings.
 
 use super::error::{Problem, PROBLEM_JSON};
-use crate::metrics::{Metrics, RouteId};
+use crate::metrics::{Metrics, RouteId, UNMATCHED_ROUTE};
 use crate::state::AppState;
 use futures_util::future::Either;
 use futures_util::FutureExt;
@@ -108,7 +108,7 @@ impl Edge {
             pages,
             allow: HashMap::new(),
             labels: HashMap::new(),
-            unmatched: RouteName::new("unmatched".into(), &state.metrics),
+            unmatched: RouteName::new(UNMATCHED_ROUTE.into(), &state.metrics),
             headers_data: security_header_set(Answer::Data, state.http.tls),
             headers_page: security_header_set(Answer::Page, state.http.tls),
             headers_script_page: security_header_set(Answer::ScriptPage, state.http.tls),

@@ -74,7 +74,8 @@ pub fn api_service() -> OpenApiService<Apis, ()> {
         .license("Apache-2.0")
 }
 
-/// The operations of [`Apis`] at their paths, by method: the router the edge calls.
+/// The operations of [`Apis`] at their paths, by method: the router the edge calls. `meta` is
+/// `Apis`' metadata (made once at start, also for [`route_table`]).
 ///
 /// Built here rather than by `OpenApiService::into_endpoint`, which puts the same router behind
 /// a boxed endpoint, a response mapping, a query pre-parser and a cookie jar manager: layers
@@ -83,8 +84,7 @@ pub fn api_service() -> OpenApiService<Apis, ()> {
 /// read a cookie (see [`reads_cookies`]): the others never look at the jar. The operations of
 /// one path are picked by [`Operations`] rather than poem's `RouteMethod`. Like
 /// `into_endpoint`, it panics at start on two operations with one id (a unit test builds it).
-pub fn api_routes() -> Route {
-    let meta = <Apis as poem_openapi::OpenApi>::meta();
+pub fn api_routes(meta: &[poem_openapi::registry::MetaApi]) -> Route {
     // As `into_endpoint` does: two operations under one id would break generated clients.
     let mut ids = std::collections::HashSet::new();
     for op in meta.iter().flat_map(|api| &api.paths).flat_map(|p| &p.operations) {
@@ -92,7 +92,7 @@ pub fn api_routes() -> Route {
             assert!(ids.insert(id), "duplicate operation id: {id}");
         }
     }
-    let with_cookies = reads_cookies(&meta);
+    let with_cookies = reads_cookies(meta);
     let mut table = HashMap::new();
     poem_openapi::OpenApi::add_routes(Apis::default(), &mut table);
     table.into_iter().fold(Route::new(), |route, (path, methods)| {
@@ -223,7 +223,8 @@ fn with_credential_schemes(spec: String) -> String {
 
 /// Every route, wrapped in the edge middleware.
 pub fn app(state: AppState) -> impl Endpoint {
-    let (mut allow, mut labels) = route_table(&<Apis as poem_openapi::OpenApi>::meta());
+    let meta = <Apis as poem_openapi::OpenApi>::meta();
+    let (mut allow, mut labels) = route_table(&meta);
     for path in ["/openapi.json", "/docs", "/docs/", "/docs/assets/:name", "/login", "/login/", "/login/assets/:name"] {
         allow.insert(path.to_string(), "GET, HEAD".to_string());
         labels.insert(path.to_string(), path.to_string());
@@ -235,7 +236,7 @@ pub fn app(state: AppState) -> impl Endpoint {
         .at("/openapi.json", poem::get(docs::spec_endpoint()))
         .nest("/docs", docs::playground())
         .nest("/login", docs::login_page());
-    edge::Edge::wrap(api_routes(), pages.boxed(), state).with_allow(allow, labels)
+    edge::Edge::wrap(api_routes(&meta), pages.boxed(), state).with_allow(allow, labels)
 }
 
 /// Route pattern (as poem reports it) → the methods the document lists for it, for the `Allow`
@@ -287,7 +288,7 @@ fn poem_pattern(spec_path: &str) -> String {
 mod tests {
     #[test]
     fn api_routes_build_with_unique_operation_ids() {
-        let _routes = super::api_routes();
+        let _routes = super::api_routes(&<super::Apis as poem_openapi::OpenApi>::meta());
     }
 
     /// The `Allow` values and metrics labels read from the operations' metadata are those the
